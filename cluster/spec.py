@@ -1,0 +1,101 @@
+"""The job spec: one pydantic model, assembled from the sections each package owns.
+
+Loaded from YAML with a safe loader (a spec is data, never code) and validated strictly: unknown
+keys are refused and every error names its field. The validated spec is stored with the study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mpsearch.searcher.registry import SearcherConfig
+from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.spec import BudgetConfig, SpaceConfig
+from mpsearch.storage.store import DEFAULT_URL
+from mpsearch.workers.config import CalibrationConfig, ModelConfig, ObjectiveName
+
+SPEC_VERSION = 1
+
+
+class WorkersConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(default=2, ge=1)
+    cpus: float = Field(default=1.0, gt=0)
+    # Whole or fractional GPUs per worker; 0 runs on CPU.
+    gpus: float = Field(default=0.0, ge=0)
+
+
+class StorageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = DEFAULT_URL  # any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = SPEC_VERSION
+    study: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    budget: BudgetConfig
+    # auto: KL of next-token distributions for causal LMs, embedding distortion for encoders.
+    objective: ObjectiveName = "auto"
+    searcher: SearcherConfig = Field(default_factory=SearcherConfig)
+    # Completed evaluations to run (uniform baselines included; failed ones are not counted).
+    evaluations: int = Field(default=200, ge=1)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    seed: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """The parts that define what a study searches: a rerun must keep them unchanged.
+
+        Where it runs (workers, storage) and for how long (evaluations) may change.
+        """
+        return self.model_dump(mode="json", exclude={"workers", "storage", "evaluations"})
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{source}: field '{field}': {msg}{more}"
+
+
+def parse_spec(data: Any, source: str = "spec") -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a job spec is a mapping of fields, got {type(data).__name__}")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+    spec.searcher.check()
+    return spec
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read job spec: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}:{where}: {problem}") from None
+    return parse_spec(data, str(path))

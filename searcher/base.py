@@ -1,0 +1,81 @@
+"""The one interface every search strategy implements: ask for candidates, tell their results.
+
+Contract (who calls what):
+
+* The loop calls ``ask(n)`` whenever ``n`` evaluation slots are free. A searcher returns *up to*
+  ``n`` candidates; an empty list means "nothing to propose until results arrive". Once
+  ``finished`` is true the searcher never proposes again.
+* Every asked candidate is told back exactly once, through ``tell``, in any order, with
+  ``objective=None`` if its evaluation failed. A searcher may also be told results it did not ask
+  for (baselines, or the stored trials of a study being resumed) and should learn from them.
+* Searchers never propose a configuration over the budget, and are deterministic for a seed
+  given the same sequence of results.
+
+Searchers see plain values only (the space, the budget, results): no torch, Ray or database.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from mpsearch.spaces.space import Budget, Candidate, SearchSpace
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A told result: the candidate and its objective (None when the evaluation failed)."""
+
+    candidate: Candidate
+    objective: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.objective is not None
+
+
+class SearcherParams(BaseModel):
+    """Base of each strategy's parameters; unknown names are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Searcher(ABC):
+    """Base of every strategy; subclasses set ``name`` and their ``Params`` model."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[SearcherParams]] = SearcherParams
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0,
+                 params: SearcherParams | None = None) -> None:
+        self.space = space
+        self.budget = budget
+        self.seed = seed
+        self.params = params if params is not None else self.Params()
+
+    @abstractmethod
+    def ask(self, n: int) -> list[Candidate]:
+        """Up to ``n`` candidates to evaluate next (fewer, or none, is allowed)."""
+
+    @abstractmethod
+    def tell(self, results: Sequence[Evaluation]) -> None:
+        """Learn from finished evaluations."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the searcher will propose nothing more."""
+        return False
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able state beyond the told results, for resuming (optional)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore what ``state`` returned (optional)."""
+
+    def feasible(self, candidate: Candidate) -> bool:
+        return self.space.feasible(candidate, self.budget)

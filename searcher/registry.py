@@ -1,0 +1,63 @@
+"""Strategy names → classes, and building a strategy from the spec's name and parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.space import Budget, SearchSpace
+
+from .base import Searcher
+from .evolutionary import EvolutionarySearcher
+from .random_search import RandomSearcher
+from .uniform import UniformSearcher
+
+SEARCHERS: dict[str, type[Searcher]] = {
+    cls.name: cls for cls in (EvolutionarySearcher, RandomSearcher, UniformSearcher)
+}
+
+
+class SearcherConfig(BaseModel):
+    """The spec's ``searcher`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "evolutionary"
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Evaluate the uniform baselines of the space first (they count as evaluations).
+    baselines: bool = True
+
+    def check(self) -> None:
+        """Validate the name and parameters without building anything."""
+        cls = searcher_class(self.name)
+        try:
+            cls.Params(**self.params)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            valid = ", ".join(cls.Params.model_fields) or "(none)"
+            raise SpecError(f"searcher.params.{field}: {err['msg']} (parameters of "
+                            f"{self.name!r}: {valid})") from None
+
+
+def searcher_class(name: str) -> type[Searcher]:
+    try:
+        return SEARCHERS[name]
+    except KeyError:
+        raise SpecError(f"searcher.name: unknown strategy {name!r}; valid: "
+                        f"{', '.join(sorted(SEARCHERS))}") from None
+
+
+def make_searcher(config: SearcherConfig, space: SearchSpace, budget: Budget,
+                  seed: int) -> Searcher:
+    """The configured strategy, preceded by the uniform baselines when asked for."""
+    from .sequential import SequentialSearcher
+
+    config.check()
+    cls = searcher_class(config.name)
+    main = cls(space, budget, seed, cls.Params(**config.params))
+    if not config.baselines or config.name == UniformSearcher.name:
+        return main
+    return SequentialSearcher([UniformSearcher(space, budget, seed), main])

@@ -1,0 +1,298 @@
+"""The search space: which layers are searched, what each may become, and which must agree.
+
+A space is built from plain values (layer shapes discovered by a worker, rules from the job spec),
+so it imports no torch and can be pickled to every worker. Layers tied together form one *gene*:
+a candidate holds one option index per gene, and every layer of the gene takes that option.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SpecError
+from .options import QuantOption
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Shape of one quantizable layer, as discovered in the model (``nn.Linear`` or GPT-2 Conv1D)."""
+
+    name: str
+    in_features: int
+    out_features: int
+
+    @property
+    def numel(self) -> int:
+        return self.in_features * self.out_features
+
+
+@dataclass(frozen=True)
+class Gene:
+    """Layers that share one choice (a tie group, or a lone layer), and the options they share."""
+
+    name: str
+    layers: tuple[LayerInfo, ...]
+    options: tuple[QuantOption, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    def option_bits(self, index: int) -> float:
+        """Total bits this gene stores under option ``index``."""
+        option = self.options[index]
+        return sum(option.effective_bits(layer.in_features) * layer.numel for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration: an option index per gene.
+
+    ``samples`` asks the worker to score on only the first ``samples`` calibration samples (a
+    cheaper, noisier fidelity); ``None`` means all of them.
+    """
+
+    choices: tuple[int, ...]
+    samples: int | None = None
+    # Which strategy proposed it (stored with the trial); not part of the candidate's identity.
+    origin: str = field(default="", compare=False)
+
+    def at_fidelity(self, samples: int | None) -> Candidate:
+        return Candidate(self.choices, samples, self.origin)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a candidate costs: average effective bits over searched weights, and model bytes."""
+
+    avg_bits: float
+    total_bytes: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Upper bounds a configuration must meet; a bound left None is not enforced."""
+
+    avg_bits: float | None = None
+    total_bytes: float | None = None
+
+    def admits(self, cost: Cost, tol: float = 1e-9) -> bool:
+        if self.avg_bits is not None and cost.avg_bits > self.avg_bits + tol:
+            return False
+        return not (self.total_bytes is not None and cost.total_bytes > self.total_bytes + tol)
+
+    def describe(self) -> str:
+        parts = []
+        if self.avg_bits is not None:
+            parts.append(f"avg_bits <= {self.avg_bits:g}")
+        if self.total_bytes is not None:
+            parts.append(f"total_bytes <= {self.total_bytes:,.0f}")
+        return " and ".join(parts) or "no budget"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Genes to choose for, plus what is not searched (counted in bytes at ``unsearched_bits``)."""
+
+    genes: tuple[Gene, ...]
+    unsearched_params: int = 0
+    unsearched_bits: float = 16.0
+    _gene_bits: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        bits = tuple(tuple(g.option_bits(i) for i in range(len(g.options))) for g in self.genes)
+        object.__setattr__(self, "_gene_bits", bits)
+
+    # -- shape -------------------------------------------------------------------------------
+    @property
+    def layers(self) -> tuple[LayerInfo, ...]:
+        return tuple(layer for gene in self.genes for layer in gene.layers)
+
+    @property
+    def searched_params(self) -> int:
+        return sum(gene.numel for gene in self.genes)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Number of options of each gene."""
+        return tuple(len(g.options) for g in self.genes)
+
+    def gene_bits(self, gene: int, option: int) -> float:
+        """Total stored bits of gene ``gene`` under option ``option`` (precomputed)."""
+        return self._gene_bits[gene][option]
+
+    # -- cost --------------------------------------------------------------------------------
+    def cost_of_bits(self, searched_bits: float) -> Cost:
+        total_bits = searched_bits + self.unsearched_params * self.unsearched_bits
+        return Cost(searched_bits / self.searched_params, total_bits / 8)
+
+    def searched_bits(self, candidate: Candidate) -> float:
+        self.validate(candidate)
+        return sum(self._gene_bits[g][c] for g, c in enumerate(candidate.choices))
+
+    def cost(self, candidate: Candidate) -> Cost:
+        return self.cost_of_bits(self.searched_bits(candidate))
+
+    def feasible(self, candidate: Candidate, budget: Budget) -> bool:
+        return budget.admits(self.cost(candidate))
+
+    def cheapest(self) -> Candidate:
+        """The configuration of least stored bits (each gene at its cheapest option)."""
+        return Candidate(tuple(min(range(len(b)), key=b.__getitem__) for b in self._gene_bits))
+
+    def check_budget(self, budget: Budget) -> None:
+        """Raise :class:`BudgetError` naming the minimum when no configuration meets ``budget``."""
+        from .errors import BudgetError
+
+        least = self.cost(self.cheapest())
+        if budget.admits(least):
+            return
+        raise BudgetError(
+            f"budget {budget.describe()} is below the cheapest configuration of the space "
+            f"(avg_bits {least.avg_bits:.4f}, total_bytes {least.total_bytes:,.0f}); "
+            "raise the budget or add cheaper options"
+        )
+
+    # -- encoding ----------------------------------------------------------------------------
+    def validate(self, candidate: Candidate) -> None:
+        if len(candidate.choices) != len(self.genes):
+            raise ValueError(f"candidate has {len(candidate.choices)} choices, space has "
+                             f"{len(self.genes)} genes")
+        for gene, choice in zip(self.genes, candidate.choices, strict=True):
+            if not 0 <= choice < len(gene.options):
+                raise ValueError(f"choice {choice} out of range for gene {gene.name}")
+
+    def decode(self, candidate: Candidate) -> dict[str, QuantOption]:
+        """Layer name → option, for every searched layer."""
+        self.validate(candidate)
+        return {
+            layer.name: gene.options[choice]
+            for gene, choice in zip(self.genes, candidate.choices, strict=True)
+            for layer in gene.layers
+        }
+
+    def encode(self, assignment: Mapping[str, QuantOption]) -> Candidate:
+        """The candidate giving each layer the option in ``assignment`` (tied layers must agree)."""
+        choices = []
+        for gene in self.genes:
+            picked = {assignment[layer.name] for layer in gene.layers}
+            if len(picked) != 1:
+                raise ValueError(f"tied layers of {gene.name} were given different options")
+            choices.append(gene.options.index(picked.pop()))
+        return Candidate(tuple(choices))
+
+    def uniform_options(self) -> list[QuantOption]:
+        """Options every gene offers, in the order of the first gene: the uniform baselines."""
+        common = set(self.genes[0].options).intersection(*(g.options for g in self.genes[1:]))
+        return [o for o in self.genes[0].options if o in common]
+
+    def uniform(self, option: QuantOption) -> Candidate:
+        return Candidate(tuple(g.options.index(option) for g in self.genes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description, stored with a study so trials decode without the model."""
+        return {
+            "unsearched_params": self.unsearched_params,
+            "unsearched_bits": self.unsearched_bits,
+            "genes": [{"name": g.name,
+                       "layers": [[ly.name, ly.in_features, ly.out_features] for ly in g.layers],
+                       "options": [o.to_dict() for o in g.options]} for g in self.genes],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+        genes = tuple(
+            Gene(g["name"], tuple(LayerInfo(*ly) for ly in g["layers"]),
+                 tuple(QuantOption.from_dict(o) for o in g["options"]))
+            for g in data["genes"])
+        return cls(genes, data["unsearched_params"], data["unsearched_bits"])
+
+    def summarize(self, candidate: Candidate) -> str:
+        """Compact per-option layer counts, e.g. ``int3-g128-asym×10 int4-g128-asym×26``."""
+        counts: dict[str, int] = {}
+        for option in self.decode(candidate).values():
+            counts[option.label] = counts.get(option.label, 0) + 1
+        return " ".join(f"{label}×{n}" for label, n in sorted(counts.items()))
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Layers whose name matches ``pattern`` (``re.search``) may take ``options``."""
+
+    pattern: str
+    options: tuple[QuantOption, ...]
+
+
+def build_space(
+    layers: Sequence[LayerInfo],
+    rules: Sequence[LayerRule],
+    ties: Iterable[str] = (),
+    total_params: int | None = None,
+    unsearched_bits: float = 16.0,
+) -> SearchSpace:
+    """Apply the spec's layer rules and tie patterns to the discovered layers.
+
+    The first rule a layer matches decides its options; layers no rule matches are not searched.
+    A tie pattern groups the layers it matches by the values of its capture groups: with
+    ``layer\\.(\\d+)\\.attention\\.self\\.(query|key|value)`` nothing is tied, with
+    ``layer\\.(\\d+)\\.attention\\.self\\.(?:query|key|value)`` q/k/v are tied within each block, and
+    a pattern without groups ties every layer it matches.
+    """
+    compiled = [(rule, _compile(rule.pattern, "space.layers")) for rule in rules]
+    chosen: dict[str, tuple[LayerInfo, tuple[QuantOption, ...]]] = {}
+    for rule, regex in compiled:
+        matched = [layer for layer in layers if regex.search(layer.name)]
+        if not matched:
+            raise SpecError(f"space.layers: pattern {rule.pattern!r} matches no quantizable layer "
+                            f"(e.g. {', '.join(layer.name for layer in layers[:3])})")
+        for layer in matched:
+            if layer.name in chosen:
+                continue
+            for option in rule.options:
+                reason = option.accepts(layer.in_features)
+                if reason:
+                    raise SpecError(f"space.layers: option {option.label} cannot be applied to "
+                                    f"layer {layer.name}: {reason}")
+            chosen[layer.name] = (layer, rule.options)
+    if not chosen:
+        raise SpecError("space.layers: no layer is searched")
+
+    order = [layer.name for layer in layers if layer.name in chosen]
+    group_of: dict[str, str] = {}
+    for pattern in ties:
+        regex = _compile(pattern, "space.tie")
+        hits = [name for name in order if regex.search(name)]
+        if not hits:
+            raise SpecError(f"space.tie: pattern {pattern!r} matches no searched layer")
+        for name in hits:
+            match = regex.search(name)
+            assert match is not None
+            key = f"{pattern}{match.groups()}"
+            if name in group_of and group_of[name] != key:
+                raise SpecError(f"space.tie: layer {name} is matched by two tie patterns")
+            group_of[name] = key
+
+    genes: list[Gene] = []
+    members: dict[str, list[str]] = {}
+    for name in order:
+        members.setdefault(group_of.get(name, name), []).append(name)
+    for names in members.values():
+        option_sets = {chosen[n][1] for n in names}
+        if len(option_sets) != 1:
+            raise SpecError(f"space.tie: tied layers {names[0]} and others have different options")
+        gene_name = names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"
+        genes.append(Gene(gene_name, tuple(chosen[n][0] for n in names), option_sets.pop()))
+
+    searched = sum(gene.numel for gene in genes)
+    unsearched = 0 if total_params is None else max(total_params - searched, 0)
+    return SearchSpace(tuple(genes), unsearched, unsearched_bits)
+
+
+def _compile(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise SpecError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None

@@ -1,0 +1,95 @@
+"""The job spec's sections owned by the space: which layers, which options, ties, the budget.
+
+Options may be written in YAML as a label (``int4-g128-asym``, ``int3-ch-sym``, ``fp16``) or as a
+mapping (``{format: int, bits: 4, group_size: 128, symmetric: false}``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from .options import QuantOption
+from .space import Budget, LayerRule
+
+_LABEL = re.compile(r"^int(?P<bits>\d+)-(?P<group>ch|g\d+)-(?P<sym>sym|asym)$")
+
+
+def parse_option(value: Any) -> QuantOption:
+    """An option from its label or mapping; raises ValueError (reported by pydantic) otherwise."""
+    if isinstance(value, QuantOption):
+        return value
+    if isinstance(value, str):
+        if value == "fp16":
+            return QuantOption(format="fp16", bits=16, group_size=None)
+        match = _LABEL.match(value)
+        if not match:
+            raise ValueError(f"option {value!r} is not a label like 'int4-g128-asym', "
+                             "'int8-ch-sym' or 'fp16'")
+        group = match["group"]
+        return QuantOption("int", int(match["bits"]), None if group == "ch" else int(group[1:]),
+                           match["sym"] == "sym")
+    if isinstance(value, dict):
+        unknown = set(value) - {"format", "bits", "group_size", "symmetric"}
+        if unknown:
+            raise ValueError(f"unknown option keys {sorted(unknown)}; valid: format, bits, "
+                             "group_size, symmetric")
+        data = dict(value)
+        if data.get("format") == "fp16":
+            data.setdefault("bits", 16)
+            data.setdefault("group_size", None)
+        return QuantOption(**data)
+    raise ValueError(f"an option is a label or a mapping, got {type(value).__name__}")
+
+
+Option = Annotated[QuantOption, BeforeValidator(parse_option)]
+
+# The default space: RTN integer levels at group 128 plus the uncompressed 16-bit level, the
+# level set EvoPress-style searches move between.
+DEFAULT_OPTIONS = ("int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int8-g128-asym", "fp16")
+
+
+class LayerRuleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: str = Field(description="regular expression searched in the layer's module name")
+    options: list[Option] = Field(default_factory=lambda: [parse_option(o) for o in DEFAULT_OPTIONS],
+                                  min_length=1)
+
+    def to_rule(self) -> LayerRule:
+        return LayerRule(self.match, tuple(dict.fromkeys(self.options)))
+
+
+class SpaceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The first rule a layer matches gives its options; layers no rule matches are not searched.
+    # The default searches every Linear inside the transformer blocks (not heads or poolers).
+    layers: list[LayerRuleConfig] = Field(
+        default_factory=lambda: [LayerRuleConfig(match=r"(layers?|h|blocks?)\.\d+\.")],
+        min_length=1)
+    # Tie patterns; the layers a pattern matches share one choice per value of its capture groups.
+    tie: list[str] = Field(default_factory=list)
+    # Parameters not searched (embeddings, norms, heads) count in total_bytes at this many bits.
+    unsearched_bits: float = Field(default=16.0, gt=0)
+
+    def rules(self) -> list[LayerRule]:
+        return [rule.to_rule() for rule in self.layers]
+
+
+class BudgetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    avg_bits: float | None = Field(default=None, gt=0, description="average effective bits")
+    total_bytes: float | None = Field(default=None, gt=0, description="whole-model bytes")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> BudgetConfig:
+        if self.avg_bits is None and self.total_bytes is None:
+            raise ValueError("give avg_bits or total_bytes (or both)")
+        return self
+
+    def to_budget(self) -> Budget:
+        return Budget(self.avg_bits, self.total_bytes)

