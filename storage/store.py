@@ -11,9 +11,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, event, func, inspect, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from mpsearch.spaces.space import Candidate, SearchSpace
@@ -99,13 +101,21 @@ class TrialStore:
     def __init__(self, url: str = DEFAULT_URL, create: bool = True) -> None:
         self.url = normalize_url(url)
         with translating(self.url, "connect"):
+            parsed = make_url(self.url)
+            database = parsed.database or ""
+            if (not create and parsed.get_backend_name() == "sqlite" and database
+                    and database != ":memory:" and not Path(database).exists()):
+                raise StoreError(f"no mpsearch store at {mask_url(self.url)}: the file does not "
+                                 "exist (pass --db, or run a search first)")
             self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            with self.engine.connect():
-                pass
-            if create:
-                Base.metadata.create_all(self.engine)
+            with self.engine.connect() as conn:
+                if create:
+                    Base.metadata.create_all(self.engine)
+                elif not inspect(conn).has_table(StudyRow.__tablename__):
+                    raise StoreError(f"no mpsearch store at {mask_url(self.url)}: it has no "
+                                     f"{StudyRow.__tablename__} table (pass --db, or run a search)")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

@@ -1,0 +1,60 @@
+"""What the CLI prints: consoles, number formats, the results table, JSON rows."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mpsearch.storage.store import DEFAULT_URL, StudyRecord, TrialRecord
+
+# Rich wraps at 80 columns when not on a terminal; results tables read better wider.
+out = Console(width=None if Console().is_terminal else 140)
+err = Console(stderr=True)
+
+DbOption = Annotated[str, typer.Option(
+    "--db", envvar="MPSEARCH_DB",
+    help="SQLAlchemy URL or SQLite path of the store (default ./mpsearch.db).")]
+StudyOption = Annotated[str, typer.Option("--study", help="Study name.")]
+DEFAULT_DB = DEFAULT_URL
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def fmt_obj(x: float | None) -> str:
+    return "—" if x is None else f"{x:.6f}"
+
+
+def results_table(study: StudyRecord, best: list[TrialRecord],
+                  baselines: list[TrialRecord]) -> Table:
+    title = f"study {study.name}: best configurations and uniform baselines"
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("rank", "right"), ("trial", "right"), ("avg bits", "right"),
+                         ("bytes", "right"), ("objective", "right"), ("layers", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for rank, t in enumerate(best, 1):
+        table.add_row(str(rank), str(t.number), f"{t.avg_bits:.4f}", fmt_bytes(t.total_bytes),
+                      fmt_obj(t.objective), study.space.summarize(t.candidate))
+    if baselines:
+        table.add_section()
+        for t in baselines:
+            label = study.space.decode(t.candidate)
+            name = next(iter(label.values())).label
+            mark = "" if t.feasible else " (over budget)"
+            table.add_row("uniform", str(t.number), f"{t.avg_bits:.4f}",
+                          fmt_bytes(t.total_bytes), fmt_obj(t.objective), f"{name}{mark}")
+    return table
+
+
+def trial_json(study: StudyRecord, t: TrialRecord) -> dict:
+    return {
+        "trial": t.number, "objective": t.objective, "avg_bits": t.avg_bits,
+        "total_bytes": t.total_bytes, "origin": t.origin, "worker": t.worker,
+        "layers": {name: o.label for name, o in study.space.decode(t.candidate).items()},
+    }
+
+

@@ -1,0 +1,55 @@
+"""``mpsearch run``: run a search job with a live progress bar, then show the best results."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mpsearch.storage.store import StudyRecord, TrialStore
+
+from .cli_output import err, fmt_obj, out, results_table
+
+
+def run(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="Job spec (YAML).")],
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address; default: RAY_ADDRESS, else a new local instance.")] = None,
+    top: Annotated[int, typer.Option(help="Best configurations to show at the end.")] = 5,
+) -> None:
+    """Run a search job (or continue the study it names) and show the best configurations."""
+    from mpsearch.cluster.job import run_job
+    from mpsearch.cluster.spec import load_spec
+
+    spec = load_spec(spec_path)
+    store = TrialStore(spec.storage.url)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
+                        TimeElapsedColumn(), console=err)
+    task = progress.add_task(spec.study, total=spec.evaluations, best="—")
+    already = 0
+
+    def on_start(study: StudyRecord, done: int) -> None:
+        nonlocal already
+        already = done
+        if done:
+            err.print(f"study {study.name}: continuing from {done} stored trials")
+        progress.update(task, completed=done)
+        progress.start()
+
+    def on_result(stats, _candidate, _outcome) -> None:
+        progress.update(task, completed=already + stats.completed, best=fmt_obj(stats.best))
+
+    try:
+        result = run_job(spec, store, address, on_start=on_start, on_result=on_result)
+    finally:
+        progress.stop()
+    stats = result.stats
+    err.print(f"{result.resumed_trials + stats.completed} completed, {stats.failed} failed, "
+              f"{result.seconds:.1f} s ({stats.stopped_because or 'nothing left to run'}); "
+              f"store {store.masked_url}", highlight=False)
+    out.print(results_table(result.study, store.best(spec.study, top=top),
+                            store.baselines(spec.study)))
+
+

@@ -1,0 +1,109 @@
+"""Shared fixtures: one local Ray instance per session, a throwaway PostgreSQL database, tiny models.
+
+Ray costs ~10 s and ~1 GB per ``ray.init`` here, so every test that needs it shares one instance.
+The PostgreSQL server on 127.0.0.1:5432 (trust auth) gets a fresh database per session, dropped
+at the end; tests marked ``postgres`` are skipped only when no server answers there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PG_ADMIN_URL = os.environ.get("MPSEARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The shared local Ray instance (token authentication on, as Ray 2.60 defaults)."""
+    import ray
+
+    from mpsearch.cluster.ray_runtime import connect
+
+    connect(None, num_cpus=4)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """URL of a fresh PostgreSQL database for this test session."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"mpsearch_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server at {PG_ADMIN_URL}: {exc.orig}")
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """Each store contract test runs on a SQLite file and on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    base = request.getfixturevalue("pg_url")
+    # a schema-free reset: a new database per test would be slow, so drop the tables instead
+    from sqlalchemy import create_engine
+
+    from mpsearch.storage.models import Base
+
+    engine = create_engine(base)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+    return base
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    from mpsearch.workers.model_loading import resolve_model_path
+
+    return resolve_model_path("minilm")
+
+
+def _save_tiny(kind: str, out: Path, minilm: str) -> str:
+    """A tiny causal LM built from a config (random weights), with MiniLM's tokenizer files."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    vocab = 30522  # MiniLM's WordPiece vocabulary, so the tokenizer needs no download
+    if kind == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=256, pad_token_id=0)
+        model = LlamaForCausalLM(config)
+    else:
+        config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                            pad_token_id=0)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(Path(minilm) / f, out / f)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(tmp_path_factory, minilm_path) -> str:
+    return _save_tiny("llama", tmp_path_factory.mktemp("tiny-llama"), minilm_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_path(tmp_path_factory, minilm_path) -> str:
+    return _save_tiny("gpt2", tmp_path_factory.mktemp("tiny-gpt2"), minilm_path)
