@@ -246,7 +246,7 @@ def build_space(
     for rule, regex in compiled:
         matched = [layer for layer in layers if regex.search(layer.name)]
         if not matched:
-            raise SpecError(f"space.layers: pattern {rule.pattern!r} matches no quantizable layer "
+            raise SpecError(f"space.layers: pattern '{rule.pattern}' matches no quantizable layer "
                             f"(e.g. {', '.join(layer.name for layer in layers[:3])})")
         for layer in matched:
             if layer.name in chosen:
@@ -266,7 +266,7 @@ def build_space(
         regex = _compile(pattern, "space.tie")
         hits = [name for name in order if regex.search(name)]
         if not hits:
-            raise SpecError(f"space.tie: pattern {pattern!r} matches no searched layer")
+            raise SpecError(f"space.tie: pattern '{pattern}' matches no searched layer")
         for name in hits:
             match = regex.search(name)
             assert match is not None

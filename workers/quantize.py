@@ -21,13 +21,19 @@ def _groups(w: torch.Tensor, group: int) -> torch.Tensor:
     return w.reshape(out_features * in_features // group, group)
 
 
+def _fp16_scale(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` as stored in fp16, floored at fp16's smallest normal so an all-zero group
+    divides by a positive number (a floor applied before the cast would underflow to 0)."""
+    return scale.half().float().clamp(min=torch.finfo(torch.float16).tiny)
+
+
 def quantize_rtn_asym(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
     """Asymmetric RTN: per group, q = clamp(round(w/s) + z, 0, 2^b − 1) and ŵ = (q − z)·s."""
     g = _groups(w.float(), group)
     qmax = 2**bits - 1
     lo = g.amin(dim=1, keepdim=True).clamp(max=0)
     hi = g.amax(dim=1, keepdim=True).clamp(min=0)
-    scale = ((hi - lo) / qmax).clamp(min=1e-8).half().float()
+    scale = _fp16_scale((hi - lo) / qmax)
     zero = torch.round(-lo / scale).clamp(0, qmax)
     q = torch.clamp(torch.round(g / scale) + zero, 0, qmax)
     return ((q - zero) * scale).reshape(w.shape).to(w.dtype)
@@ -37,7 +43,7 @@ def quantize_rtn_sym(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
     """Symmetric RTN: per group, s = max|w| / (2^(b−1) − 1), q = clamp(round(w/s), −2^(b−1), …)."""
     g = _groups(w.float(), group)
     qmax = 2 ** (bits - 1) - 1
-    scale = (g.abs().amax(dim=1, keepdim=True) / qmax).clamp(min=1e-8).half().float()
+    scale = _fp16_scale(g.abs().amax(dim=1, keepdim=True) / qmax)
     q = torch.clamp(torch.round(g / scale), -qmax - 1, qmax)
     return (q * scale).reshape(w.shape).to(w.dtype)
 
