@@ -1,0 +1,164 @@
+"""GPTQ (Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers") as pure tensor functions, in the paper's notation.
+
+For a layer with weight W (d_row × d_col) and calibration inputs X (n × d_col), GPTQ minimizes the
+layer's output error ‖XWᵀ − XŴᵀ‖² (eq. 1) one column at a time. With the Hessian of that objective,
+H = 2XᵀX (eq. 2 and the text after it), quantizing column q and compensating the not-yet-quantized
+columns F gives the optimal update (eq. 3, OBQ)
+
+    δ_F = −(w_q − quant(w_q)) / [H_F⁻¹]_qq · (H_F⁻¹)_{:,q}
+
+GPTQ quantizes columns in a fixed order, so every row shares the same sequence of inverse Hessians,
+and reads them off the upper Cholesky factor of H⁻¹ (Step 3, "Cholesky reformulation"); updates are
+applied lazily, ``block_size`` columns at a time (Step 2, "lazy batch-updates"). H is dampened by
+λ = ``percdamp`` · mean(diag H) for numerical stability, as the reference code does.
+
+Grouped scales are computed when a group starts, from the *already error-compensated* weights of
+that group, as the reference implementation does; per-channel scales come from the whole row
+before the first column. The integer grid (fp16 scales, zero points, clamping) is exactly the RTN
+grid of :mod:`mpsearch.workers.quantize`, so GPTQ and RTN levels cost the same and differ only in
+rounding. One Hessian per layer serves every bit-width and group size of that layer (EvoPress's
+level database): :class:`HessianAccumulator` gathers it once, :func:`gptq_quantize` reads it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SCALE_DTYPE = torch.float16  # scales and zeros are stored (and therefore rounded) as fp16
+
+
+class HessianAccumulator:
+    """H = 2/n · Σ xxᵀ over the n calibration rows seen so far (running mean, as the reference).
+
+    Also keeps Σ x² per input column, the squared activation norms ‖X_j‖² that Wanda's
+    activation-aware pruning score |W_ij|·‖X_j‖ uses.
+    """
+
+    def __init__(self, columns: int, device: torch.device | str = "cpu",
+                 hessian: bool = True) -> None:
+        self.n = 0
+        self.H = torch.zeros(columns, columns, device=device) if hessian else None
+        self.sq_norms = torch.zeros(columns, device=device, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add the rows of ``x`` (… × d_col): every leading index is one calibration row."""
+        x = x.reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        if m == 0:
+            return
+        self.sq_norms += x.square().sum(dim=0, dtype=torch.float64)
+        if self.H is not None:
+            self.H *= self.n / (self.n + m)
+            x = x * (2.0 / (self.n + m)) ** 0.5
+            self.H += x.t() @ x
+        self.n += m
+
+    @property
+    def act_norm(self) -> torch.Tensor:
+        """‖X_j‖₂ per input column (float32)."""
+        return self.sq_norms.sqrt().float()
+
+
+def grid_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor,
+                                                                       int, int]:
+    """Scale s, zero z and the code range [q_min, q_max] for the rows of ``w`` (rows × group).
+
+    Exactly the RTN grid: asymmetric s = (max(w,0) − min(w,0)) / (2^b − 1), z = round(−min/s);
+    symmetric s = max|w| / (2^(b−1) − 1), z = 0; s rounded to fp16.
+    """
+    if symmetric:
+        q_max = 2 ** (bits - 1) - 1
+        scale = (w.abs().amax(dim=1, keepdim=True) / q_max).clamp(min=1e-8)
+        scale = scale.to(SCALE_DTYPE).float()
+        return scale, torch.zeros_like(scale), -q_max - 1, q_max
+    q_max = 2**bits - 1
+    lo = w.amin(dim=1, keepdim=True).clamp(max=0)
+    hi = w.amax(dim=1, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / q_max).clamp(min=1e-8).to(SCALE_DTYPE).float()
+    zero = torch.round(-lo / scale).clamp(0, q_max)
+    return scale, zero, 0, q_max
+
+
+def quant(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, q_min: int,
+          q_max: int) -> torch.Tensor:
+    """quant(w) = s · (clamp(round(w/s) + z, q_min, q_max) − z): the dequantized grid point."""
+    q = torch.clamp(torch.round(w / scale) + zero, q_min, q_max)
+    return scale * (q - zero)
+
+
+def dampened_inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor,
+                                                                                  torch.Tensor]:
+    """The upper Cholesky factor of (H + λI)⁻¹, and the mask of dead inputs (diag H = 0).
+
+    Dead inputs (never active in the calibration data) get H_jj = 1 and their weights are zeroed
+    by the caller, as the reference does. λ = percdamp · mean(diag H).
+    """
+    H = H.clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    damp = percdamp * torch.mean(torch.diag(H))
+    H.diagonal().add_(damp)
+    L = torch.linalg.cholesky(H)
+    H_inv = torch.cholesky_inverse(L)
+    return torch.linalg.cholesky(H_inv, upper=True), dead
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = None,
+                  symmetric: bool = False, block_size: int = 128, percdamp: float = 0.01,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Ŵ: the weight ``W`` (d_row × d_col) quantized by GPTQ with Hessian ``H`` (d_col × d_col).
+
+    ``group_size=None`` is one scale per output channel. ``mask`` (same shape as W, 1 = keep)
+    forces pruned weights to zero while GPTQ compensates their error in the remaining columns
+    (SparseGPT with a fixed mask). Returns the dequantized weight in W's dtype.
+    """
+    d_row, d_col = W.shape
+    if group_size is not None and d_col % group_size:
+        raise ValueError(f"group size {group_size} does not divide d_col={d_col}")
+    if H.shape != (d_col, d_col):
+        raise ValueError(f"Hessian of shape {tuple(H.shape)} does not match W of {tuple(W.shape)}")
+    if group_size is not None and block_size % group_size:
+        # a group must start and end inside one lazy block, so its scale sees the updated weights
+        block_size = group_size if group_size > block_size else group_size * (block_size // group_size)
+    out_dtype = W.dtype
+    W = W.clone().float()
+    H_inv, dead = dampened_inverse_cholesky(H.to(W.device), percdamp)
+    W[:, dead] = 0
+    keep = None if mask is None else mask.to(W.device, torch.float32)
+
+    if group_size is None:  # per channel: one scale per row, from the whole row
+        scale, zero, q_min, q_max = grid_params(W, bits, symmetric)
+    Q = torch.zeros_like(W)
+    for i1 in range(0, d_col, block_size):
+        i2 = min(i1 + block_size, d_col)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        H_inv1 = H_inv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            if group_size is not None and (i1 + i) % group_size == 0:
+                scale, zero, q_min, q_max = grid_params(W1[:, i:i + group_size], bits, symmetric)
+            w = W1[:, i]
+            d = H_inv1[i, i]
+            q = quant(w.unsqueeze(1), scale, zero, q_min, q_max).flatten()
+            if keep is not None:
+                q = q * keep[:, i1 + i]
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ H_inv1[i, i:].unsqueeze(0)  # eq. 3 within the block
+            Err1[:, i] = err
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ H_inv[i1:i2, i2:]  # the lazy batch update of all later columns
+    return Q.to(out_dtype)
+
+
+def output_error(X: torch.Tensor, W: torch.Tensor, W_hat: torch.Tensor) -> float:
+    """‖XWᵀ − XŴᵀ‖_F², the layer-wise objective GPTQ minimizes (eq. 1)."""
+    return float((X.float() @ (W.float() - W_hat.float()).t()).square().sum())
+
+
+def hessian_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """tr((W − Ŵ) H (W − Ŵ)ᵀ): eq. 1 per calibration row (with H = 2XᵀX/n), a cheap proxy."""
+    delta = (W.float() - W_hat.float()).to(H.device)
+    return float(((delta @ H.float()) * delta).sum())
