@@ -1,12 +1,14 @@
 """The job spec's sections owned by the space: which layers, which options, ties, the budget.
 
-Options may be written in YAML as a label (``int4-g128-asym``, ``int3-ch-sym``, ``fp16``) or as a
-mapping (``{format: int, bits: 4, group_size: 128, symmetric: false}``).
+Options may be written in YAML as a label (``int4-g128-asym``, ``int3-g64-sym-clip``, ``nvfp4``,
+``int8-ch-sym+s50``, ``fp16``; the grammar is :attr:`QuantOption.label`'s) or as a mapping of
+:class:`QuantOption`'s fields (``{format: int, bits: 4, group_size: 128, symmetric: false,
+sparsity_pattern: "2:4"}``); fields left out take their defaults.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import fields
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -14,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from .options import QuantOption
 from .space import Budget, LayerRule
 
-_LABEL = re.compile(r"^int(?P<bits>\d+)-(?P<group>ch|g\d+)-(?P<sym>sym|asym)$")
+OPTION_KEYS = tuple(f.name for f in fields(QuantOption))
 
 
 def parse_option(value: Any) -> QuantOption:
@@ -22,25 +24,15 @@ def parse_option(value: Any) -> QuantOption:
     if isinstance(value, QuantOption):
         return value
     if isinstance(value, str):
-        if value == "fp16":
-            return QuantOption(format="fp16", bits=16, group_size=None)
-        match = _LABEL.match(value)
-        if not match:
-            raise ValueError(f"option {value!r} is not a label like 'int4-g128-asym', "
-                             "'int8-ch-sym' or 'fp16'")
-        group = match["group"]
-        return QuantOption("int", int(match["bits"]), None if group == "ch" else int(group[1:]),
-                           match["sym"] == "sym")
+        return QuantOption.from_label(value)
     if isinstance(value, dict):
-        unknown = set(value) - {"format", "bits", "group_size", "symmetric"}
+        unknown = set(value) - set(OPTION_KEYS)
         if unknown:
-            raise ValueError(f"unknown option keys {sorted(unknown)}; valid: format, bits, "
-                             "group_size, symmetric")
-        data = dict(value)
-        if data.get("format") == "fp16":
-            data.setdefault("bits", 16)
-            data.setdefault("group_size", None)
-        return QuantOption(**data)
+            raise ValueError(f"unknown option keys {sorted(unknown)}; valid: {', '.join(OPTION_KEYS)}")
+        try:
+            return QuantOption(**value)
+        except TypeError as exc:  # a field of the wrong type, e.g. bits: "four"
+            raise ValueError(f"option {value}: {exc}") from None
     raise ValueError(f"an option is a label or a mapping, got {type(value).__name__}")
 
 
