@@ -7,11 +7,13 @@ to workers, so every worker scores on identical samples even when nodes run othe
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
 import random
 import re
+import warnings
 from pathlib import Path
 
 from .config import CalibrationConfig
@@ -47,7 +49,8 @@ def _paragraphs(doc: str) -> list[str]:
     return out
 
 
-def stdlib_texts() -> list[str]:
+@functools.cache
+def stdlib_texts() -> tuple[str, ...]:
     """Every prose paragraph of the listed modules' docstrings, deduplicated, in a fixed shuffle."""
     seen: dict[str, None] = {}
     for mod_name in _STDLIB_MODULES:
@@ -55,18 +58,20 @@ def stdlib_texts() -> list[str]:
             module = importlib.import_module(mod_name)
         except ImportError:  # e.g. a Python built without sqlite3 or ssl
             continue
-        docs = [inspect.getdoc(module) or ""]
-        for attr in sorted(vars(module)):
-            obj = getattr(module, attr, None)
-            if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-                continue
-            docs.append(inspect.getdoc(obj) or "")
+        with warnings.catch_warnings():  # e.g. typing.io warns when its docs are read
+            warnings.simplefilter("ignore", DeprecationWarning)
+            docs = [inspect.getdoc(module) or ""]
+            for attr in sorted(vars(module)):
+                obj = getattr(module, attr, None)
+                if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                    continue
+                docs.append(inspect.getdoc(obj) or "")
         for doc in docs:
             for para in _paragraphs(doc):
                 seen.setdefault(para, None)
     texts = list(seen)
     random.Random(0).shuffle(texts)  # mix modules, so any slice reads like the whole
-    return texts
+    return tuple(texts)
 
 
 def _file_texts(path: Path, text_field: str) -> list[str]:
@@ -88,7 +93,7 @@ def _file_texts(path: Path, text_field: str) -> list[str]:
 def load_texts(cfg: CalibrationConfig) -> list[str]:
     """The ``cfg.samples`` texts starting at ``cfg.offset`` of the configured source."""
     if cfg.source == BUILTIN_SOURCE:
-        texts = stdlib_texts()
+        texts = list(stdlib_texts())
     else:
         path = Path(cfg.source).expanduser()
         if not path.is_file():

@@ -30,6 +30,7 @@ def next_token_kl(ref_logprobs: torch.Tensor, logits: torch.Tensor,
     """
     logq = torch.log_softmax(logits.float(), dim=-1)[:, :-1]
     logp = ref_logprobs[:, :-1].float()
-    kl = (logp.exp() * (logp - logq)).sum(dim=-1)  # batch × (seq-1)
+    # KL ≥ 0; identical distributions can round to -1e-8, which would read as "better than fp".
+    kl = (logp.exp() * (logp - logq)).sum(dim=-1).clamp(min=0)  # batch × (seq-1)
     valid = (mask[:, 1:] * mask[:, :-1]).to(kl.dtype)
     return (kl * valid).sum(), valid.sum()

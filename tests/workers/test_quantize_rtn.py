@@ -7,7 +7,6 @@ import torch
 from mpsearch.spaces import QuantOption, parse_option
 from mpsearch.workers.quantize import quantize_weight
 
-
 FP16_TINY = 2.0**-14  # smallest normal fp16 number
 
 
