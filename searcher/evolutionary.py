@@ -47,6 +47,7 @@ class EvolutionarySearcher(Searcher):
         self.parent_score: float | None = None
         self.generation = 0
         self.asked: list[Candidate] = []  # this generation's offspring, in ask order
+        self.closed = False  # no more offspring this generation (λ reached, or mutation ran dry)
         self.scores: dict[int, float | None] = {}  # position in `asked` → objective
         self.seen: set[tuple[int, ...]] = set()
         self.best_told: tuple[float, Candidate] | None = None  # best feasible result told so far
@@ -87,16 +88,16 @@ class EvolutionarySearcher(Searcher):
                 self.parent_score = self.best_told[0]
             else:
                 self.seen.add(self.parent.choices)
-                self.asked = [self.parent]  # generation 0 is the parent alone
+                self.asked, self.closed = [self.parent], True  # generation 0: the parent alone
                 return [self.parent]
         out: list[Candidate] = []
-        while len(out) < n and len(self.asked) < self.p.offspring and self.parent_score is not None:
+        while len(out) < n and not self.closed and self.parent_score is not None:
             child = self.mutate(self.parent)
-            if child is None:
-                break
-            self.seen.add(child.choices)
-            self.asked.append(child)
-            out.append(child)
+            if child is not None:
+                self.seen.add(child.choices)
+                self.asked.append(child)
+                out.append(child)
+            self.closed = child is None or len(self.asked) >= self.p.offspring
         return out
 
     def tell(self, results: Sequence[Evaluation]) -> None:
@@ -110,7 +111,7 @@ class EvolutionarySearcher(Searcher):
                 if c == r.candidate and i not in self.scores:
                     self.scores[i] = r.objective
                     break
-        if self.asked and len(self.scores) == len(self.asked):
+        if self.closed and len(self.scores) == len(self.asked):
             self._select()
 
     def _select(self) -> None:
@@ -121,7 +122,7 @@ class EvolutionarySearcher(Searcher):
             score, i = min(scored)
             if score < self.parent_score:
                 self.parent, self.parent_score = self.asked[i], score
-        self.asked, self.scores = [], {}
+        self.asked, self.scores, self.closed = [], {}, False
         self.generation += 1
 
     @property
