@@ -90,6 +90,9 @@ class QuantOption:
             raise ValueError(f"group_size must be positive or null, got {self.group_size}")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
+        if self.clip and self.rounding != "rtn":
+            raise ValueError("clip applies to rounding rtn only (GPTQ sets its own scales); "
+                             "drop clip or use rounding rtn")
 
     def _fix_layout(self, layout: Layout) -> None:
         for name, fixed in (("bits", layout.bits), ("group_size", layout.block)):
@@ -134,7 +137,7 @@ class QuantOption:
     def label(self) -> str:
         """Short, unique, human-readable name; :meth:`from_label` reads it back.
 
-        Grammar: ``BASE[+SPARSITY[-wanda]]`` where BASE is ``int{b}-{ch|g{n}}-{sym|asym}[-clip][-gptq]``
+        Grammar: ``BASE[+SPARSITY[-wanda]]`` where BASE is ``int{b}-{ch|g{n}}-{sym|asym}[-clip|-gptq]``
         or a format name (``fp16``, ``fp8_e4m3``, ``nvfp4``, ...) and SPARSITY is ``2:4`` or
         ``s{percent}`` (``s50``, ``s12.5``). E.g. ``int4-g128-asym-gptq``, ``nf4+2:4-wanda``.
         """
@@ -237,5 +240,5 @@ class QuantOption:
 
 _DEFAULTS.update({f.name: f.default for f in fields(QuantOption)})
 _INT_LABEL = re.compile(r"^int(?P<bits>\d+)-(?P<group>ch|g\d+)-(?P<sym>sym|asym)"
-                        r"(?P<clip>-clip)?(?P<gptq>-gptq)?$")
+                        r"(?:(?P<clip>-clip)|(?P<gptq>-gptq))?$")
 _SPARSE_LABEL = re.compile(r"^(?:(?P<pattern>2:4)|s(?P<pct>\d+(?:\.\d+)?))(?P<wanda>-wanda)?$")
