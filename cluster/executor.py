@@ -1,36 +1,51 @@
 """Evaluating candidates on a pool of Ray worker actors, with ``ray.wait``.
 
-Each actor evaluates one candidate at a time; the search loop keeps every actor busy. A worker
-that dies (process killed, node lost) is told apart from a candidate that failed: the actor is
-replaced and its candidate re-dispatched, up to ``max_attempts`` times, after which the trial is
-reported failed with the reason. A result is delivered once, so a trial is never recorded twice.
+Placement: ``count`` actors, each with ``cpus`` CPUs and ``gpus`` GPUs (a fraction such as 0.25
+puts four small-model workers on one GPU), scheduled with Ray's ``SPREAD`` strategy so that they
+land on as many nodes as the cluster has. Each actor evaluates ``depth`` candidates at a time
+(1 for real evaluations; more only hides the driver's round trip when evaluations are tiny).
+
+Fault tolerance: a worker that dies (process killed, node lost, CUDA error that kills the
+process) is told apart from a candidate that failed (an exception inside an evaluation, which the
+actor returns as a failed outcome). The dead actor is replaced and every candidate it held is
+dispatched again, on the replacement, up to ``max_attempts`` times; a candidate that keeps killing
+workers is then reported failed with the reason. Replacements are bounded too
+(``max_replacements``), so a cluster that cannot keep a worker alive ends the search with an error
+instead of looping. Each submitted key is reported exactly once, so a trial is never lost and
+never stored twice.
+
+Durability: ``before_dispatch`` (the recorder's flush) runs before anything is sent to a worker
+and before blocking on results, so what the driver learned is committed first.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mpsearch.searcher.loop import Outcome
 from mpsearch.spaces.space import Candidate, SearchSpace
-from mpsearch.workers.actor import WorkerActor
 from mpsearch.workers.errors import WorkerError
-from mpsearch.workers.worker import WorkerSetup
 
 
 @dataclass
 class _Flight:
     key: int
     candidate: Candidate
-    actor_index: int
+    slot: int  # actor index
+    actor: Any  # the handle it was sent to (a replaced actor's late error is not a new death)
     attempts: int
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The useful line of a (possibly Ray-wrapped) exception, at most 300 characters."""
     text = str(exc).strip()
-    # Ray wraps the worker's traceback; the cause's last line is the useful part.
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for line in reversed(lines):
         if "Error" in line or "error" in line:
@@ -39,68 +54,119 @@ def _first_line(exc: BaseException) -> str:
 
 
 class RayExecutor:
-    def __init__(self, setup: WorkerSetup, space: SearchSpace, count: int, cpus: float = 1.0,
-                 gpus: float = 0.0, max_attempts: int = 3) -> None:
-        self.setup, self.space = setup, space
-        self.cpus, self.gpus = cpus, gpus
+    """The loop's executor over Ray actors (see the module docstring for the guarantees)."""
+
+    def __init__(self, setup: Any, space: SearchSpace, count: int, cpus: float = 1.0,
+                 gpus: float = 0.0, max_attempts: int = 3, *, depth: int = 1,
+                 actor_cls: Any = None, before_dispatch: Callable[[], None] | None = None,
+                 max_replacements: int | None = None, placement_group: Any = None) -> None:
+        if actor_cls is None:
+            from mpsearch.workers.actor import WorkerActor
+            actor_cls = WorkerActor
+        self.setup, self.space, self.actor_cls = setup, space, actor_cls
+        self.cpus, self.gpus, self.depth = cpus, gpus, depth
         self.max_attempts = max_attempts
+        self.max_replacements = 4 * count + 8 if max_replacements is None else max_replacements
+        self.before_dispatch = before_dispatch
+        self.placement_group = placement_group
         self.replaced = 0
+        self.redispatched = 0
         self.actors = [self._spawn(i) for i in range(count)]
         self.labels = self._ready(self.actors)
-        self.idle = list(range(count))
+        self.idle = [i for _ in range(depth) for i in range(count)]
+        self.queued: list[tuple[int, Candidate, int]] = []  # (key, candidate, attempts)
         self.running: dict[ray.ObjectRef, _Flight] = {}
 
-    def _spawn(self, index: int):
-        return WorkerActor.options(num_cpus=self.cpus, num_gpus=self.gpus).remote(
+    # -- actors ------------------------------------------------------------------------------
+    def _spawn(self, index: int) -> Any:
+        if self.placement_group is not None:
+            strategy: Any = PlacementGroupSchedulingStrategy(
+                self.placement_group, placement_group_bundle_index=index)
+        else:
+            strategy = "SPREAD"  # one worker per node first, then round again
+        return self.actor_cls.options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                      scheduling_strategy=strategy).remote(
             self.setup, self.space, f"w{index}")
 
     @staticmethod
-    def _ready(actors) -> list[str]:
+    def _ready(actors: list[Any]) -> list[str]:
         """Wait until every actor has loaded its model; a load failure is the user's error."""
         try:
             return ray.get([a.name.remote() for a in actors])
         except RayError as exc:
-            raise WorkerError(f"worker failed to start: {_first_line(exc)}") from None
+            raise WorkerError(f"worker failed to start: {first_line(exc)}") from None
 
+    def _replace(self, index: int, exc: BaseException) -> None:
+        """Start a new actor in place of a dead one; its calls queue until it is up."""
+        self.replaced += 1
+        if self.replaced > self.max_replacements:
+            raise WorkerError(f"workers died {self.replaced} times (last: {first_line(exc)}); "
+                              "check the cluster's nodes and the workers' logs")
+        with contextlib.suppress(RayError, ValueError):  # already gone
+            ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self._spawn(index)
+
+    # -- the Executor protocol ---------------------------------------------------------------
     @property
     def slots(self) -> int:
-        return len(self.actors)
+        return len(self.actors) * self.depth
 
     def submit(self, key: int, candidate: Candidate, attempts: int = 0) -> None:
+        """Queue a candidate; it is sent at the next :meth:`collect`, after ``before_dispatch``."""
+        self.queued.append((key, candidate, attempts))
+
+    def _dispatch(self, key: int, candidate: Candidate, attempts: int) -> None:
         index = self.idle.pop()
-        ref = self.actors[index].evaluate.remote(candidate)
-        self.running[ref] = _Flight(key, candidate, index, attempts)
+        actor = self.actors[index]
+        self.running[actor.evaluate.remote(candidate)] = _Flight(key, candidate, index, actor,
+                                                                 attempts)
+
+    def _flush_and_dispatch(self) -> None:
+        if self.before_dispatch is not None:
+            self.before_dispatch()
+        queued, self.queued = self.queued, []
+        for item in queued:
+            self._dispatch(*item)
 
     def collect(self) -> list[tuple[int, Outcome]]:
+        """Block until at least one candidate has an outcome; return every one that has."""
         done: list[tuple[int, Outcome]] = []
+        self._flush_and_dispatch()
         while not done and self.running:
-            ready, _ = ray.wait(list(self.running), num_returns=1)
-            more, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
-            for ref in dict.fromkeys([*ready, *more]):
+            refs = list(self.running)
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            if not ready:
+                ready, _ = ray.wait(refs, num_returns=1)
+            for ref in ready:
                 flight = self.running.pop(ref)
                 try:
                     label, result = ray.get(ref)
                 except RayActorError as exc:
-                    self._replace(flight.actor_index)
-                    if flight.attempts + 1 >= self.max_attempts:
-                        done.append((flight.key, Outcome(
-                            None, 0.0, "", f"worker died {flight.attempts + 1} times evaluating "
-                            f"this candidate: {_first_line(exc)}")))
-                    else:
-                        self.submit(flight.key, flight.candidate, flight.attempts + 1)
+                    self._worker_died(flight, exc, done)
                     continue
-                self.idle.append(flight.actor_index)
+                self.idle.append(flight.slot)
                 done.append((flight.key, Outcome(result.objective, result.seconds, label,
                                                  result.error)))
+            if not done:
+                self._flush_and_dispatch()  # re-dispatched candidates
         return done
 
-    def _replace(self, index: int) -> None:
-        """Start a new actor in place of a dead one (the old handle is dropped)."""
-        self.replaced += 1
-        self.actors[index] = self._spawn(index)
-        self.idle.append(index)
+    def _worker_died(self, flight: _Flight, exc: BaseException,
+                     done: list[tuple[int, Outcome]]) -> None:
+        if self.actors[flight.slot] is flight.actor:  # first news of this death
+            self._replace(flight.slot, exc)
+        self.idle.append(flight.slot)
+        attempts = flight.attempts + 1
+        if attempts >= self.max_attempts:
+            done.append((flight.key, Outcome(
+                None, 0.0, "", f"worker died {attempts} times evaluating this candidate: "
+                f"{first_line(exc)}")))
+        else:
+            self.redispatched += 1
+            self.submit(flight.key, flight.candidate, attempts)
 
     def shutdown(self) -> None:
         for actor in self.actors:
-            ray.kill(actor)
-        self.actors, self.idle = [], []
+            with contextlib.suppress(RayError, ValueError):
+                ray.kill(actor, no_restart=True)
+        self.actors, self.idle, self.running, self.queued = [], [], {}, []

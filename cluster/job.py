@@ -1,26 +1,36 @@
-"""Running one search job: spec → space → study → workers → loop → stored trials.
+"""Running one search job: spec → space → study → lease → replay → workers → loop → stored trials.
 
 Everything a user can get wrong is checked before any worker starts: the spec, the database,
-the model, the layer rules, the budget, the calibration data.
+the model, the layer rules, the budget, the calibration data. ``run``, ``resume`` and a submitted
+job all come here; a study that already has trials continues where it stopped.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from mpsearch.searcher.base import Searcher
 from mpsearch.searcher.loop import LoopStats, Outcome, run_search
 from mpsearch.searcher.registry import make_searcher
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace, build_space
+from mpsearch.storage.errors import StudyConflictError
+from mpsearch.storage.lease import DEFAULT_TTL, StudyLease
 from mpsearch.storage.models import FINISHED
 from mpsearch.storage.store import StudyRecord, TrialStore
+from mpsearch.storage.writer import TrialWriter
 from mpsearch.workers.calibration import load_texts
 from mpsearch.workers.model_loading import ModelInfo, inspect_model
 from mpsearch.workers.worker import WorkerSetup
 
+from .resume import RequeueSearcher, replay
 from .spec import JobSpec
+
+STOPPED = "stopped"  # a study that ended short of its budget (too many failures, or exhausted)
 
 
 @dataclass(frozen=True)
@@ -65,20 +75,52 @@ def worker_setup(job: PreparedJob) -> WorkerSetup:
         threads=max(int(job.spec.workers.cpus), 1))
 
 
-class StoreRecorder:
-    """The loop's recorder: every trial is written when dispatched and when it finishes."""
+def _json_safe(value: Any) -> Any:
+    """``value`` as plain JSON (a non-finite float becomes its string), for the state snapshot."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value) if isinstance(value, set | frozenset) else value
+        return [_json_safe(v) for v in items]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
-    def __init__(self, store: TrialStore, study: StudyRecord, space: SearchSpace, seed: int):
-        self.store, self.study, self.space, self.seed = store, study, space, seed
+
+class StoreRecorder:
+    """The loop's recorder: trials are numbered in memory and written once per loop turn.
+
+    ``flush`` runs (through the executor's ``before_dispatch``) before candidates are sent and
+    before the driver blocks on results: a trial's row exists before a worker sees it, and a
+    result is committed before the driver waits for the next one.
+    """
+
+    def __init__(self, writer: TrialWriter, space: SearchSpace, searcher: Searcher,
+                 lease: StudyLease | None = None, state_every: float = 1.0) -> None:
+        self.writer, self.space, self.searcher, self.lease = writer, space, searcher, lease
+        self.state_every = state_every
+        self._state_at = -math.inf
 
     def start(self, candidate: Candidate, feasible: bool) -> int:
         cost = self.space.cost(candidate)
-        return self.store.start_trial(self.study.id, candidate, cost.avg_bits, cost.total_bytes,
-                                      feasible, self.seed)
+        retry = self.searcher.retry_of(candidate) if isinstance(
+            self.searcher, RequeueSearcher) else None
+        return self.writer.start(candidate, cost.avg_bits, cost.total_bytes, feasible, retry)
 
     def finish(self, key: int, candidate: Candidate, outcome: Outcome) -> None:
-        self.store.finish_trial(self.study.id, key, outcome.objective, outcome.worker or None,
-                                outcome.error, outcome.seconds)
+        self.writer.finish(key, outcome.objective, outcome.worker or None, outcome.error,
+                           outcome.seconds)
+
+    def flush(self, final: bool = False) -> None:
+        if self.lease is not None:
+            self.lease.check()
+        now = time.monotonic()
+        if final or now - self._state_at >= self.state_every:
+            self.writer.set_state(_json_safe(self.searcher.state()))
+            self._state_at = now
+        self.writer.flush()
 
 
 @dataclass(frozen=True)
@@ -87,40 +129,67 @@ class JobResult:
     stats: LoopStats
     seconds: float
     resumed_trials: int
+    requeued: int = 0
+    replay_note: str | None = None
+
+
+def _check_space(study: StudyRecord, space: SearchSpace) -> None:
+    if study.space.to_dict() != space.to_dict():
+        raise StudyConflictError(
+            f"study {study.name!r}: the model's layers or options no longer match the stored "
+            "study (the model or the space rules changed); run it under a new study name")
 
 
 def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
             on_start: Callable[[StudyRecord, int], None] | None = None,
-            on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None) -> JobResult:
-    """Run (or continue) the study of ``spec`` until it has ``spec.evaluations`` completed trials."""
-    from mpsearch.searcher.base import Evaluation
+            on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None, *,
+            extend: int = 0, lease_ttl: float = DEFAULT_TTL,
+            executor_options: dict[str, Any] | None = None) -> JobResult:
+    """Run, continue or extend the study of ``spec`` until it has its completed evaluations.
 
+    The driver takes the study's lease first; trials a dead driver left ``running`` are marked
+    failed and their candidates dispatched again; the searcher is rebuilt by replaying the stored
+    trials (see :mod:`.resume`). ``extend`` adds evaluations to the study's budget.
+    """
     from .executor import RayExecutor
     from .ray_runtime import connect
 
     start = time.perf_counter()
     job = prepare(spec)
-    study, _created = store.open_study(spec.study, spec.model_dump(mode="json"), spec.identity(),
-                                       job.space, job.model.path, job.objective, spec.evaluations)
-    store.mark_running_failed(study.id, "driver stopped before the result arrived")
-    past = store.trials(study.name)
-    searcher = make_searcher(spec.searcher, job.space, job.budget, spec.seed)
-    done = [t for t in past if t.objective is not None]
-    if done:  # a rerun continues: the searcher learns what the study already knows
-        searcher.tell([Evaluation(t.candidate, t.objective) for t in done])
-    remaining = spec.evaluations - len(done)
-    if on_start is not None:
-        on_start(study, len(done))
-    stats = LoopStats(stopped_because="the study already has its evaluations")
-    if remaining > 0:
-        w = spec.workers
-        connect(address, num_cpus=max(int(w.count * w.cpus), 1), num_gpus=None)
-        executor = RayExecutor(worker_setup(job), job.space, w.count, w.cpus, w.gpus)
-        try:
-            stats = run_search(searcher, executor, StoreRecorder(store, study, job.space,
-                                                                 spec.seed),
-                               remaining, job.space, job.budget, on_result=on_result)
-        finally:
-            executor.shutdown()
-    store.set_study_status(study.id, FINISHED)
-    return JobResult(store.study(study.name), stats, time.perf_counter() - start, len(done))
+    study, created = store.open_study(spec.study, spec.model_dump(mode="json"), spec.identity(),
+                                      job.space, job.model.path, job.objective, spec.evaluations)
+    if not created:
+        _check_space(study, job.space)
+    with StudyLease(store, study.id, study.name, ttl=lease_ttl) as lease:
+        store.mark_running_failed(study.id, "driver stopped before the result arrived")
+        if extend:
+            store.set_evaluations(study.id, study.evaluations + extend)
+        study = store.study(study.name)
+        searcher, replayed = replay(
+            lambda: make_searcher(spec.searcher, job.space, job.budget, spec.seed),
+            store.trials(study.name))
+        if on_start is not None:
+            on_start(study, replayed.completed)
+        remaining = study.evaluations - replayed.completed
+        stats = LoopStats(stopped_because="the study already has its evaluations")
+        if remaining > 0:
+            w = spec.workers
+            connect(address, num_cpus=max(int(w.count * w.cpus), 1), num_gpus=None)
+            wrapped = RequeueSearcher(searcher, replayed.owed)
+            writer = TrialWriter(store, study.id, spec.seed)
+            recorder = StoreRecorder(writer, job.space, wrapped, lease)
+            executor = RayExecutor(worker_setup(job), job.space, w.count, w.cpus, w.gpus,
+                                   before_dispatch=recorder.flush, **(executor_options or {}))
+            try:
+                stats = run_search(wrapped, executor, recorder, remaining, job.space, job.budget,
+                                   on_result=on_result)
+            finally:
+                try:
+                    recorder.flush(final=True)
+                finally:
+                    executor.shutdown()
+                    writer.close()
+        done = replayed.completed + stats.completed
+        store.set_study_status(study.id, FINISHED if done >= study.evaluations else STOPPED)
+    return JobResult(store.study(study.name), stats, time.perf_counter() - start,
+                     replayed.completed, len(replayed.owed), replayed.diverged)

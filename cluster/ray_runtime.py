@@ -27,7 +27,9 @@ def connect(address: str | None = None, num_cpus: int | None = None,
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+            # "local": always a new instance, never one found through /tmp/ray (another user's)
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                     include_dashboard=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         where = address or "a local instance"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -37,6 +37,9 @@ class StudyRow(Base):
     status: Mapped[str] = mapped_column(String(20), default=RUNNING)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # A snapshot of the searcher's ``state()`` (generation, parent, ...) written with the trials,
+    # for ``mpsearch status``. Resume rebuilds the searcher by replaying the trials instead.
+    searcher_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     trials: Mapped[list[TrialRow]] = relationship(back_populates="study")
 
@@ -67,5 +70,28 @@ class TrialRow(Base):
     eval_seconds: Mapped[float | None]
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    # Resume bookkeeping (see cluster/resume.py). ``told_after``: how many trials of the study had
+    # been dispatched when this result was told to the searcher, so a replay tells results at the
+    # same points. ``interrupted``: failed only because its driver stopped; its candidate is owed
+    # a result and is dispatched again as a later trial whose ``retry_of`` is this number.
+    told_after: Mapped[int | None]
+    interrupted: Mapped[bool | None]
+    retry_of: Mapped[int | None]
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")
+
+
+class LeaseRow(Base):
+    """Who drives a study now: one row per study, taken and renewed in single statements.
+
+    A driver holds the study while ``expires_at`` is in the future and renews it (a heartbeat)
+    well before then; a crashed driver's lease simply expires. The row is never deleted.
+    """
+
+    __tablename__ = "mps_lease"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("mps_study.id"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

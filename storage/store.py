@@ -14,8 +14,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mpsearch.spaces.space import Candidate, SearchSpace
@@ -24,6 +34,7 @@ from .errors import StoreError, StudyConflictError, StudyNotFoundError, mask_url
 from .models import COMPLETE, FAILED, RUNNING, Base, StudyRow, TrialRow
 
 DEFAULT_URL = "sqlite:///mpsearch.db"
+_NUMBER_RETRIES = 20  # concurrent start_trial calls on one study: attempts before giving up
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,10 @@ class TrialRecord:
     eval_seconds: float | None
     started_at: datetime
     finished_at: datetime | None
+    # Resume bookkeeping (see the columns of TrialRow).
+    told_after: int | None = None
+    interrupted: bool = False
+    retry_of: int | None = None
 
     @property
     def candidate(self) -> Candidate:
@@ -92,7 +107,21 @@ def _study(row: StudyRow) -> StudyRecord:
 def _trial(row: TrialRow) -> TrialRecord:
     return TrialRecord(row.number, row.status, row.origin, tuple(row.choices), row.samples,
                        row.objective, row.avg_bits, row.total_bytes, row.feasible, row.seed,
-                       row.worker, row.error, row.eval_seconds, row.started_at, row.finished_at)
+                       row.worker, row.error, row.eval_seconds, row.started_at, row.finished_at,
+                       row.told_after, bool(row.interrupted), row.retry_of)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Add nullable columns that newer models declare to tables an older version created."""
+    have = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        if not have.has_table(table.name):
+            continue
+        present = {c["name"] for c in have.get_columns(table.name)}
+        for col in table.columns:
+            if col.name not in present and col.nullable:
+                kind = col.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {col.name} {kind}'))
 
 
 class TrialStore:
@@ -112,11 +141,24 @@ class TrialStore:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             with self.engine.connect() as conn:
                 if create:
-                    Base.metadata.create_all(self.engine)
+                    self._create_schema()
                 elif not inspect(conn).has_table(StudyRow.__tablename__):
                     raise StoreError(f"no mpsearch store at {mask_url(self.url)}: it has no "
                                      f"{StudyRow.__tablename__} table (pass --db, or run a search)")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _create_schema(self) -> None:
+        """Create missing tables and columns; a second process doing the same at once may win
+        the race to CREATE TABLE, so one failure is retried (the tables then exist)."""
+        for attempt in range(2):
+            try:
+                Base.metadata.create_all(self.engine)
+                with self.engine.begin() as conn:
+                    _add_missing_columns(conn)
+                return
+            except (IntegrityError, ProgrammingError, OperationalError):
+                if attempt:
+                    raise
 
     @property
     def masked_url(self) -> str:
@@ -179,17 +221,35 @@ class TrialStore:
     # -- trials ------------------------------------------------------------------------------
     def start_trial(self, study_id: int, candidate: Candidate, avg_bits: float,
                     total_bytes: float, feasible: bool, seed: int) -> int:
-        """Record a dispatched trial; returns its number within the study."""
-        with translating(self.url, "record trial"), self._session() as s, s.begin():
-            last = s.scalar(select(func.max(TrialRow.number))
-                            .where(TrialRow.study_id == study_id))
-            number = 0 if last is None else last + 1
-            s.add(TrialRow(study_id=study_id, number=number, status=RUNNING,
-                           origin=candidate.origin, choices=list(candidate.choices),
-                           samples=candidate.samples, objective=None, avg_bits=avg_bits,
-                           total_bytes=total_bytes, feasible=feasible, seed=seed,
-                           started_at=_now()))
-            return number
+        """Record a dispatched trial; returns its number within the study.
+
+        The number is max(number) + 1; two writers racing for the same number meet the unique
+        (study, number) constraint, and the loser retries with the next one. (The search driver
+        does not come here per trial: it holds the study's lease and numbers trials in memory,
+        see :class:`mpsearch.storage.writer.TrialWriter`.)
+        """
+        number = -1
+        for attempt in range(_NUMBER_RETRIES):
+            try:
+                with translating(self.url, "record trial"), self._session() as s, s.begin():
+                    last = s.scalar(select(func.max(TrialRow.number))
+                                    .where(TrialRow.study_id == study_id))
+                    number = 0 if last is None else last + 1
+                    s.add(TrialRow(study_id=study_id, number=number, status=RUNNING,
+                                   origin=candidate.origin, choices=list(candidate.choices),
+                                   samples=candidate.samples, objective=None, avg_bits=avg_bits,
+                                   total_bytes=total_bytes, feasible=feasible, seed=seed,
+                                   started_at=_now()))
+                return number
+            except StoreError:
+                if attempt == _NUMBER_RETRIES - 1 or not self._number_taken(study_id, number):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _number_taken(self, study_id: int, number: int) -> bool:
+        with translating(self.url, "record trial"), self._session() as s:
+            return s.scalar(select(func.count()).where(TrialRow.study_id == study_id,
+                                                       TrialRow.number == number)) == 1
 
     def finish_trial(self, study_id: int, number: int, objective: float | None,
                      worker: str | None, error: str | None, eval_seconds: float | None) -> None:
@@ -249,5 +309,13 @@ class TrialStore:
                                                     TrialRow.status == RUNNING)).all()
             for row in rows:
                 row.status, row.error, row.finished_at = FAILED, reason, _now()
+                row.interrupted = True
             return len(rows)
+
+    def set_evaluations(self, study_id: int, evaluations: int) -> None:
+        """Set the evaluation budget of a study (``resume --extend``); it runs again."""
+        with translating(self.url, "update study"), self._session() as s, s.begin():
+            row = s.get(StudyRow, study_id)
+            assert row is not None
+            row.evaluations, row.status, row.updated_at = evaluations, RUNNING, _now()
 

@@ -1,0 +1,161 @@
+"""Resume without Ray: replaying stored trials rebuilds the searcher; owed candidates are re-run.
+
+A driver "crashes" (an exception out of the loop) with evaluations in flight; resuming must end
+with exactly the requested completed trials, no candidate evaluated twice, and the same best
+configuration as a run that was never interrupted.
+"""
+
+import random
+from collections import Counter
+
+import pytest
+
+from mpsearch.cluster.job import StoreRecorder
+from mpsearch.cluster.resume import RequeueSearcher, replay
+from mpsearch.searcher import SearcherConfig, make_searcher, run_search
+from mpsearch.searcher.loop import Outcome
+from mpsearch.spaces import Budget, LayerInfo, LayerRule, build_space, parse_option
+from mpsearch.storage import COMPLETE, TrialStore
+from mpsearch.storage.lease import LeaseLostError, StudyLease, StudyLeasedError
+from mpsearch.storage.writer import TrialWriter
+
+OPTIONS = tuple(parse_option(o) for o in ("int2-g128-asym", "int3-g128-asym", "int4-g128-asym",
+                                          "int8-g128-asym", "fp16"))
+
+
+def make_space(n_layers=10):
+    rng = random.Random(1)
+    layers = [LayerInfo(f"blocks.{i}.fc", 128 * rng.choice([1, 2, 4]), 128 * rng.choice([1, 2]))
+              for i in range(n_layers)]
+    return build_space(layers, [LayerRule("blocks", OPTIONS)], (), None)
+
+
+SPACE = make_space()
+BUDGET = Budget(avg_bits=4.25)
+SENS = [random.Random(7).uniform(0.1, 10) * (i + 1) for i in range(len(SPACE.genes))]
+
+
+def objective(candidate):
+    return sum(s * 2.0 ** -g.options[c].bits
+               for s, g, c in zip(SENS, SPACE.genes, candidate.choices, strict=True))
+
+
+class ShuffledExecutor:
+    """``slots`` evaluations at a time, finishing in a seeded random order (like real workers)."""
+
+    def __init__(self, slots, seed, before_dispatch=None):
+        self._slots, self.rng, self.pending = slots, random.Random(seed), []
+        self.before_dispatch = before_dispatch
+
+    @property
+    def slots(self):
+        return self._slots
+
+    def submit(self, key, candidate):
+        self.pending.append((key, candidate))
+
+    def collect(self):
+        if self.before_dispatch:
+            self.before_dispatch()
+        k = self.rng.randint(1, len(self.pending))
+        self.rng.shuffle(self.pending)
+        done, self.pending = self.pending[:k], self.pending[k:]
+        return [(key, Outcome(objective(c), 0.0, "w")) for key, c in done]
+
+
+class Crash(Exception):
+    pass
+
+
+def drive(store, name, evaluations, order_seed, crash_after=None, extend=0):
+    """What run_job does, with a synthetic executor; ``crash_after`` results, raise."""
+    config = SearcherConfig(name="evolutionary", params={"offspring": 6})
+    study, _ = store.open_study(name, {"n": name}, {"n": name}, SPACE, "m", "o", evaluations)
+    with StudyLease(store, study.id, name) as lease:
+        store.mark_running_failed(study.id, "driver stopped")
+        if extend:
+            store.set_evaluations(study.id, study.evaluations + extend)
+        study = store.study(name)
+        searcher, rep = replay(lambda: make_searcher(config, SPACE, BUDGET, 0), store.trials(name))
+        wrapped = RequeueSearcher(searcher, rep.owed)
+        writer = TrialWriter(store, study.id, 0)
+        recorder = StoreRecorder(writer, SPACE, wrapped, lease)
+        executor = ShuffledExecutor(3, order_seed, recorder.flush)
+        seen = 0
+
+        def on_result(*_):
+            nonlocal seen
+            seen += 1
+            if crash_after is not None and seen >= crash_after:
+                raise Crash()
+
+        try:
+            run_search(wrapped, executor, recorder, study.evaluations - rep.completed, SPACE,
+                       BUDGET, on_result=on_result)
+        except Crash:
+            writer.close()  # the buffered turn is lost, as in a SIGKILL
+            return rep
+        recorder.flush(final=True)
+        writer.close()
+        return rep
+
+
+def best(store, name):
+    return store.best(name, top=1)[0]
+
+
+@pytest.mark.parametrize("crashes", [(13,), (5, 9, 20)])
+def test_resume_matches_uninterrupted_run(store_url, crashes):
+    store = TrialStore(store_url)
+    drive(store, "clean", 40, order_seed=1)
+    for i, at in enumerate(crashes):
+        drive(store, "crashy", 40, order_seed=10 + i, crash_after=at)
+    rep = drive(store, "crashy", 40, order_seed=99)
+    assert rep.diverged is None
+    trials = store.trials("crashy")
+    complete = [t for t in trials if t.status == COMPLETE]
+    assert len(complete) == 40
+    assert max(Counter(t.choices for t in complete).values()) == 1  # nothing evaluated twice
+    assert all(t.status != "running" for t in trials)
+    assert best(store, "crashy").choices == best(store, "clean").choices
+    clean = {t.choices for t in store.trials("clean", COMPLETE)}
+    assert {t.choices for t in complete} == clean
+
+
+def test_extend_continues_with_same_strategy_state(store_url):
+    store = TrialStore(store_url)
+    drive(store, "long", 50, order_seed=3)
+    drive(store, "short", 30, order_seed=4)
+    drive(store, "short", 30, order_seed=5, extend=20)
+    assert store.study("short").evaluations == 50
+    assert {t.choices for t in store.trials("short", COMPLETE)} == \
+        {t.choices for t in store.trials("long", COMPLETE)}
+
+
+def test_lease_is_exclusive_and_expires(store_url):
+    store = TrialStore(store_url)
+    study, _ = store.open_study("leased", {}, {}, SPACE, "m", "o", 5)
+    first = StudyLease(store, study.id, "leased", ttl=0.5, owner="elsewhere:1:a").acquire()
+    with pytest.raises(StudyLeasedError, match="being run by elsewhere:1:a"):
+        StudyLease(store, study.id, "leased", owner="elsewhere:2:b").acquire()
+    import time
+    time.sleep(0.7)
+    second = StudyLease(store, study.id, "leased", owner="elsewhere:2:b").acquire()
+    assert not first.renew()
+    first.lost.set()
+    with pytest.raises(LeaseLostError):
+        first.check()
+    second.release()
+
+
+def test_lease_of_dead_local_process_is_taken_over(store_url):
+    import socket
+    import subprocess
+    import sys
+
+    store = TrialStore(store_url)
+    study, _ = store.open_study("orphan", {}, {}, SPACE, "m", "o", 5)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    StudyLease(store, study.id, "orphan", owner=f"{socket.gethostname()}:{dead}:x").acquire()
+    StudyLease(store, study.id, "orphan").acquire()  # no wait for the expiry
