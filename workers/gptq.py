@@ -28,6 +28,11 @@ import torch
 SCALE_DTYPE = torch.float16  # scales and zeros are stored (and therefore rounded) as fp16
 
 
+def _stored_scale(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` rounded to fp16 and floored at fp16's smallest normal, as RTN stores it."""
+    return scale.to(SCALE_DTYPE).float().clamp(min=torch.finfo(SCALE_DTYPE).tiny)
+
+
 class HessianAccumulator:
     """H = 2/n · Σ xxᵀ over the n calibration rows seen so far (running mean, as the reference).
 
@@ -65,17 +70,17 @@ def grid_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tens
     """Scale s, zero z and the code range [q_min, q_max] for the rows of ``w`` (rows × group).
 
     Exactly the RTN grid: asymmetric s = (max(w,0) − min(w,0)) / (2^b − 1), z = round(−min/s);
-    symmetric s = max|w| / (2^(b−1) − 1), z = 0; s rounded to fp16.
+    symmetric s = max|w| / (2^(b−1) − 1), z = 0; s rounded to fp16 (floored at its
+    smallest normal, so an all-zero group divides by a positive number).
     """
     if symmetric:
         q_max = 2 ** (bits - 1) - 1
-        scale = (w.abs().amax(dim=1, keepdim=True) / q_max).clamp(min=1e-8)
-        scale = scale.to(SCALE_DTYPE).float()
+        scale = _stored_scale(w.abs().amax(dim=1, keepdim=True) / q_max)
         return scale, torch.zeros_like(scale), -q_max - 1, q_max
     q_max = 2**bits - 1
     lo = w.amin(dim=1, keepdim=True).clamp(max=0)
     hi = w.amax(dim=1, keepdim=True).clamp(min=0)
-    scale = ((hi - lo) / q_max).clamp(min=1e-8).to(SCALE_DTYPE).float()
+    scale = _stored_scale((hi - lo) / q_max)
     zero = torch.round(-lo / scale).clamp(0, q_max)
     return scale, zero, 0, q_max
 

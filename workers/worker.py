@@ -1,25 +1,47 @@
 """The worker: one loaded model that scores candidates against its full-precision self.
 
-It loads the model once, computes the full-precision reference once, quantizes each (layer,
-option) at most once (a variant cache), and applies a candidate by swapping only the layers whose
-option changed since the last candidate. Plain Python and torch: the Ray actor is a thin shell.
+It loads the model once (and refuses to score one whose weights are not finite), computes the
+full-precision reference once, compresses each (layer, option) at most once (the variant cache,
+:mod:`.variant_cache`: on the device while it fits, else pinned host memory), and applies a
+candidate by swapping only the layers whose option changed since the last candidate, so one
+evaluation costs about one forward pass plus the objective.
+
+GPTQ variants (``option.rounding == "gptq"``) and Wanda pruning need statistics of each layer's
+inputs: the Hessian H = 2XᵀX/n and the column norms ‖X_j‖. They are gathered once, on first need,
+by forward hooks during one pass of the full-precision model over the calibration batches
+(padding excluded); one Hessian per layer serves every GPTQ level of that layer.
+
+Multi-fidelity: ``Candidate.samples = N`` scores on the first N calibration samples, the same N for
+every candidate (common random numbers), so cheap screening compares candidates on equal terms.
+
+Plain Python and torch: the Ray actor (:mod:`.actor`) is a thin shell.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
+from .errors import WorkerError
+from .gptq import HessianAccumulator, gptq_quantize
 from .layers import get_weight, quantizable_modules, set_weight_
 from .model_loading import load_model, load_tokenizer
+from .objectives import make_objective, slice_reference
 from .quantize import quantize_weight
-from .scoring import embedding_distortion, mean_pool, next_token_kl
+from .variant_cache import VariantCache
+
+Batch = dict[str, torch.Tensor]
+# 4a's quantize_weight takes the Wanda activation norms; older versions do not.
+_TAKES_ACT_NORM = "act_norm" in inspect.signature(quantize_weight).parameters
 
 
 @dataclass(frozen=True)
@@ -28,42 +50,74 @@ class WorkerSetup:
 
     model_path: str
     kind: str  # "causal-lm" or "encoder"
-    objective: str  # "kl" or "embedding_distortion"
+    # "kl", "embedding_distortion", or a user objective "module:function" (see .objectives)
+    objective: str
     texts: tuple[str, ...]
     seq_len: int
     batch_size: int = 32
     dtype: str = "float32"
     device: str = "cpu"
     threads: int | None = None
+    # KL on the teacher's top-k tokens only (k/V of the reference's memory); None: full vocabulary.
+    kl_top_k: int | None = None
+    # Variant bytes kept on the device; the rest goes to pinned host memory. None: as many as fit
+    # (free device memory after the reference, less twice the forward pass's peak and 1 GiB).
+    cache_device_bytes: int | None = None
+    # GPTQ's dampening λ = percdamp · mean(diag H) and lazy-batch width (the reference's defaults).
+    gptq_percdamp: float = 0.01
+    gptq_block_size: int = 128
 
 
 @dataclass(frozen=True)
 class EvalOutcome:
-    """The result of scoring one candidate; ``objective`` is None when it failed (see ``error``)."""
+    """The result of scoring one candidate; ``objective`` is None when it failed (see ``error``).
+
+    ``extra`` holds further numbers of the same evaluation (``perplexity`` for causal LMs).
+    """
 
     objective: float | None
     seconds: float
     error: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def non_finite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters holding NaN or Inf."""
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 class Worker:
-    def __init__(self, setup: WorkerSetup, space: SearchSpace) -> None:
+    def __init__(self, setup: WorkerSetup, space: SearchSpace, *, model: nn.Module | None = None,
+                 batches: list[Batch] | None = None) -> None:
+        """Load ``setup.model_path`` (or use ``model``) and tokenize ``setup.texts`` (or use
+        ``batches``: dicts of ``input_ids``/``attention_mask`` on the device, for benchmarks)."""
         if setup.threads:
             torch.set_num_threads(setup.threads)
         self.setup = setup
         self.space = space
         self.device = torch.device(setup.device)
-        self.model = load_model(setup.model_path, setup.kind, setup.dtype, setup.device)
+        self.objective = make_objective(setup.objective, setup.kl_top_k)
+        self.model = model if model is not None else load_model(
+            setup.model_path, setup.kind, setup.dtype, setup.device)
+        bad = non_finite_parameters(self.model)
+        # A model with NaN/Inf weights fails every trial with this reason (never a best result).
+        self.weight_error = (f"model weights are not finite in {len(bad)} tensors "
+                             f"(first: {bad[0]})") if bad else None
         modules = quantizable_modules(self.model)
         self.modules = {layer.name: modules[layer.name] for layer in space.layers}
         self.original = {name: get_weight(m) for name, m in self.modules.items()}
         self.current: dict[str, QuantOption | None] = dict.fromkeys(self.modules)  # None = original
-        self.cache: dict[tuple[str, QuantOption], torch.Tensor] = {}
-        self.batches = self._tokenize(load_tokenizer(setup.model_path))
+        self.batches = batches if batches is not None else self._tokenize(
+            load_tokenizer(setup.model_path))
+        self.samples = sum(b["input_ids"].shape[0] for b in self.batches)
+        self._peak_activation_bytes = 0
         self.reference = self._forward_reference()
+        self.cache = VariantCache(self.device, self._device_cap())
+        self.input_stats: dict[str, HessianAccumulator] = {}
+        self._have_hessians = False
 
     # -- setup --------------------------------------------------------------------------------
-    def _tokenize(self, tokenizer) -> list[dict[str, torch.Tensor]]:
+    def _tokenize(self, tokenizer) -> list[Batch]:
         texts, bs = list(self.setup.texts), self.setup.batch_size
         batches = []
         for start in range(0, len(texts), bs):
@@ -73,65 +127,191 @@ class Worker:
         return batches
 
     @torch.inference_mode()
-    def _forward_reference(self) -> list[torch.Tensor]:
+    def _forward_reference(self) -> list[Any]:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         refs = []
         for batch in self.batches:
-            out = self.model(**batch)
-            if self.setup.objective == "kl":
-                refs.append(torch.log_softmax(out.logits.float(), dim=-1))
-            else:
-                refs.append(mean_pool(out.last_hidden_state, batch["attention_mask"]))
+            refs.append(self.objective.reference(self.model(**batch), batch))
+        if cuda:
+            self._peak_activation_bytes = (torch.cuda.max_memory_allocated(self.device)
+                                           - torch.cuda.memory_allocated(self.device))
         return refs
 
-    # -- applying a candidate -----------------------------------------------------------------
+    def _device_cap(self) -> int | None:
+        if self.setup.cache_device_bytes is not None:
+            return self.setup.cache_device_bytes
+        if self.device.type != "cuda":
+            return None  # CPU: the device is the host
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return max(free - 2 * self._peak_activation_bytes - (1 << 30), 0)
+
+    # -- layer input statistics (GPTQ Hessians, Wanda norms) ------------------------------------
+    @torch.inference_mode()
+    def _gather_input_stats(self, hessians: bool) -> None:
+        """One full-precision pass over the calibration batches with hooks on every searched layer."""
+        self.restore_()
+        stats = {name: HessianAccumulator(w.shape[1], self.device, hessian=hessians)
+                 for name, w in self.original.items()}
+        mask: list[torch.Tensor] = []
+
+        def hook_for(name: str):
+            def record(_module: nn.Module, args: tuple, _output: Any) -> None:
+                x = args[0]
+                if x.shape[:-1] == mask[0].shape:
+                    x = x[mask[0]]  # padding tokens are not calibration data
+                stats[name].add(x)
+            return record
+
+        handles = [m.register_forward_hook(hook_for(n)) for n, m in self.modules.items()]
+        try:
+            for batch in self.batches:
+                mask[:] = [batch["attention_mask"].bool()]
+                self.model(**batch)
+        finally:
+            for h in handles:
+                h.remove()
+        self.input_stats = stats
+        self._have_hessians = hessians
+
+    def hessian(self, name: str) -> torch.Tensor:
+        """H = 2XᵀX/n of layer ``name``'s calibration inputs (gathered on first use)."""
+        if not self._have_hessians:
+            self._gather_input_stats(hessians=True)
+        H = self.input_stats[name].H
+        assert H is not None
+        return H
+
+    def act_norm(self, name: str) -> torch.Tensor:
+        """‖X_j‖₂ per input column of layer ``name`` (Wanda's activation norms)."""
+        if name not in self.input_stats:
+            self._gather_input_stats(hessians=False)
+        return self.input_stats[name].act_norm
+
+    # -- variants -----------------------------------------------------------------------------
+    def _compress(self, name: str, option: QuantOption) -> torch.Tensor:
+        w = self.original[name]
+        wanda = option.sparsity > 0 and option.sparsity_method == "wanda"
+        if wanda and not _TAKES_ACT_NORM:
+            raise WorkerError(f"option {option.label}: this quantize_weight has no Wanda support")
+        act_norm = self.act_norm(name) if wanda else None
+        if option.format == "int" and option.rounding == "gptq":
+            if option.clip:
+                raise WorkerError(f"option {option.label}: clipping is not implemented for GPTQ "
+                                  "rounding; use -clip (RTN) or -gptq")
+            mask = None
+            if option.sparsity > 0:  # prune as the option says, then GPTQ the survivors
+                prune_only = QuantOption("fp16", sparsity=option.sparsity,
+                                         sparsity_pattern=option.sparsity_pattern,
+                                         sparsity_method=option.sparsity_method)
+                mask = self._quantize(w, prune_only, act_norm) != 0
+            return gptq_quantize(w, self.hessian(name), option.bits, option.group_size,
+                                 option.symmetric, self.setup.gptq_block_size,
+                                 self.setup.gptq_percdamp, mask)
+        return self._quantize(w, option, act_norm)
+
+    @staticmethod
+    def _quantize(w: torch.Tensor, option: QuantOption, act_norm: torch.Tensor | None):
+        if act_norm is None:
+            return quantize_weight(w, option)
+        return quantize_weight(w, option, act_norm=act_norm)  # type: ignore[call-arg]
+
     def variant(self, name: str, option: QuantOption) -> torch.Tensor:
-        """The weight of layer ``name`` under ``option``, computed on first use and then kept."""
+        """The weight of layer ``name`` under ``option`` (device or host), computed once."""
         key = (name, option)
         if key not in self.cache:
-            self.cache[key] = quantize_weight(self.original[name], option)
-        return self.cache[key]
+            with torch.inference_mode():
+                w = self._compress(name, option)
+            if not bool(torch.isfinite(w).all()):
+                raise WorkerError(f"layer {name} under {option.label}: the compressed weight is "
+                                  "not finite")
+            self.cache.put(key, w.contiguous())
+        return self.cache.get(key)
+
+    def warm_cache(self) -> None:
+        """Compress every (layer, option) of the space now (benchmarks, profiles)."""
+        for gene in self.space.genes:
+            for layer in gene.layers:
+                for option in gene.options:
+                    self.variant(layer.name, option)
+
+    def cache_bytes(self) -> int:
+        return sum(self.cache.bytes().values())
+
+    def cache_split(self) -> dict[str, int]:
+        """Bytes of the variant cache on the device (slots included) and in host memory."""
+        return self.cache.bytes()
+
+    # -- applying a candidate -----------------------------------------------------------------
+    def set_layer_(self, name: str, option: QuantOption | None) -> bool:
+        """Point layer ``name`` at its variant for ``option`` (None: the original); True if changed."""
+        if self.current[name] == option:
+            return False
+        if option is None:
+            set_weight_(self.modules[name], self.original[name])
+        else:
+            self.variant(name, option)
+            set_weight_(self.modules[name], self.cache.fetch((name, option), self.modules[name]))
+        self.current[name] = option
+        return True
+
+    def restore_(self) -> None:
+        """Every layer back to its full-precision weight."""
+        for name in self.modules:
+            self.set_layer_(name, None)
 
     def apply_(self, candidate: Candidate) -> int:
         """Point every layer at its variant for ``candidate``; returns how many layers changed."""
-        changed = 0
-        for name, option in self.space.decode(candidate).items():
+        wanted = self.space.decode(candidate)
+        for name, option in wanted.items():  # compress first: gathering statistics restores fp
             if self.current[name] != option:
-                set_weight_(self.modules[name], self.variant(name, option))
-                self.current[name] = option
-                changed += 1
-        return changed
-
-    def cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.cache.values())
+                self.variant(name, option)
+        return sum(self.set_layer_(name, option) for name, option in wanted.items())
 
     # -- scoring ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, samples: int | None = None) -> float:
-        """The objective of the model as it stands, on the first ``samples`` samples (all: None)."""
-        total, count, seen = 0.0, 0.0, 0
-        limit = len(self.setup.texts) if samples is None else min(samples, len(self.setup.texts))
+    def measure(self, samples: int | None = None) -> tuple[float, dict[str, float]]:
+        """The objective of the model as it stands, and its extras, on the first ``samples``
+        calibration samples (all: None). Sums stay on the device until the end: one sync."""
+        total: torch.Tensor | float = 0.0
+        count: torch.Tensor | float = 0.0
+        extra_sums: dict[str, list] = {}
+        limit = self.samples if samples is None else min(samples, self.samples)
+        seen = 0
         for batch, ref in zip(self.batches, self.reference, strict=True):
             if seen >= limit:
                 break
             take = min(limit - seen, batch["input_ids"].shape[0])
-            sub = {k: v[:take] for k, v in batch.items()}
-            out = self.model(**sub)
-            if self.setup.objective == "kl":
-                s, n = next_token_kl(ref[:take], out.logits, sub["attention_mask"])
-                total, count = total + float(s), count + float(n)
-            else:
-                emb = mean_pool(out.last_hidden_state, sub["attention_mask"])
-                total += float(embedding_distortion(ref[:take], emb).sum())
-                count += take
+            sub = {k: v[:take] for k, v in batch.items()} if take < batch["input_ids"].shape[0] \
+                else batch
+            (s, n), extras = self.objective.score(slice_reference(ref, take), self.model(**sub), sub)
+            total, count = total + s, count + n
+            for key, (es, en) in extras.items():
+                acc = extra_sums.setdefault(key, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + es, acc[1] + en
             seen += take
-        return total / max(count, 1.0)
+        value = float(total) / max(float(count), 1.0)
+        means = {k: float(es) / max(float(en), 1.0) for k, (es, en) in extra_sums.items()}
+        return value, self.objective.finish(means) if means else {}
+
+    def score(self, samples: int | None = None) -> float:
+        """The objective of the model as it stands, on the first ``samples`` samples (all: None)."""
+        return self.measure(samples)[0]
 
     def evaluate(self, candidate: Candidate) -> EvalOutcome:
-        """Apply and score ``candidate``; a non-finite score is a failure, never a result."""
+        """Apply and score ``candidate``; non-finite weights or scores fail it, with the reason."""
         start = time.perf_counter()
-        self.apply_(candidate)
-        value = self.score(candidate.samples)
+        if self.weight_error is not None:
+            return EvalOutcome(None, 0.0, self.weight_error)
+        try:
+            self.apply_(candidate)
+        except WorkerError as exc:
+            return EvalOutcome(None, time.perf_counter() - start, str(exc))
+        value, extra = self.measure(candidate.samples)
         seconds = time.perf_counter() - start
         if not math.isfinite(value):
             return EvalOutcome(None, seconds, f"objective is not finite ({value})")
-        return EvalOutcome(value, seconds)
+        return EvalOutcome(value, seconds, extra={k: v for k, v in extra.items()
+                                                   if math.isfinite(v)})
+
