@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     create_engine,
@@ -35,6 +36,9 @@ from .models import COMPLETE, FAILED, RUNNING, Base, StudyRow, TrialRow
 
 DEFAULT_URL = "sqlite:///mpsearch.db"
 _NUMBER_RETRIES = 20  # concurrent start_trial calls on one study: attempts before giving up
+# Budget filters admit a trial this far over the bound: avg_bits is a float quotient, and the
+# feasibility flag written with each trial allows the same slack (``Budget.admits``).
+FILTER_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,19 @@ def _add_missing_columns(conn: Connection) -> None:
             if col.name not in present and col.nullable:
                 kind = col.type.compile(dialect=conn.dialect)
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {col.name} {kind}'))
+
+
+def budget_clauses(max_bits: float | None = None, max_bytes: float | None = None,
+                   origin: str | None = None) -> list[ColumnElement[bool]]:
+    """WHERE clauses for the optional filters every query shares (bounds allow ``FILTER_TOL``)."""
+    clauses: list[ColumnElement[bool]] = []
+    if max_bits is not None:
+        clauses.append(TrialRow.avg_bits <= max_bits + FILTER_TOL)
+    if max_bytes is not None:
+        clauses.append(TrialRow.total_bytes <= max_bytes + FILTER_TOL)
+    if origin is not None:
+        clauses.append(TrialRow.origin == origin)
+    return clauses
 
 
 class TrialStore:
@@ -288,12 +305,7 @@ class TrialStore:
         with translating(self.url, "query best trials"), self._session() as s:
             q = select(TrialRow).where(TrialRow.study_id == study_id,
                                        TrialRow.status == COMPLETE, TrialRow.feasible.is_(True))
-            if max_bits is not None:
-                q = q.where(TrialRow.avg_bits <= max_bits)
-            if max_bytes is not None:
-                q = q.where(TrialRow.total_bytes <= max_bytes)
-            if origin is not None:
-                q = q.where(TrialRow.origin == origin)
+            q = q.where(*budget_clauses(max_bits, max_bytes, origin))
             q = q.order_by(TrialRow.objective, TrialRow.number).limit(top)
             return [_trial(r) for r in s.scalars(q)]
 

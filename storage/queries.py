@@ -1,0 +1,151 @@
+"""Read-side queries over stored trials: one trial, the Pareto front, studies compared.
+
+:class:`ResultStore` is the :class:`TrialStore` plus these queries (``best`` is inherited); it is
+what ``from mpsearch.storage import Store`` gives. Every query is one or two indexed SELECTs and
+never writes. The rules all of them share:
+
+- only ``complete`` trials are results; ``running`` and ``failed`` ones are never returned;
+- ties are broken by trial number (lower first), so every answer is deterministic;
+- budget filters (``max_bits``, ``max_bytes``) allow :data:`FILTER_TOL`, as feasibility does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from mpsearch.spaces.space import Budget
+
+from .errors import StoreError, TrialNotFoundError, translating
+from .models import COMPLETE, TrialRow
+from .store import StudyRecord, TrialRecord, TrialStore, _trial, budget_clauses
+
+
+class NoResultError(StoreError):
+    """A query's filters admit no trial (the CLI says so and exits non-zero)."""
+
+
+@dataclass(frozen=True)
+class StudyColumn:
+    """One study's side of a comparison."""
+
+    study: StudyRecord
+    completed: int  # completed trials, any cost
+    within: int  # completed trials within the comparison's budget
+    best: tuple[TrialRecord, ...]  # lowest objective first, at most ``top``
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Studies side by side under one budget.
+
+    ``notes`` says what makes their objectives not directly comparable (another model, objective
+    or calibration set); a comparison is still made, the reader decides.
+    """
+
+    budget: Budget
+    columns: tuple[StudyColumn, ...]
+    notes: tuple[str, ...]
+
+
+def pareto_front(points: Iterable[tuple[float, float, int]]) -> list[int]:
+    """Numbers of the non-dominated points among ``(avg_bits, objective, number)``.
+
+    ``points`` must be sorted ascending by all three; both coordinates are minimized. A sorted
+    scan keeps a point exactly when its objective is strictly below every cheaper (or equally
+    cheap, earlier) point's, so among duplicates only the lowest-numbered one is kept. O(n).
+    """
+    front: list[int] = []
+    best = float("inf")
+    for _bits, objective, number in points:
+        if objective < best:
+            front.append(number)
+            best = objective
+    return front
+
+
+def study_budget(study: StudyRecord) -> Budget:
+    """The budget stored in a study's spec (no bound for a spec without one)."""
+    section = study.spec.get("budget") or {}
+    return Budget(section.get("avg_bits"), section.get("total_bytes"))
+
+
+def _differences(studies: Sequence[StudyRecord]) -> tuple[str, ...]:
+    first = studies[0]
+    notes = []
+    for label, value in (("model", lambda s: s.model), ("objective", lambda s: s.objective),
+                         ("calibration", lambda s: s.spec.get("calibration"))):
+        other = [s.name for s in studies[1:] if value(s) != value(first)]
+        if other:
+            notes.append(f"{', '.join(other)} differ from {first.name} in {label}: "
+                         "objective values are not directly comparable")
+    return tuple(notes)
+
+
+class ResultStore(TrialStore):
+    """The store with the read-side queries: ``best`` (inherited), ``trial``, ``pareto``, ``compare``."""
+
+    def trial(self, study: str, number: int) -> TrialRecord:
+        """Trial ``number`` of ``study``, whatever its status; :class:`TrialNotFoundError` if none."""
+        study_id = self.study(study).id
+        with translating(self.url, "read trial"), self._session() as s:
+            row = s.scalar(select(TrialRow).where(TrialRow.study_id == study_id,
+                                                  TrialRow.number == number))
+            if row is None:
+                last = s.scalar(select(func.max(TrialRow.number))
+                                .where(TrialRow.study_id == study_id))
+                span = "it has no trials" if last is None else f"its trials are 0..{last}"
+                raise TrialNotFoundError(f"study {study!r} has no trial {number}; {span}")
+            return _trial(row)
+
+    def pareto(self, study: str, max_bits: float | None = None, max_bytes: float | None = None,
+               feasible_only: bool = False) -> list[TrialRecord]:
+        """Completed trials not dominated in (objective, avg_bits), cheapest first.
+
+        A trial is dominated when another has at most its bits and at most its objective, one of
+        them strictly less. Over-budget trials belong to the front unless ``feasible_only``; their
+        ``feasible`` flag tells them apart. One scan over three columns, then the front's rows.
+        """
+        study_id = self.study(study).id
+        where = [TrialRow.study_id == study_id, TrialRow.status == COMPLETE,
+                 *budget_clauses(max_bits, max_bytes)]
+        if feasible_only:
+            where.append(TrialRow.feasible.is_(True))
+        with translating(self.url, "query the Pareto front"), self._session() as s:
+            points = s.execute(select(TrialRow.avg_bits, TrialRow.objective, TrialRow.number)
+                               .where(*where)
+                               .order_by(TrialRow.avg_bits, TrialRow.objective, TrialRow.number))
+            numbers = pareto_front(points)  # rows unpack as (bits, objective, number)
+            if not numbers:
+                return []
+            rows = s.scalars(select(TrialRow).where(TrialRow.study_id == study_id,
+                                                    TrialRow.number.in_(numbers)))
+            by_number = {r.number: _trial(r) for r in rows}
+            return [by_number[n] for n in numbers]
+
+    def compare(self, studies: Sequence[str], max_bits: float | None = None,
+                max_bytes: float | None = None, top: int = 1) -> Comparison:
+        """The best ``top`` trials of each study under one budget, side by side.
+
+        The budget is ``max_bits``/``max_bytes`` when either is given, else the first study's.
+        Every study's completed trials are judged against that one budget, not against their own
+        study's (so studies run at different budgets can be compared at a common one).
+        """
+        if len(studies) < 2:
+            raise StoreError(f"compare needs at least two studies, got {len(studies)}")
+        records = [self.study(name) for name in studies]
+        given = max_bits is not None or max_bytes is not None
+        budget = Budget(max_bits, max_bytes) if given else study_budget(records[0])
+        columns = []
+        with translating(self.url, "compare studies"), self._session() as s:
+            for record in records:
+                done = [TrialRow.study_id == record.id, TrialRow.status == COMPLETE]
+                within = [*done, *budget_clauses(budget.avg_bits, budget.total_bytes)]
+                n_done = s.scalar(select(func.count()).select_from(TrialRow).where(*done)) or 0
+                n_within = s.scalar(select(func.count()).select_from(TrialRow).where(*within)) or 0
+                rows = s.scalars(select(TrialRow).where(*within)
+                                 .order_by(TrialRow.objective, TrialRow.number).limit(top))
+                columns.append(StudyColumn(record, n_done, n_within, tuple(map(_trial, rows))))
+        return Comparison(budget, tuple(columns), _differences(records))
