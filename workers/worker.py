@@ -19,7 +19,6 @@ Plain Python and torch: the Ray actor (:mod:`.actor`) is a thin shell.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,11 +36,10 @@ from .layers import get_weight, quantizable_modules, set_weight_
 from .model_loading import load_model, load_tokenizer
 from .objectives import make_objective, slice_reference
 from .quantize import quantize_weight
+from .sparsity import prune_mask
 from .variant_cache import VariantCache
 
 Batch = dict[str, torch.Tensor]
-# 4a's quantize_weight takes the Wanda activation norms; older versions do not.
-_TAKES_ACT_NORM = "act_norm" in inspect.signature(quantize_weight).parameters
 
 
 @dataclass(frozen=True)
@@ -192,30 +190,17 @@ class Worker:
     # -- variants -----------------------------------------------------------------------------
     def _compress(self, name: str, option: QuantOption) -> torch.Tensor:
         w = self.original[name]
-        wanda = option.sparsity > 0 and option.sparsity_method == "wanda"
-        if wanda and not _TAKES_ACT_NORM:
-            raise WorkerError(f"option {option.label}: this quantize_weight has no Wanda support")
+        wanda = option.sparse and option.sparsity_method == "wanda"
         act_norm = self.act_norm(name) if wanda else None
         if option.format == "int" and option.rounding == "gptq":
-            if option.clip:
-                raise WorkerError(f"option {option.label}: clipping is not implemented for GPTQ "
-                                  "rounding; use -clip (RTN) or -gptq")
             mask = None
-            if option.sparsity > 0:  # prune as the option says, then GPTQ the survivors
-                prune_only = QuantOption("fp16", sparsity=option.sparsity,
-                                         sparsity_pattern=option.sparsity_pattern,
-                                         sparsity_method=option.sparsity_method)
-                mask = self._quantize(w, prune_only, act_norm) != 0
+            if option.sparse:  # prune as the option says, then GPTQ the survivors (SparseGPT-like)
+                mask = prune_mask(w, option.sparsity, option.sparsity_pattern,
+                                  option.sparsity_method, act_norm)
             return gptq_quantize(w, self.hessian(name), option.bits, option.group_size,
                                  option.symmetric, self.setup.gptq_block_size,
                                  self.setup.gptq_percdamp, mask)
-        return self._quantize(w, option, act_norm)
-
-    @staticmethod
-    def _quantize(w: torch.Tensor, option: QuantOption, act_norm: torch.Tensor | None):
-        if act_norm is None:
-            return quantize_weight(w, option)
-        return quantize_weight(w, option, act_norm=act_norm)  # type: ignore[call-arg]
+        return quantize_weight(w, option, act_norm=act_norm)
 
     def variant(self, name: str, option: QuantOption) -> torch.Tensor:
         """The weight of layer ``name`` under ``option`` (device or host), computed once."""

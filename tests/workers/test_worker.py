@@ -141,3 +141,18 @@ def test_evaluation_is_finite_and_cache_grows_once_per_variant(tiny_gpt2_path):
     a, b = worker.evaluate(c), worker.evaluate(c)
     assert a.objective == b.objective and math.isfinite(a.objective)
     assert len(worker.cache) == len(space.layers)
+
+
+def test_wanda_and_sparse_gptq_use_the_calibration_activation_norms(minilm_path):
+    labels = ["int4-g32-asym+s50-wanda", "int4-g32-asym-gptq+2:4-wanda", "fp16"]
+    worker, space, _ = make(minilm_path, "embedding_distortion", options=labels)
+    for label in labels[:2]:
+        out = worker.evaluate(uniform(space, label))
+        assert out.error is None and 0 < out.objective < 1
+    name, options = space.layers[0].name, space.genes[0].options
+    sparse_gptq = worker.variant(name, options[1])
+    assert torch.all((sparse_gptq != 0).reshape(-1, 4).sum(dim=1) <= 2)  # 2:4 survived GPTQ
+    wanda = worker.variant(name, options[0])
+    magnitude = worker_module.quantize_weight(worker.original[name], type(options[0])(
+        "int", 4, 32, sparsity=0.5))
+    assert not torch.equal(wanda != 0, magnitude != 0)  # the norms changed which weights survive
