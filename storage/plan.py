@@ -1,0 +1,128 @@
+"""The per-layer plan: one stored trial as a JSON file a runtime (or ``mpsearch apply``) can use.
+
+A plan names, for every searched layer, the option the trial gave it (every field of
+:class:`QuantOption`: format, bits, group size, symmetry, sparsity, ...), its label and the cost
+model's effective bits, and records where it came from (study, trial, objective, model, dtype,
+calibration, spec hash, mpsearch version). Layers not in the plan keep their original weights.
+Plain data, no torch: :mod:`mpsearch.workers.checkpoint` turns a plan into weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mpsearch.spaces.errors import MpsearchError
+from mpsearch.spaces.options import QuantOption
+
+from .store import StudyRecord, TrialRecord
+
+PLAN_FORMAT = "mpsearch-plan"
+PLAN_VERSION = 1
+_OPTION_FIELDS = tuple(f.name for f in fields(QuantOption))
+
+
+class PlanError(MpsearchError):
+    """A plan file cannot be read, is not a plan, or cannot be written."""
+
+
+def mpsearch_version() -> str:
+    try:
+        return metadata.version("mpsearch")
+    except metadata.PackageNotFoundError:  # running from a tree that was never installed
+        return "unknown"
+
+
+def build_plan(study: StudyRecord, trial: TrialRecord) -> dict[str, Any]:
+    """The plan of ``trial`` (a JSON-able dict; see ``docs/storage.md`` for every key)."""
+    model_spec = study.spec.get("model") or {}
+    layers = []
+    for gene, choice in zip(study.space.genes, trial.choices, strict=True):
+        option = gene.options[choice]
+        for layer in gene.layers:
+            layers.append({
+                "name": layer.name, "gene": gene.name,
+                "in_features": layer.in_features, "out_features": layer.out_features,
+                "label": option.label, **option.to_dict(),
+                "effective_bits": option.effective_bits(layer.in_features),
+            })
+    return {
+        "format": PLAN_FORMAT, "version": PLAN_VERSION,
+        "provenance": {
+            "study": study.name, "trial": trial.number, "origin": trial.origin,
+            "objective_name": study.objective, "objective": trial.objective,
+            "samples": trial.samples,  # scored on the first N calibration samples; null = all
+            "avg_bits": trial.avg_bits, "total_bytes": trial.total_bytes,
+            "feasible": trial.feasible, "budget": study.spec.get("budget"),
+            "model": study.model, "model_kind": model_spec.get("kind", "auto"),
+            "dtype": model_spec.get("dtype", "float32"),
+            "calibration": study.spec.get("calibration"),
+            "spec_hash": study.spec_hash, "mpsearch_version": mpsearch_version(),
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        "unsearched_bits": study.space.unsearched_bits,
+        "layers": layers,
+    }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan read back from JSON: its provenance and each layer's option."""
+
+    data: dict[str, Any]
+    source: str
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.data["provenance"]
+
+    @property
+    def options(self) -> dict[str, QuantOption]:
+        """Layer name → option, in plan order."""
+        return {layer["name"]: _option(layer, self.source) for layer in self.data["layers"]}
+
+
+def _option(layer: dict[str, Any], source: str) -> QuantOption:
+    try:
+        return QuantOption.from_dict({k: layer[k] for k in _OPTION_FIELDS if k in layer})
+    except (TypeError, ValueError) as exc:
+        raise PlanError(f"{source}: layer {layer.get('name')!r}: {exc}") from None
+
+
+def write_plan(plan: dict[str, Any], out: str | Path) -> Path:
+    path = Path(out)
+    try:
+        path.write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(f"cannot write plan {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def read_plan(source: str | Path) -> Plan:
+    """Read and check a plan file; :class:`PlanError` names what is wrong."""
+    path = Path(source)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PlanError(f"cannot read plan {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{path}: not JSON ({exc}); pass a file written by `mpsearch export`") from None
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise PlanError(f"{path}: not an mpsearch plan (no \"format\": \"{PLAN_FORMAT}\"); "
+                        "pass a file written by `mpsearch export`")
+    if data.get("version") != PLAN_VERSION:
+        raise PlanError(f"{path}: plan version {data.get('version')!r}, this mpsearch reads "
+                        f"version {PLAN_VERSION}")
+    layers = data.get("layers")
+    if (not isinstance(layers, list) or not layers
+            or not all(isinstance(ly, dict) and "name" in ly for ly in layers)):
+        raise PlanError(f"{path}: field 'layers' must be a non-empty list of layers with a 'name'")
+    if not isinstance(data.get("provenance"), dict):
+        raise PlanError(f"{path}: field 'provenance' is missing")
+    for layer in layers:  # every option is checked now, not at first use
+        _option(layer, str(path))
+    return Plan(data, str(path))

@@ -1,0 +1,160 @@
+"""Writing a plan's weights as a checkpoint that loads with ``from_pretrained``, and re-scoring it.
+
+The checkpoint holds the *dequantized* weights (in the model's dtype) that a worker scores, so it
+loads in any transformers runtime and reproduces the trial's objective exactly; packing them into
+integer kernels is a runtime's job. Layers the plan does not name keep their original weights.
+Pure torch + transformers: the caller reads the plan (``mpsearch.storage.plan``) and passes the
+options.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpsearch.spaces.options import QuantOption
+from mpsearch.spaces.space import Candidate, Gene, LayerInfo, SearchSpace
+
+from .config import ModelConfig
+from .errors import WorkerError
+from .layers import get_weight, oriented_shape, quantizable_modules, set_weight_
+from .model_loading import inspect_model, load_model, load_tokenizer
+from .quantize import quantize_weight
+from .worker import Worker, WorkerSetup
+
+PLAN_FILE = "mpsearch_plan.json"  # the plan, copied beside the weights it produced
+
+
+class CheckpointError(WorkerError):
+    """A plan cannot be applied to a model, or its checkpoint cannot be written."""
+
+
+def _planned_modules(model: nn.Module, options: Mapping[str, QuantOption]) -> dict[str, nn.Module]:
+    modules = quantizable_modules(model)
+    missing = [name for name in options if name not in modules]
+    if missing:
+        raise CheckpointError(f"the model has no quantizable layer {missing[0]!r} "
+                              f"({len(missing)} of the plan's {len(options)} layers are missing); "
+                              "pass the model the plan was made for")
+    return modules
+
+
+def quantize_model_(model: nn.Module, options: Mapping[str, QuantOption]) -> int:
+    """Replace each named layer's weight by its quantized-dequantized value; returns how many."""
+    modules = _planned_modules(model, options)
+    with torch.no_grad():
+        for name, option in options.items():
+            module = modules[name]
+            try:
+                quantized = quantize_weight(get_weight(module), option)
+            except ValueError as exc:
+                raise CheckpointError(f"layer {name}: option {option.label} cannot be applied "
+                                      f"from the weights alone: {exc}") from None
+            set_weight_(module, quantized)
+            # Conv1D gets a transposed view; safetensors stores contiguous tensors only
+            module.weight.data = module.weight.data.contiguous()
+    return len(options)
+
+
+def needs_calibration(option: QuantOption) -> bool:
+    """Whether ``option`` compresses with the layer's calibration inputs (GPTQ, Wanda)."""
+    gptq = option.format == "int" and option.rounding == "gptq"
+    return gptq or (option.sparse and option.sparsity_method == "wanda")
+
+
+def _prepare_out(out_dir: str | Path) -> Path:
+    """The output directory, created now so an unwritable path fails before the model loads."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"output {out} exists and is not an empty directory; "
+                              "choose a new directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint to {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _compressed_by_worker(setup: WorkerSetup, options: Mapping[str, QuantOption]) -> nn.Module:
+    """The model with ``options`` applied by a :class:`Worker` on ``setup``'s calibration texts,
+    for options that need the layers' inputs (GPTQ's Hessian, Wanda's activation norms)."""
+    model = load_model(setup.model_path, setup.kind, setup.dtype, setup.device)
+    modules = _planned_modules(model, options)
+    genes = []
+    for name, option in options.items():
+        out_f, in_f = oriented_shape(modules[name])
+        genes.append(Gene(name, (LayerInfo(name, in_f, out_f),), (option,)))
+    worker = Worker(setup, SearchSpace(tuple(genes)), model=model)
+    worker.apply_(Candidate((0,) * len(genes)))
+    for name in options:  # own, contiguous copies: the worker's cache may hand out views
+        modules[name].weight.data = modules[name].weight.data.contiguous().clone()
+    return worker.model.cpu()
+
+
+def write_checkpoint(model: str, options: Mapping[str, QuantOption], out_dir: str | Path,
+                     kind: str = "auto", dtype: str = "float32",
+                     plan: Mapping[str, Any] | None = None,
+                     setup: WorkerSetup | None = None) -> Path:
+    """Load ``model``, compress the layers of ``options``, save model, tokenizer and plan.
+
+    ``kind`` is ``auto``, ``causal-lm`` or ``encoder`` (auto: from the config, as a search does);
+    ``dtype`` is the dtype the trial was scored in, and the checkpoint's. Options that need
+    calibration inputs (:func:`needs_calibration`) are compressed by a worker on ``setup``, which
+    must then be given (:func:`scoring_setup` builds it from a plan's provenance).
+    """
+    from transformers import AutoTokenizer
+
+    out = _prepare_out(out_dir)
+    info = inspect_model(ModelConfig(name=model, kind=kind))  # type: ignore[arg-type]
+    calibrated = [name for name, option in options.items() if needs_calibration(option)]
+    if calibrated and setup is None:
+        raise CheckpointError(f"layer {calibrated[0]} uses {options[calibrated[0]].label}, which "
+                              "needs calibration inputs, and the plan records no calibration")
+    if calibrated:
+        assert setup is not None
+        loaded = _compressed_by_worker(setup, options)
+    else:
+        loaded = load_model(info.path, info.kind, dtype, "cpu")
+        quantize_model_(loaded, options)
+    try:
+        loaded.save_pretrained(out)
+        AutoTokenizer.from_pretrained(info.path).save_pretrained(out)
+        if plan is not None:
+            (out / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint to {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def scoring_setup(model: str, kind: str, objective: str, calibration: Mapping[str, Any],
+                  dtype: str = "float32") -> WorkerSetup:
+    """The worker setup that scores against ``model`` on the calibration section of a spec."""
+    from .calibration import load_texts
+    from .config import CalibrationConfig
+
+    cfg = CalibrationConfig(**calibration)
+    info = inspect_model(ModelConfig(name=model, kind=kind))  # type: ignore[arg-type]
+    return WorkerSetup(model_path=info.path, kind=info.kind, objective=objective,
+                       texts=tuple(load_texts(cfg)), seq_len=cfg.seq_len,
+                       batch_size=cfg.batch_size, dtype=dtype)
+
+
+def rescore_checkpoint(checkpoint: str | Path, setup: WorkerSetup,
+                       samples: int | None = None) -> float:
+    """The objective of ``checkpoint`` against the full-precision ``setup.model_path``.
+
+    Scored by a :class:`Worker` exactly as a trial is: the worker computes its reference from the
+    original model on ``setup.texts``, then scores with the checkpoint's weights loaded in.
+    """
+    worker = Worker(setup, SearchSpace(()))  # no searched layer: only the reference is needed
+    quantized = load_model(str(checkpoint), setup.kind, setup.dtype, setup.device)
+    worker.model.load_state_dict(quantized.state_dict())
+    load_tokenizer(str(checkpoint))  # the checkpoint's tokenizer must load too
+    return worker.score(samples)
