@@ -12,7 +12,7 @@ copies synchronously, which exercises the same code path in tests.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 
 import torch
 from torch import nn
@@ -41,8 +41,8 @@ class VariantCache:
     def __len__(self) -> int:
         return len(self.on_device) + len(self.on_host)
 
-    def keys(self) -> list[Key]:
-        return [*self.on_device, *self.on_host]
+    def __iter__(self) -> Iterator[Key]:
+        return iter([*self.on_device, *self.on_host])
 
     def bytes(self) -> dict[str, int]:
         """Bytes held on the device (variants and slots) and in host memory."""
