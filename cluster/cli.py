@@ -23,6 +23,11 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 app.command()(cli_run.run)
 app.command()(cli_results.best)
 app.command()(cli_results.trials)
+app.command()(cli_results.pareto)
+app.command()(cli_results.compare)
+app.command()(cli_results.export)
+app.command()(cli_results.apply)
+app.command()(cli_results.report)
 
 
 def main() -> None:

@@ -1,4 +1,9 @@
-"""Reading results back: ``best`` and ``trials`` (Parquet export)."""
+"""Reading results back: ``best``, ``pareto``, ``compare``, ``trials`` (Parquet), ``export`` (plan),
+``apply`` (checkpoint) and ``report`` (HTML).
+
+Every command here only reads the store (opened with ``create=False``); a bad study, trial,
+filter or output path is a one-line error and the database is left as it was.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,151 @@ import json
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from mpsearch.spaces.errors import MpsearchError
-from mpsearch.storage.store import TrialStore
+from mpsearch.storage.models import COMPLETE
+from mpsearch.storage.queries import Comparison, NoResultError, ResultStore
+from mpsearch.storage.store import StudyRecord, TrialRecord
 
-from .cli_output import DEFAULT_DB, DbOption, StudyOption, err, out, results_table, trial_json
+from .cli_output import (
+    DEFAULT_DB,
+    DbOption,
+    StudyOption,
+    err,
+    fmt_bytes,
+    fmt_obj,
+    out,
+    results_table,
+    trial_json,
+)
+
+MaxBits = Annotated[float | None, typer.Option(help="Only trials at most this avg bits.")]
+MaxBytes = Annotated[float | None, typer.Option(help="Only trials at most this size (bytes).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON, with per-layer choices.")]
+
+
+def _filters(max_bits: float | None, max_bytes: float | None) -> str:
+    parts = [f"avg_bits <= {max_bits:g}" if max_bits is not None else "",
+             f"total_bytes <= {max_bytes:,.0f}" if max_bytes is not None else ""]
+    return " and ".join(p for p in parts if p) or "no filter"
 
 
 def best(
     study: StudyOption,
     db: DbOption = DEFAULT_DB,
     top: Annotated[int, typer.Option(help="How many configurations.")] = 5,
-    max_bits: Annotated[float | None, typer.Option(help="Only trials at most this avg bits.")] = None,
-    max_bytes: Annotated[float | None, typer.Option(help="Only trials at most this size.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, with per-layer choices.")] = False,
+    max_bits: MaxBits = None,
+    max_bytes: MaxBytes = None,
+    as_json: AsJson = False,
 ) -> None:
     """The best stored configurations of a study (feasible, completed, lowest objective)."""
-    store = TrialStore(db, create=False)
+    store = ResultStore(db, create=False)
     record = store.study(study)
     rows = store.best(study, top=top, max_bits=max_bits, max_bytes=max_bytes)
     if not rows:
-        raise MpsearchError(f"study {study!r} has no completed trial within the filters")
+        raise NoResultError(f"study {study!r} has no completed feasible trial within "
+                            f"{_filters(max_bits, max_bytes)}")
     if as_json:
         out.print_json(json.dumps([trial_json(record, t) for t in rows]))
         return
     out.print(results_table(record, rows, store.baselines(study)))
+
+
+def pareto(
+    study: StudyOption,
+    db: DbOption = DEFAULT_DB,
+    max_bits: MaxBits = None,
+    max_bytes: MaxBytes = None,
+    feasible_only: Annotated[bool, typer.Option(
+        "--feasible-only", help="Leave out trials over the study's budget.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Completed trials not dominated in objective and effective bits, cheapest first."""
+    store = ResultStore(db, create=False)
+    record = store.study(study)
+    front = store.pareto(study, max_bits=max_bits, max_bytes=max_bytes, feasible_only=feasible_only)
+    if not front:
+        which = "feasible " if feasible_only else ""
+        raise NoResultError(f"study {study!r} has no completed {which}trial within "
+                            f"{_filters(max_bits, max_bytes)}")
+    if as_json:
+        out.print_json(json.dumps([{**trial_json(record, t), "feasible": t.feasible}
+                                   for t in front]))
+        return
+    out.print(_pareto_table(record, front))
+
+
+def _pareto_table(study: StudyRecord, front: list[TrialRecord]) -> Table:
+    table = Table(title=f"study {study.name}: Pareto front (objective vs effective bits)",
+                  title_justify="left")
+    for col in ("trial", "avg bits", "bytes", "objective", "budget", "origin", "layers"):
+        table.add_column(col, justify="left" if col in ("budget", "origin", "layers") else "right")
+    for t in front:
+        table.add_row(str(t.number), f"{t.avg_bits:.4f}", fmt_bytes(t.total_bytes),
+                      fmt_obj(t.objective), "within" if t.feasible else "over", t.origin,
+                      study.space.summarize(t.candidate))
+    return table
+
+
+def compare(
+    studies: Annotated[list[str], typer.Option("--study", help="A study; give two or more.")],
+    db: DbOption = DEFAULT_DB,
+    max_bits: MaxBits = None,
+    max_bytes: MaxBytes = None,
+    top: Annotated[int, typer.Option(help="Best configurations per study.")] = 1,
+    as_json: AsJson = False,
+) -> None:
+    """Studies side by side under one budget (the given one, else the first study's)."""
+    store = ResultStore(db, create=False)
+    result = store.compare(studies, max_bits=max_bits, max_bytes=max_bytes, top=top)
+    if not any(col.best for col in result.columns):
+        raise NoResultError(f"no study has a completed trial within {result.budget.describe()}")
+    if as_json:
+        out.print_json(json.dumps(_comparison_json(result)))
+        return
+    out.print(_comparison_table(result))
+    for note in result.notes:
+        err.print(f"note: {note}")
+
+
+def _comparison_json(result: Comparison) -> dict:
+    return {
+        "budget": {"avg_bits": result.budget.avg_bits, "total_bytes": result.budget.total_bytes},
+        "notes": list(result.notes),
+        "studies": [{"study": c.study.name, "model": c.study.model,
+                     "objective_name": c.study.objective, "completed": c.completed,
+                     "within_budget": c.within,
+                     "best": [trial_json(c.study, t) for t in c.best]} for c in result.columns],
+    }
+
+
+def _comparison_table(result: Comparison) -> Table:
+    table = Table(title=f"studies compared at {result.budget.describe()}", title_justify="left")
+    table.add_column("")
+    for col in result.columns:
+        table.add_column(col.study.name, justify="right")
+    first = result.columns[0].best[0].objective if result.columns[0].best else None
+    rows: list[list[str]] = [
+        ["objective", *(c.study.objective for c in result.columns)],
+        ["completed trials", *(str(c.completed) for c in result.columns)],
+        ["within budget", *(str(c.within) for c in result.columns)],
+    ]
+    depth = max(len(c.best) for c in result.columns)
+    for rank in range(depth):
+        picks = [c.best[rank] if rank < len(c.best) else None for c in result.columns]
+        tag = f"#{rank + 1} " if depth > 1 else "best "
+        rows += [
+            [f"{tag}trial", *("—" if t is None else str(t.number) for t in picks)],
+            [f"{tag}objective", *(fmt_obj(None if t is None else t.objective) for t in picks)],
+            [f"{tag}vs first", *("—" if t is None or first in (None, 0) or t.objective is None
+                                 else f"{t.objective / first:.3f}×" for t in picks)],
+            [f"{tag}avg bits", *("—" if t is None else f"{t.avg_bits:.4f}" for t in picks)],
+            [f"{tag}bytes", *("—" if t is None else fmt_bytes(t.total_bytes) for t in picks)],
+        ]
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def trials(
@@ -41,10 +166,86 @@ def trials(
     """Export every trial of a study to Parquet (one row per trial, a column per layer)."""
     from mpsearch.storage.export import write_parquet
 
-    store = TrialStore(db, create=False)
+    store = ResultStore(db, create=False)
     record = store.study(study)
     rows = store.trials(study)
     path = write_parquet(record, rows, out_path)
     err.print(f"wrote {len(rows)} trials of study {study} to {path}")
 
 
+def export(
+    study: StudyOption,
+    out_path: Annotated[str, typer.Option("--out", help="Plan JSON file to write.")],
+    db: DbOption = DEFAULT_DB,
+    trial: Annotated[int | None, typer.Option(help="Trial number (default: the best).")] = None,
+) -> None:
+    """Write one trial's per-layer plan (options, effective bits, provenance) as JSON."""
+    from mpsearch.storage.plan import build_plan, write_plan
+
+    store = ResultStore(db, create=False)
+    record = store.study(study)
+    if trial is None:
+        top = store.best(study, top=1)
+        if not top:
+            raise NoResultError(f"study {study!r} has no completed feasible trial to export; "
+                                "pass --trial N")
+        chosen = top[0]
+    else:
+        chosen = store.trial(study, trial)
+        if chosen.status != COMPLETE:
+            raise NoResultError(f"trial {trial} of study {study!r} is {chosen.status}, not "
+                                "complete; export a completed trial")
+    path = write_plan(build_plan(record, chosen), out_path)
+    err.print(f"wrote the plan of trial {chosen.number} of study {study} (objective "
+              f"{fmt_obj(chosen.objective)}, {chosen.avg_bits:.4f} avg bits) to {path}")
+
+
+def apply(
+    plan_path: Annotated[str, typer.Argument(metavar="PLAN", help="Plan JSON from `export`.")],
+    out_dir: Annotated[str, typer.Option("--out", help="New directory for the checkpoint.")],
+    model: Annotated[str | None, typer.Option(
+        help="Model directory or id (default: the plan's model).")] = None,
+    verify: Annotated[bool, typer.Option(
+        help="Re-score the checkpoint on the plan's calibration and print both objectives.")]
+    = False,
+) -> None:
+    """Write a checkpoint with the plan's quantized weights (loads with from_pretrained)."""
+    from mpsearch.storage.plan import read_plan
+    from mpsearch.workers.checkpoint import needs_calibration, rescore_checkpoint, write_checkpoint
+
+    plan = read_plan(plan_path)
+    prov = plan.provenance
+    source = model or prov.get("model")
+    if not source:
+        raise MpsearchError(f"{plan_path}: the plan names no model; pass --model PATH")
+    calibrated = any(needs_calibration(o) for o in plan.options.values())
+    setup = _scoring_setup(prov, source) if calibrated and prov.get("calibration") else None
+    path = write_checkpoint(source, plan.options, out_dir, kind=prov.get("model_kind", "auto"),
+                            dtype=prov.get("dtype", "float32"), plan=plan.data, setup=setup)
+    err.print(f"wrote a checkpoint of {source} with {len(plan.options)} quantized layers "
+              f"(trial {prov.get('trial')} of study {prov.get('study')}) to {path}")
+    if verify:
+        if not prov.get("calibration"):
+            raise MpsearchError(f"{plan_path}: the plan records no calibration; cannot --verify")
+        value = rescore_checkpoint(path, setup or _scoring_setup(prov, source), prov.get("samples"))
+        err.print(f"re-scored objective {fmt_obj(value)}; stored {fmt_obj(prov.get('objective'))}")
+
+
+def _scoring_setup(prov: dict, model: str):
+    from mpsearch.workers.checkpoint import scoring_setup
+
+    return scoring_setup(model, prov.get("model_kind", "auto"), prov["objective_name"],
+                         prov["calibration"], prov.get("dtype", "float32"))
+
+
+def report(
+    study: StudyOption,
+    out_path: Annotated[str, typer.Option("--out", help="HTML file to write.")],
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """One self-contained HTML page: Pareto front, best configuration, progress per strategy."""
+    from mpsearch.storage.report import write_report
+
+    store = ResultStore(db, create=False)
+    path = write_report(store, study, out_path)
+    err.print(f"wrote the report of study {study} to {path}")

@@ -52,3 +52,11 @@ def builder(store_url) -> Iterator[StudyBuilder]:
     store = Store(store_url)
     yield StudyBuilder(store)
     store.close()
+
+
+@pytest.fixture
+def sqlite_builder(tmp_path) -> Iterator[StudyBuilder]:
+    """A builder on a SQLite file only, for tests whose subject is not the database."""
+    store = Store(f"sqlite:///{tmp_path / 'one.db'}")
+    yield StudyBuilder(store)
+    store.close()

@@ -1,0 +1,170 @@
+"""The result commands (best, pareto, compare, trials, export, apply, report) on constructed
+studies, and their bad input: one-line errors, non-zero exit, the database unchanged."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mpsearch.cluster.cli import app
+from mpsearch.spaces import Candidate, Gene, LayerInfo, SearchSpace, parse_option
+from mpsearch.spaces.errors import MpsearchError
+from mpsearch.spaces.space import LayerRule, build_space
+from mpsearch.storage import Store
+from mpsearch.workers.checkpoint import scoring_setup
+from mpsearch.workers.config import ModelConfig
+from mpsearch.workers.model_loading import inspect_model
+from mpsearch.workers.worker import Worker
+
+OPTS = tuple(parse_option(o) for o in ("int2-g128-asym", "int4-g128-asym", "int8-g128-asym", "fp16"))
+SPACE = SearchSpace((Gene("a", (LayerInfo("a", 128, 64),), OPTS),
+                     Gene("b", (LayerInfo("b", 128, 64),), OPTS)))
+# (choices, objective, origin); avg bits = mean of the two options' bits; budget 6.25
+TRIALS = [((1, 1), 0.30, "uniform"), ((0, 2), 0.10, "random"), ((3, 3), 0.0, "uniform"),
+          ((0, 0), None, "random"), ((1, 0), 0.20, "random"), ((2, 1), 0.10, "random")]
+
+
+def record(store, name, space, spec, trials, model="m", objective="kl"):
+    study, _ = store.open_study(name, spec, spec, space, model, objective, 10)
+    for choices, value, origin in trials:
+        candidate = Candidate(tuple(choices), origin=origin)
+        cost = space.cost(candidate)
+        feasible = cost.avg_bits <= spec["budget"]["avg_bits"] + 1e-9
+        n = store.start_trial(study.id, candidate, cost.avg_bits, cost.total_bytes, feasible, 0)
+        store.finish_trial(study.id, n, value, "w0", None if value is not None else "boom", 0.1)
+    return study
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = Store(url)
+    spec = {"budget": {"avg_bits": 6.25}, "calibration": {"samples": 4}}
+    record(store, "s", SPACE, spec, TRIALS)
+    record(store, "t", SPACE, spec, [((1, 2), 0.05, "random"), ((0, 1), 0.4, "random")])
+    store.close()
+    return url
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def ok(*args):
+    result = invoke(*args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def test_best_and_pareto_json(db):
+    best = json.loads(ok("best", "--study", "s", "--db", db, "--json").stdout)
+    assert [b["trial"] for b in best] == [1, 5, 4, 0]
+    front = json.loads(ok("pareto", "--study", "s", "--db", db, "--json").stdout)
+    assert [(p["trial"], p["feasible"]) for p in front] == [(4, True), (1, True), (2, False)]
+    assert front[0]["layers"] == {"a": "int4-g128-asym", "b": "int2-g128-asym"}
+    feasible = json.loads(ok("pareto", "--study", "s", "--db", db, "--json",
+                             "--feasible-only").stdout)
+    assert [p["trial"] for p in feasible] == [4, 1]
+    table = ok("pareto", "--study", "s", "--db", db).stdout
+    assert "Pareto front" in table and "over" in table
+
+
+def test_compare_side_by_side(db):
+    data = json.loads(ok("compare", "--study", "s", "--study", "t", "--db", db, "--json").stdout)
+    assert data["budget"]["avg_bits"] == 6.25
+    assert [(s["study"], s["completed"], s["within_budget"], [b["trial"] for b in s["best"]])
+            for s in data["studies"]] == [("s", 5, 4, [1]), ("t", 2, 2, [0])]
+    table = ok("compare", "--study", "s", "--study", "t", "--db", db, "--max-bits", "4.25").stdout
+    assert "studies compared at avg_bits <= 4.25" in table
+
+
+def test_export_default_is_the_best_trial(db, tmp_path):
+    ok("export", "--study", "s", "--db", db, "--out", tmp_path / "plan.json")
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["provenance"]["trial"] == 1 and plan["provenance"]["objective"] == 0.10
+    assert [ly["label"] for ly in plan["layers"]] == ["int2-g128-asym", "int8-g128-asym"]
+    ok("export", "--study", "s", "--db", db, "--trial", 2, "--out", tmp_path / "p2.json")
+    plan = json.loads((tmp_path / "p2.json").read_text())
+    assert plan["provenance"]["feasible"] is False  # asked for by number: exported, flagged
+
+
+def test_report_and_trials_write_files(db, tmp_path):
+    ok("report", "--study", "s", "--db", db, "--out", tmp_path / "r.html")
+    assert (tmp_path / "r.html").read_text().count('class="plotly-graph-div"') == 3
+    ok("trials", "--study", "s", "--db", db, "--out", tmp_path / "t.parquet")
+    assert (tmp_path / "t.parquet").stat().st_size > 0
+
+
+def dump(url: str) -> list[str]:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        return list(conn.iterdump())
+
+
+@pytest.mark.parametrize("args, match", [
+    (("best", "--study", "nope"), "no study 'nope'"),
+    (("pareto", "--study", "nope"), "no study 'nope'"),
+    (("compare", "--study", "s", "--study", "nope"), "no study 'nope'"),
+    (("compare", "--study", "s"), "at least two studies"),
+    (("report", "--study", "nope", "--out", "{tmp}/r.html"), "no study 'nope'"),
+    (("export", "--study", "s", "--trial", 99, "--out", "{tmp}/p.json"), "no trial 99"),
+    (("export", "--study", "s", "--trial", 3, "--out", "{tmp}/p.json"), "is failed, not complete"),
+    (("best", "--study", "s", "--max-bits", 1), "no completed feasible trial within avg_bits <= 1"),
+    (("pareto", "--study", "s", "--max-bytes", 10), "no completed trial within"),
+    (("compare", "--study", "s", "--study", "t", "--max-bits", 1), "no study has a completed"),
+    (("trials", "--study", "s", "--out", "{tmp}/no/dir/t.parquet"), "cannot write"),
+    (("export", "--study", "s", "--out", "{tmp}/no/dir/p.json"), "cannot write plan"),
+    (("report", "--study", "s", "--out", "{tmp}/no/dir/r.html"), "cannot write report"),
+    (("apply", "{tmp}/missing.json", "--out", "{tmp}/ckpt"), "cannot read plan"),
+])
+def test_bad_input_is_one_line_error_and_leaves_the_database(db, tmp_path, args, match):
+    before = dump(db)
+    args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]
+    result = invoke(*args, *(["--db", db] if args[0] != "apply" else []))
+    assert result.exit_code != 0
+    assert isinstance(result.exception, MpsearchError), result.exception
+    message = str(result.exception)
+    assert match in message and "\n" not in message
+    assert dump(db) == before
+
+
+def test_missing_store_and_main_prints_one_line(tmp_path):
+    missing = tmp_path / "none.db"
+    proc = subprocess.run([sys.executable, "-m", "mpsearch.cluster.cli", "pareto", "--study", "s",
+                           "--db", str(missing)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no mpsearch store"), proc.stderr
+    assert not missing.exists()  # reading never creates a store
+
+
+@pytest.mark.slow
+def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
+    """A trial scored by a worker → export → apply --verify reproduces its objective."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = inspect_model(ModelConfig(name=tiny_llama_path))
+    options = tuple(parse_option(o) for o in ("int2-g32-asym", "int4-g32-sym", "fp16"))
+    space = build_space(info.layers, [LayerRule(r"layers\.\d+\.", options)],
+                        total_params=info.total_params)
+    calibration = {"source": "stdlib-docs", "samples": 4, "seq_len": 16, "batch_size": 4}
+    worker = Worker(scoring_setup(tiny_llama_path, "auto", "kl", calibration), space)
+    choices = tuple(i % 3 for i in range(len(space.genes)))
+    value = worker.evaluate(Candidate(choices)).objective
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+    spec = {"model": {"name": tiny_llama_path, "kind": "auto", "dtype": "float32"},
+            "calibration": calibration, "budget": {"avg_bits": 16}}
+    store = Store(url)
+    record(store, "tiny", space, spec, [(choices, value, "random")], model=info.path)
+    store.close()
+
+    ok("export", "--study", "tiny", "--db", url, "--out", tmp_path / "plan.json")
+    result = ok("apply", tmp_path / "plan.json", "--out", tmp_path / "ckpt", "--verify")
+    assert f"re-scored objective {value:.6f}; stored {value:.6f}" in result.stderr
+    AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "mpsearch_plan.json").is_file()
+    again = invoke("apply", tmp_path / "plan.json", "--out", tmp_path / "ckpt")
+    assert "not an empty directory" in str(again.exception)

@@ -1,0 +1,70 @@
+"""The HTML report: built from a constructed study, rendered by headless Chromium, plots present."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from mpsearch.storage import NoResultError, StoreError
+from mpsearch.storage.report import report_html, strategy, write_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def fill(builder):
+    study = builder.study()
+    for i in range(4):  # uniform baselines, the fp16 one scoring exactly 0
+        builder.add(study, (i, i), [0.8, 0.3, 0.05, 0.0][i], origin="uniform")
+    for n, (choices, obj) in enumerate([((1, 2), 0.2), ((0, 2), 0.25), ((2, 1), 0.12),
+                                        ((1, 1), 0.28), ((2, 0), 0.4)]):
+        builder.add(study, choices, obj, origin=f"evolutionary:g{n // 2}")
+    builder.add(study, (0, 1), 0.5, origin="random")
+    builder.add(study, (0, 0), None, origin="random")  # failed: not plotted
+    return study
+
+
+def test_report_page_is_self_contained(builder):
+    fill(builder)
+    page = report_html(builder.store, "s")
+    assert page.count('class="plotly-graph-div"') == 3
+    assert "<script src=" not in page  # plotly.js is inlined, nothing is fetched
+    assert "uniform baselines" in page and "Pareto front" in page
+    assert 'id="sensitivity-profile"' in page  # the labelled hook while no profile is stored
+    for name in ("uniform", "evolutionary", "random", "all strategies"):
+        assert f'"name":"{name}"' in page
+
+
+def test_report_bad_input(builder, tmp_path):
+    builder.study()
+    with pytest.raises(NoResultError, match="no completed trial"):
+        report_html(builder.store, "s")
+    with pytest.raises(StoreError, match="no study 'x'"):
+        report_html(builder.store, "x")
+
+
+def test_strategy_of_origin():
+    assert [strategy(o) for o in ("evolutionary:g3", "uniform", "")] == [
+        "evolutionary", "uniform", "unknown"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                    "(apt-get install -y chromium); the page cannot be rendered")
+def test_report_renders_in_headless_chromium(sqlite_builder, tmp_path):
+    fill(sqlite_builder)
+    path = write_report(sqlite_builder.store, "s", tmp_path / "report.html")
+    with pytest.raises(StoreError, match="cannot write report"):
+        write_report(sqlite_builder.store, "s", tmp_path / "no" / "report.html")
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000",
+         "--dump-dom", path.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    # plotly.js ran: each figure div became a plot with its SVG layers
+    plots = re.findall(r'<div id="fig\d"[^>]*class="[^"]*js-plotly-plot', dom)
+    assert len(plots) == 3, dom[:2000]
+    assert dom.count('class="main-svg"') >= 6
+    assert dom.count('class="point"') >= 10  # the trials, front and baselines as markers
+    assert 'class="hm"' in dom  # the per-layer heatmap trace
+    assert dom.count('class="trace scatter') >= 8
