@@ -3,9 +3,17 @@
 Importing this package loads neither torch, Ray nor a database driver.
 """
 
-from .base import Evaluation, Searcher, SearcherParams
+from .base import Evaluation, SearchContext, Searcher, SearcherParams
+from .dynamic_program import dp_frontier, solve_dp
 from .evolutionary import EvolutionarySearcher
+from .hybrid import HybridSearcher
+from .integer_program import Knapsack, Solution, lagrangian_greedy, pareto_sweep, solve, solve_milp
+from .ip_searcher import IntegerProgramSearcher
 from .loop import Executor, LoopStats, Outcome, Recorder, SerialExecutor, run_search
+from .optuna_search import OptunaSearcher
+from .optuna_storage import optuna_storage_url
+from .population import PopulationEvolutionarySearcher
+from .profiling import ProfileMeasurer, normalize_profile
 from .random_search import RandomSearcher
 from .registry import SEARCHERS, SearcherConfig, make_searcher, searcher_class
 from .sequential import SequentialSearcher
@@ -16,17 +24,33 @@ __all__ = [
     "Evaluation",
     "EvolutionarySearcher",
     "Executor",
+    "HybridSearcher",
+    "IntegerProgramSearcher",
+    "Knapsack",
     "LoopStats",
+    "OptunaSearcher",
     "Outcome",
+    "PopulationEvolutionarySearcher",
+    "ProfileMeasurer",
     "RandomSearcher",
     "Recorder",
+    "SearchContext",
     "Searcher",
     "SearcherConfig",
     "SearcherParams",
     "SequentialSearcher",
     "SerialExecutor",
+    "Solution",
     "UniformSearcher",
+    "dp_frontier",
+    "lagrangian_greedy",
     "make_searcher",
-    "searcher_class",
+    "normalize_profile",
+    "optuna_storage_url",
+    "pareto_sweep",
     "run_search",
+    "searcher_class",
+    "solve",
+    "solve_dp",
+    "solve_milp",
 ]

@@ -12,12 +12,15 @@ Contract (who calls what):
   given the same sequence of results.
 
 Searchers see plain values only (the space, the budget, results): no torch, Ray or database.
+What a strategy may need from the job beyond that (the study's name, where an Optuna study is
+stored, a sensitivity profile read from the database) comes as a :class:`SearchContext` value,
+optional: every strategy runs without one.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,6 +41,21 @@ class Evaluation:
         return self.objective is not None
 
 
+@dataclass(frozen=True)
+class SearchContext:
+    """Job facts a strategy may use; each has a default that runs.
+
+    ``study`` names the study (an Optuna searcher names its Optuna study after it). ``storage``
+    is an Optuna RDB URL (see ``optuna_storage_url``); None keeps the Optuna study in memory.
+    ``profile`` maps (gene, option) to the objective delta of that single-gene perturbation of
+    the all-top configuration (see ``profiling``); entries it lacks are measured.
+    """
+
+    study: str = "mpsearch"
+    storage: str | None = None
+    profile: Mapping[tuple[Any, Any], float] | None = None
+
+
 class SearcherParams(BaseModel):
     """Base of each strategy's parameters; unknown names are refused."""
 
@@ -51,11 +69,13 @@ class Searcher(ABC):
     Params: ClassVar[type[SearcherParams]] = SearcherParams
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0,
-                 params: SearcherParams | None = None) -> None:
+                 params: SearcherParams | None = None,
+                 context: SearchContext | None = None) -> None:
         self.space = space
         self.budget = budget
         self.seed = seed
         self.params = params if params is not None else self.Params()
+        self.context = context if context is not None else SearchContext()
 
     @abstractmethod
     def ask(self, n: int) -> list[Candidate]:

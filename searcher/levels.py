@@ -71,3 +71,26 @@ def fill_up(choices: list[int], levels: LevelMap, budget: Budget, rng: random.Ra
 
 def as_candidate(choices: list[int], origin: str) -> Candidate:
     return Candidate(tuple(choices), origin=origin)
+
+
+def switch_levels(choices: list[int], levels: LevelMap, budget: Budget, rng: random.Random,
+                  max_switches: int, fill: bool = False) -> bool:
+    """EvoPress's level switch, in place: raise 1..``max_switches`` random genes one level, then
+    lower other random genes until the budget holds again (any layer sizes: by the cost model);
+    with ``fill``, then raise random genes while the budget still holds (spend the slack).
+
+    Returns False when no repair fits (``choices`` is then garbage; the caller retries).
+    """
+    raised: set[int] = set()
+    for _ in range(rng.randint(1, max_switches)):
+        raisable = [g for g, c in enumerate(choices) if levels.level(g, c) < levels.top(g)]
+        if not raisable:
+            break
+        g = rng.choice(raisable)
+        choices[g] = levels.option(g, levels.level(g, choices[g]) + 1)
+        raised.add(g)
+    if not repair_down(choices, levels, budget, rng, frozenset(raised)):
+        return False
+    if fill:
+        fill_up(choices, levels, budget, rng)
+    return True

@@ -9,13 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, SearchSpace
 
-from .base import Searcher
+from .base import SearchContext, Searcher
 from .evolutionary import EvolutionarySearcher
+from .hybrid import HybridSearcher
+from .ip_searcher import IntegerProgramSearcher
+from .optuna_search import OptunaSearcher
+from .population import PopulationEvolutionarySearcher
 from .random_search import RandomSearcher
 from .uniform import UniformSearcher
 
 SEARCHERS: dict[str, type[Searcher]] = {
-    cls.name: cls for cls in (EvolutionarySearcher, RandomSearcher, UniformSearcher)
+    cls.name: cls for cls in (EvolutionarySearcher, PopulationEvolutionarySearcher,
+                              HybridSearcher, IntegerProgramSearcher, OptunaSearcher,
+                              RandomSearcher, UniformSearcher)
 }
 
 
@@ -51,13 +57,18 @@ def searcher_class(name: str) -> type[Searcher]:
 
 
 def make_searcher(config: SearcherConfig, space: SearchSpace, budget: Budget,
-                  seed: int) -> Searcher:
-    """The configured strategy, preceded by the uniform baselines when asked for."""
+                  seed: int, context: SearchContext | None = None) -> Searcher:
+    """The configured strategy, preceded by the uniform baselines when asked for.
+
+    ``context`` carries the study's name, the Optuna storage URL and a given profile (see
+    :class:`SearchContext`); without it every strategy still runs (Optuna in memory, profiles
+    measured).
+    """
     from .sequential import SequentialSearcher
 
     config.check()
     cls = searcher_class(config.name)
-    main = cls(space, budget, seed, cls.Params(**config.params))
+    main = cls(space, budget, seed, cls.Params(**config.params), context)
     if not config.baselines or config.name == UniformSearcher.name:
         return main
     return SequentialSearcher([UniformSearcher(space, budget, seed), main])

@@ -1,0 +1,133 @@
+"""The integer-programming strategy: measure (or take) a profile, propose the knapsack's optima.
+
+It first completes the sensitivity profile through ask/tell (see :mod:`.profiling`), then solves
+the multiple-choice knapsack of :mod:`.integer_program` (or the dynamic program) at the budget
+and proposes the optimum, followed by the optima of a budget sweep just below it: distinct,
+feasible configurations the additive model ranks next. Then it is finished.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from mpsearch.spaces.space import Budget, Candidate, SearchSpace
+
+from .base import Evaluation, Searcher, SearcherParams
+from .dynamic_program import dp_frontier, solve_dp
+from .integer_program import Knapsack, Solution, pareto_sweep, solve
+from .levels import LevelMap, repair_down
+from .profiling import ProfileMeasurer, loss_matrix, normalize_profile, wanted_entries
+
+
+def bits_capacity(space: SearchSpace, budget: Budget) -> float:
+    """The most searched bits the budget allows (avg_bits and total_bytes bound the same bits)."""
+    caps = []
+    if budget.avg_bits is not None:
+        caps.append(budget.avg_bits * space.searched_params)
+    if budget.total_bytes is not None:
+        caps.append(8 * budget.total_bytes - space.unsearched_params * space.unsearched_bits)
+    return min(caps) if caps else float(sum(max(space.gene_bits(g, o) for o in range(n))
+                                            for g, n in enumerate(space.sizes)))
+
+
+def knapsack_for(space: SearchSpace, budget: Budget, loss: np.ndarray) -> Knapsack:
+    """The knapsack of ``space`` under ``budget`` with the (genes × options) ``loss``."""
+    weights = np.zeros((1, *loss.shape))
+    for g, n in enumerate(space.sizes):
+        for o in range(n):
+            weights[0, g, o] = space.gene_bits(g, o)
+    return Knapsack(loss, weights, np.array([bits_capacity(space, budget)]))
+
+
+class ProfileParams(SearcherParams):
+    # Option labels whose profile entries are measured and offered to the program (plus each
+    # gene's top option, the base); None: every option. Fewer labels, fewer probe evaluations.
+    profile_options: list[str] | None = None
+    # Calibration samples per probe (None: all); a cheaper, noisier profile.
+    profile_samples: int | None = Field(default=None, ge=1)
+
+
+class IntegerProgramParams(ProfileParams):
+    solver: Literal["milp", "dp"] = "milp"
+    # Configurations proposed: the optimum at the budget, then the optima of a budget sweep
+    # down to (1 - sweep) × budget, distinct and non-dominated under the profile.
+    solutions: int = Field(default=1, ge=1)
+    sweep: float = Field(default=0.05, ge=0, lt=1)
+    # Seconds HiGHS may take per solve; past it the best of MILP and Lagrangian greedy is used.
+    time_limit: float = Field(default=60.0, gt=0)
+
+
+def solve_profile(space: SearchSpace, budget: Budget, loss: np.ndarray, p: IntegerProgramParams,
+                  count: int | None = None) -> list[Solution]:
+    """Up to ``count`` optima for the (genes × options) ``loss``: the one at the budget first,
+    then a sweep below it."""
+    problem = knapsack_for(space, budget, loss)
+    count = p.solutions if count is None else count
+    cap = float(problem.caps[0])
+    first = solve_dp(problem) if p.solver == "dp" else solve(problem, p.time_limit)
+    if count == 1 or p.sweep == 0:
+        return [first]
+    caps = np.linspace(cap * (1 - p.sweep), cap, 4 * count)
+    front = dp_frontier(problem, caps) if p.solver == "dp" else \
+        pareto_sweep(problem, caps, time_limit=p.time_limit)
+    out, seen = [first], {tuple(first.choices)}
+    for s in sorted(front, key=lambda s: -s.use[0]):
+        if tuple(s.choices) not in seen and len(out) < count:
+            seen.add(tuple(s.choices))
+            out.append(s)
+    return out
+
+
+def as_feasible(space: SearchSpace, budget: Budget, choices: Sequence[int], origin: str,
+                levels: LevelMap, seed: int) -> Candidate | None:
+    """The solution as a candidate, lowered into the budget if float rounding pushed it over."""
+    fixed = [int(c) for c in choices]
+    if not space.feasible(Candidate(tuple(fixed)), budget) and \
+            not repair_down(fixed, levels, budget, random.Random(seed)):
+        return None
+    return Candidate(tuple(fixed), origin=origin)
+
+
+class IntegerProgramSearcher(Searcher):
+    name = "integer-program"
+    Params = IntegerProgramParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        assert isinstance(self.params, IntegerProgramParams)
+        self.p: IntegerProgramParams = self.params
+        self.space.check_budget(self.budget)
+        self.levels = LevelMap(self.space)
+        given = normalize_profile(self.space, self.context.profile or {})
+        self.wanted = wanted_entries(self.space, self.p.profile_options)
+        self.measurer = ProfileMeasurer(self.space, self.wanted, given, self.p.profile_samples,
+                                        self.name)
+        self.queue: list[Candidate] | None = None  # solutions, once solved
+        self.solutions: list[Solution] = []
+
+    def ask(self, n: int) -> list[Candidate]:
+        if not self.measurer.done:
+            return self.measurer.ask(n)
+        if self.queue is None:
+            loss = loss_matrix(self.space, self.measurer.profile(), self.wanted)
+            self.solutions = solve_profile(self.space, self.budget, loss, self.p)
+            self.queue = []
+            for i, s in enumerate(self.solutions):
+                c = as_feasible(self.space, self.budget, s.choices, f"{self.name}:{i}",
+                                self.levels, self.seed)
+                if c is not None:
+                    self.queue.append(c)
+        batch, self.queue = self.queue[:n], self.queue[n:]
+        return batch
+
+    def tell(self, results: Sequence[Evaluation]) -> None:
+        self.measurer.tell(results)
+
+    @property
+    def finished(self) -> bool:
+        return self.queue is not None and not self.queue

@@ -1,0 +1,196 @@
+"""Bayesian and multi-objective search through Optuna's ask/tell interface.
+
+One Optuna trial per configuration, one categorical parameter per gene (named after the gene,
+valued by option label, so Optuna's dashboard reads it). Samplers: TPE (multivariate, grouped;
+Watanabe 2023), the Gaussian-process sampler, and NSGA-II for the multi-objective form
+(objective and average effective bits, both minimized). The study is named after the mpsearch
+study and lives where ``context.storage`` says (an RDB URL, see :mod:`.optuna_storage`; None
+keeps it in memory); a new searcher on an existing study continues it.
+
+The budget is reported through ``trial.set_constraint("budget", v)`` (Optuna 5; ``v <= 0`` is
+feasible, ``v`` the relative excess), read by TPE, GP and NSGA-II. Optuna's constraints are soft,
+so a draw over budget never reaches a worker: it is told as pruned (with its constraint, so the
+sampler learns the region is infeasible), and its repair (random genes lowered a level until it
+fits) is enqueued as the next trial, which is the one evaluated. A draw already evaluated is told
+its known value at once. Optuna is imported inside this module's functions only.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.space import Candidate
+
+from .base import Evaluation, Searcher, SearcherParams
+from .levels import LevelMap, repair_down
+
+_DRAWS_PER_SLOT = 20  # Optuna draws per proposal before giving up (pruned repeats and repairs)
+
+
+class OptunaParams(SearcherParams):
+    sampler: Literal["tpe", "gp", "nsga2"] = "tpe"
+    # Random trials before TPE or GP model the results (Optuna's default is 10).
+    startup_trials: int = Field(default=10, ge=1)
+    # NSGA-II's population per generation.
+    population: int = Field(default=20, ge=2)
+
+
+class OptunaSearcher(Searcher):
+    name = "optuna"
+    Params = OptunaParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        assert isinstance(self.params, OptunaParams)
+        self.p: OptunaParams = self.params
+        self.rng = random.Random(self.seed)
+        self.levels = LevelMap(self.space)
+        self.multi = self.p.sampler == "nsga2"
+        self.names = [g.name for g in self.space.genes]
+        self.study = self._open_study()
+        self.pending: dict[tuple[int, ...], int] = {}  # asked choices → trial number
+        self.known: dict[tuple[int, ...], float] = {}  # evaluated choices → objective
+        self._load_known()
+
+    # -- the study ---------------------------------------------------------------------------
+    def _sampler(self):
+        import optuna
+
+        if self.p.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=self.seed, multivariate=True, group=True,
+                                              n_startup_trials=self.p.startup_trials,
+                                              constant_liar=True)
+        if self.p.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=self.seed,
+                                             n_startup_trials=self.p.startup_trials)
+        return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.p.population)
+
+    def _open_study(self):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        directions = ["minimize", "minimize"] if self.multi else ["minimize"]
+        try:
+            study = optuna.create_study(storage=self.context.storage, sampler=self._sampler(),
+                                        study_name=self.context.study, directions=directions,
+                                        load_if_exists=True)
+        except ValueError as exc:  # e.g. an existing study with other directions
+            raise SpecError(f"searcher: Optuna study {self.context.study!r}: {exc}") from None
+        if len(study.directions) != len(directions):
+            raise SpecError(f"searcher: Optuna study {self.context.study!r} has "
+                            f"{len(study.directions)} objective(s); sampler {self.p.sampler!r} "
+                            f"needs {len(directions)}: use another study name")
+        from optuna.trial import TrialState
+
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(t.number, state=TrialState.FAIL)  # asked by a driver that stopped
+        return study
+
+    def _load_known(self) -> None:
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            choices = self._choices(t.params)
+            if choices is not None:
+                self.known[choices] = t.values[0]
+
+    def _distributions(self) -> dict[str, Any]:
+        from optuna.distributions import CategoricalDistribution
+
+        return {name: CategoricalDistribution([o.label for o in g.options])
+                for name, g in zip(self.names, self.space.genes, strict=True)}
+
+    def _choices(self, params: dict[str, Any]) -> tuple[int, ...] | None:
+        try:
+            return tuple(next(i for i, o in enumerate(g.options) if o.label == params[name])
+                         for name, g in zip(self.names, self.space.genes, strict=True))
+        except (KeyError, StopIteration):
+            return None  # a trial of another space (the study name was reused)
+
+    def _params(self, choices: Sequence[int]) -> dict[str, str]:
+        return {name: g.options[c].label
+                for name, g, c in zip(self.names, self.space.genes, choices, strict=True)}
+
+    def _constraint(self, choices: tuple[int, ...]) -> float:
+        cost = self.space.cost(Candidate(choices))
+        excess = []
+        if self.budget.avg_bits is not None:
+            excess.append(cost.avg_bits / self.budget.avg_bits - 1)
+        if self.budget.total_bytes is not None:
+            excess.append(cost.total_bytes / self.budget.total_bytes - 1)
+        return max(excess, default=0.0) if not self.feasible(Candidate(choices)) else \
+            min(max(excess, default=0.0), 0.0)
+
+    def _values(self, choices: tuple[int, ...], objective: float) -> list[float]:
+        if self.multi:
+            return [objective, self.space.cost(Candidate(choices)).avg_bits]
+        return [objective]
+
+    # -- ask/tell ----------------------------------------------------------------------------
+    def _draw(self) -> Candidate | None:
+        from optuna.trial import TrialState
+
+        dists = self._distributions()
+        for _ in range(_DRAWS_PER_SLOT):
+            trial = self.study.ask(dists)
+            choices = self._choices(trial.params)
+            assert choices is not None
+            trial.set_constraint("budget", self._constraint(choices))
+            if not self.feasible(Candidate(choices)):
+                fixed = list(choices)
+                self.study.tell(trial, state=TrialState.PRUNED)
+                if repair_down(fixed, self.levels, self.budget, self.rng):
+                    self.study.enqueue_trial(self._params(fixed), skip_if_exists=False)
+                continue
+            if choices in self.known:
+                self.study.tell(trial, self._values(choices, self.known[choices]))
+                continue
+            if choices in self.pending:
+                self.study.tell(trial, state=TrialState.PRUNED)
+                continue
+            self.pending[choices] = trial.number
+            return Candidate(choices, origin=f"{self.name}:{self.p.sampler}:t{trial.number}")
+        return None
+
+    def ask(self, n: int) -> list[Candidate]:
+        out = []
+        for _ in range(n):
+            c = self._draw()
+            if c is None:
+                break
+            out.append(c)
+        return out
+
+    def tell(self, results: Sequence[Evaluation]) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        for r in results:
+            c = r.candidate
+            if c.samples is not None:
+                continue  # Optuna compares full-fidelity objectives only
+            number = self.pending.pop(c.choices, None)
+            if number is not None:
+                if r.ok:
+                    assert r.objective is not None
+                    self.study.tell(number, self._values(c.choices, r.objective))
+                    self.known[c.choices] = r.objective
+                else:
+                    self.study.tell(number, state=TrialState.FAIL)
+            elif r.ok and c.choices not in self.known:
+                assert r.objective is not None  # a result Optuna did not ask for: learn it
+                self.known[c.choices] = r.objective
+                self.study.add_trial(optuna.trial.create_trial(
+                    params=self._params(c.choices), distributions=self._distributions(),
+                    values=self._values(c.choices, r.objective),
+                    constraints={"budget": self._constraint(c.choices)}))
+
+    def state(self) -> dict[str, Any]:
+        return {"study": self.context.study, "trials": len(self.study.trials)}

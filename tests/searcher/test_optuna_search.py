@@ -1,0 +1,77 @@
+"""The Optuna strategy: samplers, budget rejection before evaluation, resume from its storage."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from mpsearch.searcher import OptunaSearcher, SearchContext, optuna_storage_url
+from mpsearch.searcher.optuna_search import OptunaParams
+from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.space import Budget
+
+BUDGET = Budget(avg_bits=3.5)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2"])
+def test_samplers_run_within_budget(synthetic, sampler):
+    space = synthetic.make_space(8, seed=9)
+    f = synthetic.Additive(space, seed=9)
+    searcher = OptunaSearcher(space, BUDGET, 0, OptunaParams(sampler=sampler, startup_trials=5))
+    rec = synthetic.run(searcher, f, 25)
+    assert len(rec.trials) == 25 and all(t["feasible"] for t in rec.trials)
+    trials = searcher.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) >= 25 and all(t.constraints["budget"] <= 0 for t in trials)
+    if sampler == "nsga2":
+        assert len(trials[0].values) == 2  # objective and effective bits
+
+
+def test_resumes_from_its_storage(synthetic, tmp_path):
+    space = synthetic.make_space(8, seed=10)
+    f = synthetic.Additive(space, seed=10)
+    url = optuna_storage_url(f"sqlite:///{tmp_path / 'study.db'}")
+    assert url.endswith("study.optuna.db")
+    ctx = SearchContext(study="resume-me", storage=url)
+    first = synthetic.run(OptunaSearcher(space, BUDGET, 0, context=ctx), f, 15)
+    again = OptunaSearcher(space, BUDGET, 0, context=ctx)
+    assert len(again.known) == 15  # it sees what the first run evaluated
+    second = synthetic.run(again, f, 15)
+    seen = {t["candidate"].choices for t in first.trials}
+    assert not seen & {t["candidate"].choices for t in second.trials}  # nothing re-evaluated
+    study = optuna.load_study(study_name="resume-me", storage=url)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) >= 30
+
+
+def test_results_it_did_not_ask_for_are_learned(synthetic):
+    from mpsearch.searcher import Evaluation
+
+    space = synthetic.make_space(6, seed=11)
+    f = synthetic.Additive(space, seed=11)
+    searcher = OptunaSearcher(space, BUDGET, 0)
+    baseline = space.uniform(space.uniform_options()[1])
+    searcher.tell([Evaluation(baseline, f(baseline))])
+    assert len(searcher.study.trials) == 1 and baseline.choices in searcher.known
+
+
+def test_storage_urls():
+    assert optuna_storage_url("sqlite:///runs/a.db") == "sqlite:///runs/a.optuna.db"
+    assert optuna_storage_url("sqlite:////abs/b") == "sqlite:////abs/b.optuna.db"
+    pg = optuna_storage_url("postgresql+psycopg://u:pw@h:5432/db", create_schema=False)
+    assert pg.startswith("postgresql+psycopg://u:pw@h:5432/db?options=") and "search_path" in pg
+    with pytest.raises(SpecError, match="in-memory"):
+        optuna_storage_url("sqlite://")
+
+
+@pytest.mark.postgres
+def test_postgres_schema_is_created(pg_url):
+    url = optuna_storage_url(pg_url)
+    study = optuna.create_study(storage=url, study_name="pg-schema")
+    assert study.study_name == "pg-schema"
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        tables = conn.execute(text("SELECT table_name FROM information_schema.tables "
+                                   "WHERE table_schema = 'optuna'")).scalars().all()
+    engine.dispose()
+    assert "alembic_version" in tables and "studies" in tables
