@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -10,6 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mpsearch.storage.store import StudyRecord, TrialStore
 
 from .cli_output import err, fmt_obj, out, results_table
+
+if TYPE_CHECKING:
+    from .spec import JobSpec
 
 
 def run(
@@ -19,11 +22,17 @@ def run(
     top: Annotated[int, typer.Option(help="Best configurations to show at the end.")] = 5,
 ) -> None:
     """Run a search job (or continue the study it names) and show the best configurations."""
-    from mpsearch.cluster.job import run_job
     from mpsearch.cluster.spec import load_spec
 
     spec = load_spec(spec_path)
-    store = TrialStore(spec.storage.url)
+    run_with_progress(spec, TrialStore(spec.storage.url), address, top)
+
+
+def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top: int,
+                      extend: int = 0) -> None:
+    """Run (continue, extend) a study with a live progress bar, then print its best results."""
+    from mpsearch.cluster.job import run_job
+
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
                         TimeElapsedColumn(), console=err)
@@ -35,21 +44,25 @@ def run(
         already = done
         if done:
             err.print(f"study {study.name}: continuing from {done} stored trials")
-        progress.update(task, completed=done)
+        progress.update(task, completed=done, total=study.evaluations)
         progress.start()
 
     def on_result(stats, _candidate, _outcome) -> None:
         progress.update(task, completed=already + stats.completed, best=fmt_obj(stats.best))
 
     try:
-        result = run_job(spec, store, address, on_start=on_start, on_result=on_result)
+        result = run_job(spec, store, address, on_start=on_start, on_result=on_result,
+                         extend=extend)
     finally:
         progress.stop()
     stats = result.stats
+    if result.requeued:
+        err.print(f"re-dispatched {result.requeued} evaluations a stopped driver left in flight")
+    if result.replay_note:
+        err.print(f"warning: could not replay the stored search exactly ({result.replay_note}); "
+                  "continued from the stored results")
     err.print(f"{result.resumed_trials + stats.completed} completed, {stats.failed} failed, "
               f"{result.seconds:.1f} s ({stats.stopped_because or 'nothing left to run'}); "
               f"store {store.masked_url}", highlight=False)
     out.print(results_table(result.study, store.best(spec.study, top=top),
                             store.baselines(spec.study)))
-
-

@@ -27,7 +27,6 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mpsearch.searcher.loop import Outcome
 from mpsearch.spaces.space import Candidate, SearchSpace
@@ -59,7 +58,7 @@ class RayExecutor:
     def __init__(self, setup: Any, space: SearchSpace, count: int, cpus: float = 1.0,
                  gpus: float = 0.0, max_attempts: int = 3, *, depth: int = 1,
                  actor_cls: Any = None, before_dispatch: Callable[[], None] | None = None,
-                 max_replacements: int | None = None, placement_group: Any = None) -> None:
+                 max_replacements: int | None = None, start_timeout: float = 600.0) -> None:
         if actor_cls is None:
             from mpsearch.workers.actor import WorkerActor
             actor_cls = WorkerActor
@@ -68,7 +67,7 @@ class RayExecutor:
         self.max_attempts = max_attempts
         self.max_replacements = 4 * count + 8 if max_replacements is None else max_replacements
         self.before_dispatch = before_dispatch
-        self.placement_group = placement_group
+        self.start_timeout = start_timeout
         self.replaced = 0
         self.redispatched = 0
         self.actors = [self._spawn(i) for i in range(count)]
@@ -76,16 +75,13 @@ class RayExecutor:
         self.idle = [i for _ in range(depth) for i in range(count)]
         self.queued: list[tuple[int, Candidate, int]] = []  # (key, candidate, attempts)
         self.running: dict[ray.ObjectRef, _Flight] = {}
+        self.starting: dict[ray.ObjectRef, int] = {}  # replacements not up yet → their slot
 
     # -- actors ------------------------------------------------------------------------------
     def _spawn(self, index: int) -> Any:
-        if self.placement_group is not None:
-            strategy: Any = PlacementGroupSchedulingStrategy(
-                self.placement_group, placement_group_bundle_index=index)
-        else:
-            strategy = "SPREAD"  # one worker per node first, then round again
+        # SPREAD: one worker per node first, then round again (fractional GPUs share a GPU)
         return self.actor_cls.options(num_cpus=self.cpus, num_gpus=self.gpus,
-                                      scheduling_strategy=strategy).remote(
+                                      scheduling_strategy="SPREAD").remote(
             self.setup, self.space, f"w{index}")
 
     @staticmethod
@@ -97,14 +93,16 @@ class RayExecutor:
             raise WorkerError(f"worker failed to start: {first_line(exc)}") from None
 
     def _replace(self, index: int, exc: BaseException) -> None:
-        """Start a new actor in place of a dead one; its calls queue until it is up."""
+        """Start a new actor in place of a dead one; its slot is used once it is up."""
         self.replaced += 1
         if self.replaced > self.max_replacements:
             raise WorkerError(f"workers died {self.replaced} times (last: {first_line(exc)}); "
                               "check the cluster's nodes and the workers' logs")
         with contextlib.suppress(RayError, ValueError):  # already gone
             ray.kill(self.actors[index], no_restart=True)
+        self.idle = [i for i in self.idle if i != index]
         self.actors[index] = self._spawn(index)
+        self.starting[self.actors[index].name.remote()] = index
 
     # -- the Executor protocol ---------------------------------------------------------------
     @property
@@ -115,29 +113,39 @@ class RayExecutor:
         """Queue a candidate; it is sent at the next :meth:`collect`, after ``before_dispatch``."""
         self.queued.append((key, candidate, attempts))
 
-    def _dispatch(self, key: int, candidate: Candidate, attempts: int) -> None:
-        index = self.idle.pop()
-        actor = self.actors[index]
-        self.running[actor.evaluate.remote(candidate)] = _Flight(key, candidate, index, actor,
-                                                                 attempts)
-
-    def _flush_and_dispatch(self) -> None:
+    def _dispatch(self) -> None:
+        """Send queued candidates to free workers (the recorder has flushed first)."""
         if self.before_dispatch is not None:
             self.before_dispatch()
-        queued, self.queued = self.queued, []
-        for item in queued:
-            self._dispatch(*item)
+        while self.queued and self.idle:
+            key, candidate, attempts = self.queued.pop(0)
+            index = self.idle.pop()
+            actor = self.actors[index]
+            self.running[actor.evaluate.remote(candidate)] = _Flight(key, candidate, index,
+                                                                     actor, attempts)
 
     def collect(self) -> list[tuple[int, Outcome]]:
-        """Block until at least one candidate has an outcome; return every one that has."""
+        """Block until at least one candidate has an outcome; return every one that has.
+
+        Candidates wait in the queue while every worker is busy or being replaced; a replacement
+        that cannot be placed (the cluster lost the resources) leaves the others serving.
+        """
         done: list[tuple[int, Outcome]] = []
-        self._flush_and_dispatch()
-        while not done and self.running:
-            refs = list(self.running)
+        self._dispatch()
+        while not done and (self.running or self.starting):
+            refs = [*self.running, *self.starting]
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             if not ready:
-                ready, _ = ray.wait(refs, num_returns=1)
+                timeout = None if self.running else self.start_timeout
+                ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+                if not ready:
+                    raise WorkerError(
+                        f"no worker could be started for {self.start_timeout:.0f} s (each needs "
+                        f"{self.cpus:g} CPU and {self.gpus:g} GPU); the cluster lacks resources")
             for ref in ready:
+                if ref in self.starting:
+                    self._started(ref)
+                    continue
                 flight = self.running.pop(ref)
                 try:
                     label, result = ray.get(ref)
@@ -148,14 +156,22 @@ class RayExecutor:
                 done.append((flight.key, Outcome(result.objective, result.seconds, label,
                                                  result.error)))
             if not done:
-                self._flush_and_dispatch()  # re-dispatched candidates
+                self._dispatch()  # re-dispatched candidates, freshly started workers
         return done
+
+    def _started(self, ref: ray.ObjectRef) -> None:
+        index = self.starting.pop(ref)
+        try:
+            self.labels[index] = ray.get(ref)
+        except RayError as exc:  # the replacement died too (node lost again, load failure)
+            self._replace(index, exc)
+            return
+        self.idle.extend([index] * self.depth)
 
     def _worker_died(self, flight: _Flight, exc: BaseException,
                      done: list[tuple[int, Outcome]]) -> None:
         if self.actors[flight.slot] is flight.actor:  # first news of this death
             self._replace(flight.slot, exc)
-        self.idle.append(flight.slot)
         attempts = flight.attempts + 1
         if attempts >= self.max_attempts:
             done.append((flight.key, Outcome(
@@ -169,4 +185,4 @@ class RayExecutor:
         for actor in self.actors:
             with contextlib.suppress(RayError, ValueError):
                 ray.kill(actor, no_restart=True)
-        self.actors, self.idle, self.running, self.queued = [], [], {}, []
+        self.actors, self.idle, self.running, self.queued, self.starting = [], [], {}, [], {}

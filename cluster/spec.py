@@ -6,11 +6,12 @@ keys are refused and every error names its field. The validated spec is stored w
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mpsearch.searcher.registry import SearcherConfig
 from mpsearch.spaces.errors import SpecError
@@ -33,7 +34,20 @@ class WorkersConfig(BaseModel):
 class StorageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str = DEFAULT_URL  # any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db
+    # Any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; or ``env:NAME`` to read it from
+    # the environment variable NAME where the job runs (keeps a password out of the spec file).
+    url: str = DEFAULT_URL
+
+    @field_validator("url")
+    @classmethod
+    def _from_environment(cls, url: str) -> str:
+        if not url.startswith("env:"):
+            return url
+        name = url[4:]
+        value = os.environ.get(name, "")
+        if not value:
+            raise ValueError(f"environment variable {name} (named by {url!r}) is not set")
+        return value
 
 
 class JobSpec(BaseModel):

@@ -1,0 +1,124 @@
+"""Cluster commands: ``submit`` a job to Ray, see the ``status`` of studies, ``resume`` a study."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mpsearch.storage.store import TrialStore, spec_hash
+
+from .cli_output import DEFAULT_DB, DbOption, err, fmt_obj, out
+from .errors import ClusterError
+
+
+def submit(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="Job spec (YAML).")],
+    address: Annotated[str, typer.Option(
+        envvar="RAY_API_SERVER_ADDRESS",
+        help="Ray dashboard of the cluster, e.g. http://HEAD:8265.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
+) -> None:
+    """Submit a search job to a Ray cluster (Jobs API); prints the job id."""
+    from . import submit as jobs
+
+    jobs.spec_data(spec_path)  # a bad spec is refused before the cluster is contacted
+    client = jobs.job_client(address)
+    job_id = jobs.submit(spec_path, address, client)
+    out.print(job_id, highlight=False)
+    if not wait:
+        err.print(f"follow it with: ray job logs --follow {job_id} --address {address}",
+                  highlight=False)
+        return
+    status = jobs.wait(client, job_id, on_status=lambda s: err.print(f"job {job_id}: {s}",
+                                                                     highlight=False))
+    if status != "SUCCEEDED":
+        logs = (client.get_job_logs(job_id) or "").strip().splitlines()
+        reason = next((ln for ln in reversed(logs) if ln.startswith("error:")), None)
+        raise ClusterError(f"job {job_id} ended {status}" + (f": {reason}" if reason else
+                                                                 f"; see ray job logs {job_id}"))
+
+
+def status(
+    study: Annotated[str | None, typer.Option("--study", help="Only this study.")] = None,
+    db: DbOption = DEFAULT_DB,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Progress of the studies in a store: trials done, best so far, whether a driver runs it."""
+    from mpsearch.storage.progress import study_progress
+
+    rows = study_progress(TrialStore(db, create=False), study)
+    if as_json:
+        out.print_json(json.dumps([{
+            "study": p.name, "status": p.status, "evaluations": p.evaluations,
+            "completed": p.completed, "failed": p.failed, "running": p.running, "best": p.best,
+            "driver": p.driver, "searcher": p.searcher_state} for p in rows]))
+        return
+    table = Table(title=f"studies in {TrialStore(db, create=False).masked_url}",
+                  title_justify="left")
+    for col in ("study", "status", "completed", "failed", "running", "best", "generation",
+                "driver"):
+        table.add_column(col)
+    for p in rows:
+        generation = _find(p.searcher_state, "generation")
+        driver = "—" if p.driver is None else f"{p.driver} ({p.heartbeat_age:.0f} s ago)"
+        table.add_row(p.name, p.status, f"{p.completed}/{p.evaluations}", str(p.failed),
+                      str(p.running), fmt_obj(p.best),
+                      "—" if generation is None else str(generation), driver)
+    out.print(table)
+
+
+def _find(state: object, key: str) -> object:
+    """The first value of ``key`` in a nested state snapshot (stages of a sequential searcher)."""
+    if isinstance(state, dict):
+        if key in state:
+            return state[key]
+        values = list(state.values())
+    elif isinstance(state, list):
+        values = state
+    else:
+        return None
+    for value in reversed(values):  # the later stage is the one running
+        found = _find(value, key)
+        if found is not None:
+            return found
+    return None
+
+
+def resume(
+    study: Annotated[str, typer.Option("--study", help="Study to continue.")],
+    db: DbOption = DEFAULT_DB,
+    extend: Annotated[int, typer.Option(
+        min=0, help="Add this many evaluations to the study's budget first.")] = 0,
+    spec_path: Annotated[str | None, typer.Option(
+        "--spec", help="The study's spec file, to run with changed workers/evaluations; what "
+        "defines the search must match the stored spec.")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address; default: RAY_ADDRESS, else a new local instance.")] = None,
+    top: Annotated[int, typer.Option(help="Best configurations to show at the end.")] = 5,
+) -> None:
+    """Continue a study after a crash (from its stored spec), or extend a finished one."""
+    from mpsearch.storage.errors import StudyConflictError
+
+    from .cli_run import run_with_progress
+    from .spec import StorageConfig, load_spec, parse_spec
+
+    store = TrialStore(db, create=False)
+    record = store.study(study)
+    spec = parse_spec(record.spec, f"the stored spec of study {study!r}")
+    if spec_path is not None:
+        given = load_spec(spec_path)
+        if given.study != study:
+            raise StudyConflictError(f"{spec_path}: names study {given.study!r}, not {study!r}")
+        if spec_hash(given.identity()) != record.spec_hash:
+            stored = spec.identity()
+            fields = sorted(k for k, v in given.identity().items() if stored.get(k) != v)
+            raise StudyConflictError(
+                f"{spec_path}: differs from the spec study {study!r} was run with "
+                f"(field{'s' if len(fields) > 1 else ''} {', '.join(fields) or '?'}); only "
+                "workers, storage and evaluations may change: restore it, or run a new study")
+        spec = given
+    spec = spec.model_copy(update={"storage": StorageConfig(url=store.url)})
+    run_with_progress(spec, store, address, top, extend=extend)
