@@ -15,7 +15,7 @@ from rich.text import Text
 
 from mpsearch.spaces.errors import MpsearchError
 
-from . import cli_cluster, cli_results, cli_run
+from . import cli_cluster, cli_profile, cli_results, cli_run
 from .cli_output import err
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -23,6 +23,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 app.command()(cli_run.run)
 app.command()(cli_results.best)
 app.command()(cli_results.trials)
+app.command()(cli_profile.profile)
 app.command()(cli_cluster.submit)
 app.command()(cli_cluster.status)
 app.command()(cli_cluster.resume)

@@ -14,8 +14,10 @@ import traceback
 
 import ray
 
+from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
+from .profile import ProfileMeasurement, measure_profile
 from .worker import EvalOutcome, Worker, WorkerSetup
 
 
@@ -35,3 +37,15 @@ class WorkerActor:
         except Exception as exc:  # one candidate's failure, not the worker's death
             last = traceback.format_exception_only(exc)[-1].strip()
             return self.label, EvalOutcome(None, time.perf_counter() - start, last)
+
+    def profile(self, pairs: list[tuple[str, QuantOption]], samples: int | None = None,
+                hessians: bool = True) -> tuple[str, list[ProfileMeasurement]]:
+        """Sensitivity of each (gene, option) of ``pairs`` (see :mod:`.profile`)."""
+        start = time.perf_counter()
+        try:
+            return self.label, measure_profile(self.worker, pairs, samples, hessians)
+        except Exception as exc:  # these pairs fail, the worker lives on
+            last = traceback.format_exception_only(exc)[-1].strip()
+            seconds = time.perf_counter() - start
+            return self.label, [ProfileMeasurement(g, o, None, None, None, None, seconds, last)
+                                for g, o in pairs]

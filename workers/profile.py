@@ -1,0 +1,104 @@
+"""Sensitivity profiles: what compressing one gene alone costs, measured and by cheap proxies.
+
+For every (gene, option) — a gene is one layer, or a tie group whose layers share a choice — the
+profile holds the objective of the model with *only that gene* compressed (every other layer at
+full precision) and its change ``delta`` from the full-precision model, plus two proxies that need
+no forward pass of the candidate:
+
+- ``weight_error`` = Σ ‖W − Ŵ‖²_F over the gene's layers (weight reconstruction error);
+- ``hessian_error`` = Σ tr((W − Ŵ) H (W − Ŵ)ᵀ) with the layer's GPTQ Hessian H = 2XᵀX/n: the
+  layer's own output error per calibration row (GPTQ's eq. 1), i.e. a Hessian-weighted error.
+
+Pure functions of a :class:`~.worker.Worker`; the profile leaves the worker at full precision.
+Storage (so a second study reuses them) is :mod:`mpsearch.storage.profiles`; spreading the pairs
+over Ray workers is ``mpsearch profile`` (:mod:`mpsearch.cluster.cli_profile`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from mpsearch.spaces.options import QuantOption
+from mpsearch.spaces.space import SearchSpace
+
+from .errors import WorkerError
+from .gptq import hessian_error
+from .worker import Worker
+
+Pair = tuple[str, QuantOption]  # (gene name, option)
+
+
+@dataclass(frozen=True)
+class ProfileMeasurement:
+    """One (gene, option) of a profile; ``value``/``delta`` are None when it failed (``error``)."""
+
+    layer: str  # the gene's name: a lone layer's module name, or a tie group's name
+    option: QuantOption
+    value: float | None
+    delta: float | None
+    weight_error: float | None
+    hessian_error: float | None
+    seconds: float
+    error: str | None = None
+
+
+def profile_pairs(space: SearchSpace) -> list[Pair]:
+    """Every (gene, option) of ``space``, in gene then option order."""
+    return [(gene.name, option) for gene in space.genes for option in gene.options]
+
+
+def _proxies(worker: Worker, layers: Iterable[str], option: QuantOption,
+             hessians: bool) -> tuple[float, float | None]:
+    w_err, h_err = 0.0, 0.0 if hessians else None
+    for name in layers:
+        W = worker.original[name]
+        W_hat = worker.variant(name, option).to(W.device, non_blocking=False)
+        w_err += float((W.float() - W_hat.float()).square().sum())
+        if h_err is not None:
+            h_err += hessian_error(W, W_hat, worker.hessian(name))
+    return w_err, h_err
+
+
+@torch.inference_mode()
+def measure_profile(worker: Worker, pairs: Iterable[Pair], samples: int | None = None,
+                    hessians: bool = True) -> list[ProfileMeasurement]:
+    """Measure each (gene, option) of ``pairs`` on ``worker`` (first ``samples`` samples).
+
+    ``hessians=False`` skips the Hessian-weighted proxy (and the calibration pass it needs). A
+    pair whose compression or score fails is returned with its ``error``, never with a value.
+    """
+    genes = {gene.name: gene for gene in worker.space.genes}
+    pairs = list(pairs)
+    unknown = [name for name, _ in pairs if name not in genes]
+    if unknown:
+        raise WorkerError(f"profile: no gene {unknown[0]!r} in the space "
+                          f"(genes: {', '.join(list(genes)[:3])}, ...)")
+    if hessians and pairs:
+        worker.hessian(genes[pairs[0][0]].layers[0].name)  # gather now: it restores fp weights
+    worker.restore_()
+    base = worker.score(samples)
+    out = []
+    for gene_name, option in pairs:
+        start = time.perf_counter()
+        layers = [layer.name for layer in genes[gene_name].layers]
+        try:
+            w_err, h_err = _proxies(worker, layers, option, hessians)
+            for name in layers:
+                worker.set_layer_(name, option)
+            value = worker.score(samples)
+            if not math.isfinite(value):
+                raise WorkerError(f"objective is not finite ({value})")
+            out.append(ProfileMeasurement(gene_name, option, value, value - base, w_err, h_err,
+                                          time.perf_counter() - start))
+        except WorkerError as exc:
+            out.append(ProfileMeasurement(gene_name, option, None, None, None, None,
+                                          time.perf_counter() - start, str(exc)))
+        finally:
+            for name in layers:
+                worker.set_layer_(name, None)
+    return out
