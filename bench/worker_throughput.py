@@ -29,10 +29,12 @@ import argparse
 import random
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
 from mpsearch.spaces import SpaceConfig, build_space
+from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 from mpsearch.spaces.spec import DEFAULT_OPTIONS
 from mpsearch.workers.calibration import load_texts
@@ -195,6 +197,28 @@ def throughput(args) -> None:
     split = worker.cache_split()
     print(f"  cache bytes: device {split['device'] / 1e9:.2f} GB, host {split['host'] / 1e9:.2f} GB",
           flush=True)
+    if args.gptq_levels:
+        gptq_levels(worker, args.gptq_levels.split(","), device)
+
+
+def gptq_levels(worker: Worker, labels: list[str], device: torch.device) -> None:
+    """Time GPTQ on every searched layer (one Hessian pass, then each level), and score the
+    uniform GPTQ level against its RTN counterpart."""
+    first = worker.space.layers[0].name
+    print(f"\nGPTQ, {len(worker.space.layers)} layers: Hessian pass "
+          f"{timed(lambda: worker.hessian(first), device):.1f} s", flush=True)
+    for label in labels:
+        option = QuantOption.from_label(label)
+        rtn = replace(option, rounding="rtn")
+        seconds = timed(lambda o=option: [worker.variant(n, o) for n in worker.modules], device)
+        scores = []
+        for o in (rtn, option):
+            for name in worker.modules:
+                worker.set_layer_(name, o)
+            scores.append(worker.score())
+        worker.restore_()
+        print(f"  {label:<24} {seconds:6.1f} s   objective {scores[1]:.6g} (RTN {scores[0]:.6g})",
+              flush=True)
 
 
 def gptq_vs_rtn(args) -> None:
@@ -244,6 +268,8 @@ def main() -> None:
     p.add_argument("--cache-device-bytes", type=int, default=None)
     p.add_argument("--kl-top-k", type=int, default=None)
     p.add_argument("--gptq-vs-rtn", action="store_true")
+    p.add_argument("--gptq-levels", default="", help="comma-separated GPTQ labels to time after "
+                   "the throughput figures, e.g. int4-g128-asym-gptq")
     args = p.parse_args()
     llama = args.model.startswith("llama")
     args.samples = args.samples or (8 if llama else 32)
