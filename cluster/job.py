@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mpsearch.searcher.base import Searcher
+from mpsearch.searcher.base import SearchContext, Searcher
 from mpsearch.searcher.loop import LoopStats, Outcome, run_search
 from mpsearch.searcher.registry import make_searcher
 from mpsearch.spaces.errors import SpecError
@@ -166,7 +166,9 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
             store.set_evaluations(study.id, study.evaluations + extend)
         study = store.study(study.name)
         searcher, replayed = replay(
-            lambda: make_searcher(spec.searcher, job.space, job.budget, spec.seed),
+            # the Optuna study, if any, is kept in memory: replay rebuilds it from the trials
+            lambda: make_searcher(spec.searcher, job.space, job.budget, spec.seed,
+                                  SearchContext(study=spec.study)),
             store.trials(study.name))
         if on_start is not None:
             on_start(study, replayed.completed)
