@@ -51,6 +51,9 @@ class TrialRow(Base):
         Index("ix_mps_trial_best", "study_id", "status", "feasible", "objective"),
         Index("ix_mps_trial_bits", "study_id", "avg_bits"),
         Index("ix_mps_trial_bytes", "study_id", "total_bytes"),
+        # Covers the Pareto query (storage/queries.py): per-bits minima and front lookups.
+        Index("ix_mps_trial_pareto", "study_id", "status", "avg_bits", "objective", "number",
+              "feasible"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

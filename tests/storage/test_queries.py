@@ -57,14 +57,16 @@ def test_pareto_known_front(known):
 
 
 def brute_front(points):
-    """Non-dominated points by definition (O(n²)); among equal points the lowest number."""
+    """Non-dominated points by definition (O(n²)); among equal points the lowest number.
+
+    ``points`` maps number → (bits, objective, number)."""
     keep = []
-    for b, o, n in points:
+    for b, o, n in points.values():
         dominated = any((b2 <= b and o2 <= o and (b2 < b or o2 < o)) or (b2, o2) == (b, o) and n2 < n
-                        for b2, o2, n2 in points)
+                        for b2, o2, n2 in points.values())
         if not dominated:
             keep.append(n)
-    return sorted(keep, key=lambda n: (points[n][0], points[n][1], n))
+    return sorted(keep, key=lambda n: points[n])
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -73,7 +75,29 @@ def test_pareto_scan_matches_definition(seed):
     # few distinct values, so ties on either coordinate and exact duplicates are common
     points = [(rng.choice([2.25, 3.0, 4.25, 5.0, 8.25]), rng.choice([0.0, 0.1, 0.2, 0.3, 0.5]), n)
               for n in range(60)]
-    assert pareto_front(sorted(points)) == brute_front(points)
+    kept = set(pareto_front(sorted((b, o) for b, o, _ in points)))
+    assert kept == {points[n][:2] for n in brute_front({p[2]: p for p in points})}
+
+
+def test_store_pareto_matches_definition(builder):
+    """The database's window-function scan keeps exactly what the definition keeps."""
+    study = builder.study()
+    store, rng = builder.store, random.Random(7)
+    points = []
+    for n in range(80):
+        bits, objective = rng.choice([2.25, 3.0, 4.25, 5.0]), rng.choice([0.0, 0.1, 0.2, 0.5])
+        status = rng.choice(["complete"] * 8 + ["failed", "running"])
+        store.start_trial(study.id, builder.space.cheapest(), bits, 1.0, bits <= 4.25, 0)
+        if status != "running":
+            store.finish_trial(study.id, n, objective if status == "complete" else None, "w0",
+                               None, 0.1)
+        if status == "complete":
+            points.append((bits, objective, n))
+    by_number = {n: (b, o, n) for b, o, n in points}
+    expected = [n for n in brute_front(by_number) if n in by_number]
+    assert numbers(store.pareto("s")) == expected
+    feasible = {n: p for n, p in by_number.items() if p[0] <= 4.25}
+    assert numbers(store.pareto("s", feasible_only=True)) == brute_front(feasible)
 
 
 def test_compare_same_budget_side_by_side(builder):

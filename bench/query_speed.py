@@ -1,0 +1,150 @@
+"""How fast ``best`` and ``pareto`` answer on a 100,000-trial study, in SQLite and PostgreSQL.
+
+    python bench/query_speed.py                       # SQLite file + the local PostgreSQL server
+    python bench/query_speed.py --trials 20000 --no-postgres
+
+The study has MiniLM's shape (36 searched layers × 7 options, the README's space) and synthetic
+trials: random configurations, an objective that falls with bits plus noise, 97% complete, 2%
+failed, 1% running, the budget at 4.25 bits. Rows go in with one bulk ``INSERT`` per 10,000
+(executemany), not through ``start_trial``. Each query is timed through the public API (study
+lookup included) after one warm-up call; the median and the worst of ``--repeat`` calls are
+printed in milliseconds (target: under 200 ms each). The PostgreSQL database is created for the
+run and dropped after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.engine import make_url
+
+from mpsearch.spaces.options import QuantOption
+from mpsearch.spaces.space import Candidate, Gene, LayerInfo, SearchSpace
+from mpsearch.storage import Store
+from mpsearch.storage.models import COMPLETE, FAILED, RUNNING, TrialRow
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+BUDGET = 4.25
+
+
+def minilm_space() -> SearchSpace:
+    bits = [2, 3, 4, 5, 6, 8]
+    options = tuple(QuantOption("int", b, 128) for b in bits) + (QuantOption("fp16", 16, None),)
+    shapes = [("attention.self.query", 384, 384), ("attention.self.key", 384, 384),
+              ("attention.self.value", 384, 384), ("attention.output.dense", 384, 384),
+              ("intermediate.dense", 384, 1536), ("output.dense", 1536, 384)]
+    genes = tuple(Gene(f"encoder.layer.{i}.{part}",
+                       (LayerInfo(f"encoder.layer.{i}.{part}", fin, fout),), options)
+                  for i in range(6) for part, fin, fout in shapes)
+    return SearchSpace(genes, unsearched_params=12_096_384)
+
+
+def trial_rows(study_id: int, space: SearchSpace, n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    now = datetime.now()
+    rows = []
+    for number in range(n):
+        choices = tuple(rng.randrange(len(g.options)) for g in space.genes)
+        cost = space.cost(Candidate(choices))
+        roll = rng.random()
+        status = COMPLETE if roll < 0.97 else FAILED if roll < 0.99 else RUNNING
+        objective = (math.exp(-1.3 * cost.avg_bits) * rng.uniform(0.8, 1.2)
+                     if status == COMPLETE else None)
+        rows.append({"study_id": study_id, "number": number, "status": status,
+                     "origin": "random", "choices": list(choices), "samples": None,
+                     "objective": objective, "avg_bits": cost.avg_bits,
+                     "total_bytes": cost.total_bytes, "feasible": cost.avg_bits <= BUDGET + 1e-9,
+                     "seed": seed, "worker": "w0" if status != RUNNING else None,
+                     "error": "boom" if status == FAILED else None, "eval_seconds": 0.3,
+                     "started_at": now, "finished_at": now if status != RUNNING else None})
+    return rows
+
+
+def fill(url: str, n: int, seed: int) -> float:
+    """Create the study and bulk-insert ``n`` trials; returns the seconds the inserts took."""
+    store = Store(url)
+    space = minilm_space()
+    spec = {"study": "bench", "budget": {"avg_bits": BUDGET}}
+    study, _ = store.open_study("bench", spec, spec, space, "minilm", "embedding_distortion", n)
+    rows = trial_rows(study.id, space, n, seed)
+    start = time.perf_counter()
+    with store.engine.begin() as conn:
+        for i in range(0, n, 10_000):
+            conn.execute(insert(TrialRow), rows[i:i + 10_000])
+    seconds = time.perf_counter() - start
+    if store.engine.dialect.name == "postgresql":
+        with store.engine.begin() as conn:
+            conn.execute(text("ANALYZE mps_trial"))
+    store.close()
+    return seconds
+
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    fn()  # warm-up: connection pool, statement cache, page cache
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), max(times)
+
+
+def bench(label: str, url: str, n: int, repeat: int, seed: int) -> None:
+    seconds = fill(url, n, seed)
+    store = Store(url, create=False)
+    queries: dict[str, Callable[[], object]] = {
+        "best (top 5)": lambda: store.best("bench", top=5),
+        "best (top 5, max_bits 3.5)": lambda: store.best("bench", top=5, max_bits=3.5),
+        "pareto": lambda: store.pareto("bench"),
+        "pareto (feasible only)": lambda: store.pareto("bench", feasible_only=True),
+    }
+    print(f"{label}: {n:,} trials inserted in {seconds:.1f} s; front has "
+          f"{len(store.pareto('bench'))} trials")
+    for name, fn in queries.items():
+        median, worst = timed(fn, repeat)
+        print(f"  {name:28s} median {median:7.1f} ms   worst {worst:7.1f} ms")
+    store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--pg-admin", default=PG_ADMIN, help="URL of a database to CREATE from")
+    args = parser.parse_args()
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{os.cpu_count()} CPU cores, load average {load} (other work on the machine inflates "
+          "the times)")
+    with tempfile.TemporaryDirectory() as tmp:
+        bench("SQLite", f"sqlite:///{Path(tmp) / 'bench.db'}", args.trials, args.repeat, args.seed)
+    if args.no_postgres:
+        return
+    admin = create_engine(args.pg_admin, isolation_level="AUTOCOMMIT")
+    name = f"mpsearch_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = make_url(args.pg_admin).set(database=name).render_as_string(hide_password=False)
+        bench("PostgreSQL", url, args.trials, args.repeat, args.seed)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
