@@ -11,7 +11,8 @@ arrays, so they are tested and timed without a model:
 * :func:`lagrangian_greedy`: the classic LP-relaxation greedy (Sinha and Zoltners, 1979) over
   each gene's lower convex hull; its solution is feasible and its LP value a lower bound, so it is
   the fallback when HiGHS fails or runs out of time and the bound reported beside the optimum.
-* :func:`solve`: both, the better one returned, the gap stated.
+* :func:`solve`: both, the better one returned, the gap stated; with one resource the program
+  is first reduced to its core (options whose LP reduced cost exceeds the greedy's gap go).
 * :func:`pareto_sweep`: optimal solutions over a range of capacities, the non-dominated ones.
 
 The searcher that proposes these solutions is :mod:`.ip_searcher`; the dynamic program for one
@@ -141,14 +142,15 @@ def lagrangian_greedy(problem: Knapsack) -> Solution:
         blocked.add(g)
     _improve_(problem, choices)
     loss, use = problem.evaluate(choices)
-    bound = _lp_value(problem, hulls, norm) if len(problem.caps) == 1 else -np.inf
+    bound = _lp_value(problem, hulls, norm)[0] if len(problem.caps) == 1 else -np.inf
     optimal = bool(loss <= bound + 1e-12 * max(1.0, abs(bound)))
     return Solution(choices, loss, use, optimal, bound, time.perf_counter() - start,
                     "lagrangian-greedy")
 
 
-def _lp_value(problem: Knapsack, hulls: list[list[int]], norm: np.ndarray) -> float:
-    """Value of the LP relaxation (single resource): greedy with a fractional last upgrade."""
+def _lp_value(problem: Knapsack, hulls: list[list[int]], norm: np.ndarray) -> tuple[float, float]:
+    """The LP relaxation (single resource): its value, by greedy with a fractional last upgrade,
+    and its dual price ``λ`` (loss saved per unit of normalized resource at the margin)."""
     rows = np.arange(len(hulls))
     first = np.array([h[0] for h in hulls])
     value = float(problem.loss[rows, first].sum())
@@ -157,13 +159,34 @@ def _lp_value(problem: Knapsack, hulls: list[list[int]], norm: np.ndarray) -> fl
                     (norm[g, h[i]] - norm[g, h[i - 1]]), g, i)
                    for g, h in enumerate(hulls) for i in range(1, len(h)))
     for eff, g, i in steps:
-        if eff >= 0 or room <= 0:
+        if eff >= 0:
             break
         dw = norm[g, hulls[g][i]] - norm[g, hulls[g][i - 1]]
-        take = min(1.0, room / dw)
-        value += take * eff * dw
-        room -= take * dw
-    return value
+        if dw > room:
+            return value + eff * room, -eff
+        value += eff * dw
+        room -= dw
+    return value, 0.0
+
+
+def reduce_by_reduced_costs(problem: Knapsack, upper: float) -> Knapsack:
+    """Drop options that no solution better than ``upper`` can use (single resource).
+
+    With the LP's dual price λ, an option's reduced cost is ``d + λw`` minus its gene's least
+    ``d + λw``; any solution's loss is at least the LP bound plus its options' reduced costs, so
+    an option whose reduced cost exceeds ``upper - bound`` cannot be in a better solution.
+    Classic core-problem reduction for the multiple-choice knapsack (Pisinger 1995).
+    """
+    assert len(problem.caps) == 1
+    norm = problem.weights[0] / problem.caps[0]
+    hulls = [_hull(norm[g], problem.loss[g], problem.allowed[g])
+             for g in range(problem.loss.shape[0])]
+    bound, price = _lp_value(problem, hulls, norm)
+    priced = np.where(problem.allowed, problem.loss + price * norm, np.inf)
+    reduced = priced - priced.min(axis=1, keepdims=True)
+    slack = upper - bound
+    keep = reduced <= slack + 1e-12 * max(1.0, abs(upper))
+    return Knapsack(np.where(keep, problem.loss, np.inf), problem.weights, problem.caps)
 
 
 def _improve_(problem: Knapsack, choices: np.ndarray) -> None:
@@ -180,8 +203,13 @@ def _improve_(problem: Knapsack, choices: np.ndarray) -> None:
 
 
 # -- the exact program ---------------------------------------------------------------------------
-def solve_milp(problem: Knapsack, time_limit: float | None = None) -> Solution | None:
-    """The proven optimum through HiGHS, or None when HiGHS found no solution in time."""
+def solve_milp(problem: Knapsack, time_limit: float | None = None,
+               upper: float | None = None) -> Solution | None:
+    """The proven optimum through HiGHS, or None when HiGHS found no solution in time.
+
+    ``upper`` (a known solution's loss; else the Lagrangian greedy's) scales the objective so
+    that HiGHS's absolute gap tolerance (1e-6) is a relative 1e-9 of the avoidable loss.
+    """
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import csr_array
 
@@ -190,32 +218,39 @@ def solve_milp(problem: Knapsack, time_limit: float | None = None) -> Solution |
     gene, option = np.nonzero(problem.allowed)
     best = np.where(problem.allowed, problem.loss, np.inf).min(axis=1)
     rel = problem.loss[gene, option] - best[gene]  # avoidable loss, >= 0
+    if upper is None:
+        upper = lagrangian_greedy(problem).loss
+    scale = 1e3 / max(upper - float(best.sum()), 1e-300)
     n_genes, n = problem.loss.shape[0], gene.size
     one_each = LinearConstraint(csr_array((np.ones(n), (gene, np.arange(n))), shape=(n_genes, n)),
                                 1, 1)
-    rows = problem.weights[:, gene, option] / problem.caps[:, None]
-    caps = np.ones(len(problem.caps))
+    # Rows in units of 1e-9 of the capacity: HiGHS's absolute feasibility tolerance (1e-7) then
+    # admits an excess of 1e-16 of the budget, below what float arithmetic resolves.
+    rows = problem.weights[:, gene, option] / problem.caps[:, None] * 1e9
+    caps = np.full(len(problem.caps), 1e9)
     options = {"mip_rel_gap": 0.0, "presolve": True}
     if time_limit is not None:
         options["time_limit"] = time_limit
+    repaired = False
     for _ in range(_REPAIR_ROUNDS):
-        res = milp(rel, integrality=np.ones(n), bounds=Bounds(0, 1),
+        res = milp(rel * scale, integrality=np.ones(n), bounds=Bounds(0, 1),
                    constraints=[one_each, LinearConstraint(rows, -np.inf, caps)], options=options)
         if res.x is None:
             return None
         picked = res.x > 0.5
         choices = np.empty(n_genes, dtype=int)
         choices[gene[picked]] = option[picked]
-        over = rows[:, picked].sum(axis=1) - 1.0
+        over = (rows[:, picked].sum(axis=1) - 1e9) / 1e9
         if np.all(over <= 1e-12):
             loss, use = problem.evaluate(choices)
-            optimal = res.status == 0
-            bound = float(best.sum() + (res.mip_dual_bound if optimal else -np.inf))
+            optimal = res.status == 0 and not repaired  # a tightened cap proves nothing
+            bound = float(best.sum() + (res.mip_dual_bound / scale if optimal else -np.inf))
             if optimal:
                 bound = min(bound, loss)
             return Solution(choices, loss, use, optimal, bound, time.perf_counter() - start,
                             "milp-highs")
-        caps = caps - np.maximum(over, 0) - 1e-12
+        caps = caps - (np.maximum(over, 0) + 1e-12) * 1e9
+        repaired = True
     return None
 
 
@@ -224,7 +259,10 @@ def solve(problem: Knapsack, time_limit: float | None = None) -> Solution:
     greedy = lagrangian_greedy(problem)
     if greedy.optimal:  # the LP bound is met: nothing for the MILP to prove
         return greedy
-    exact = solve_milp(problem, time_limit)
+    core = problem
+    if len(problem.caps) == 1:  # the greedy solution survives, so the core stays feasible
+        core = reduce_by_reduced_costs(problem, greedy.loss)
+    exact = solve_milp(core, time_limit, greedy.loss)
     if exact is None or exact.loss > greedy.loss:
         return greedy
     bound = max(exact.bound, greedy.bound)

@@ -1,0 +1,242 @@
+"""Search quality on MiniLM: every strategy, the same number of evaluations, held-out results.
+
+For each budget (average effective bits) and seed, each strategy runs through the real loop
+(``run_search``) for the largest evaluation count, with the uniform baselines first (they count,
+as in production); the results at smaller counts are prefixes of that run (no strategy here
+looks at the total). Every evaluation counts, the integer program's and the hybrid's profile
+probes included. The best feasible configuration is chosen on the calibration samples and
+**reported on held-out samples** (another offset of the same source), next to the best feasible
+uniform configuration and a noise floor: the mean |difference| of one configuration's score on
+two disjoint held-out sets. Evaluated in-process with ``Worker`` (no Ray).
+
+    python bench/search_quality.py --device cuda --out results/            # the full grid
+    python bench/search_quality.py --evaluations 20 --seeds 1 --strategies evolutionary   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from mpsearch.searcher import SearchContext, SearcherConfig, SerialExecutor, make_searcher, run_search
+from mpsearch.searcher.loop import Outcome
+from mpsearch.spaces.space import Budget, Candidate, LayerRule, build_space
+from mpsearch.spaces.spec import parse_option
+from mpsearch.workers.calibration import load_texts
+from mpsearch.workers.config import CalibrationConfig, ModelConfig
+from mpsearch.workers.model_loading import inspect_model
+from mpsearch.workers.worker import Worker, WorkerSetup
+
+LABELS = ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
+          "int6-g128-asym", "int8-g128-asym", "fp16"]  # examples/minilm.yaml's space
+
+
+def profile_levels(bits: float) -> list[str]:
+    """The three integer levels around the budget: the profile entries worth measuring."""
+    low = max(2, math.floor(bits) - 1)
+    return [f"int{b}-g128-asym" for b in range(low, low + 3)]
+
+
+def strategies(bits: float) -> dict[str, dict]:
+    prof = {"profile_options": profile_levels(bits)}
+    return {
+        "random": {"name": "random"},
+        "evolutionary": {"name": "evolutionary"},
+        "evolutionary-population": {"name": "evolutionary-population"},
+        "optuna-tpe": {"name": "optuna", "params": {"sampler": "tpe"}},
+        # optuna-gp runs only when named: over 36 categorical genes its ask took minutes per
+        # hundred trials on CPU (see docs/benchmarks.md)
+        "optuna-gp": {"name": "optuna", "params": {"sampler": "gp"}},
+        "integer-program": {"name": "integer-program", "params": {**prof, "solutions": 4}},
+        "hybrid": {"name": "hybrid", "params": {**prof, "seeds": 4}},
+    }
+
+
+class Scorer:
+    """One worker per sample set; scores cached by configuration."""
+
+    def __init__(self, setup: WorkerSetup, space, texts) -> None:
+        self.worker = Worker(replace(setup, texts=tuple(texts)), space)
+        self.cache: dict[tuple[tuple[int, ...], int | None], float | None] = {}
+
+    def __call__(self, c: Candidate) -> float | None:
+        key = (c.choices, c.samples)
+        if key not in self.cache:
+            self.cache[key] = self.worker.evaluate(c).objective
+        return self.cache[key]
+
+
+class Trace:
+    """The loop's recorder: every trial in order, and its feasibility."""
+
+    def __init__(self) -> None:
+        self.trials: list[tuple[Candidate, bool, float | None]] = []
+
+    def start(self, candidate: Candidate, feasible: bool) -> int:
+        self.trials.append((candidate, feasible, None))
+        return len(self.trials) - 1
+
+    def finish(self, key: int, candidate: Candidate, outcome: Outcome) -> None:
+        self.trials[key] = (candidate, self.trials[key][1], outcome.objective)
+
+    def best(self, first: int) -> tuple[float, Candidate] | None:
+        done = [(v, c) for c, ok, v in self.trials[:first]
+                if ok and v is not None and c.samples is None]
+        return min(done, key=lambda x: x[0]) if done else None
+
+    def curve(self) -> list[float | None]:
+        out, best = [], math.inf
+        for c, ok, v in self.trials:
+            if ok and v is not None and c.samples is None:
+                best = min(best, v)
+            out.append(None if best == math.inf else best)
+        return out
+
+
+def report(results: dict, out: Path) -> str:
+    """The markdown table (mean ± sd over seeds of the held-out objective) and one PNG per budget
+    of best-so-far (calibration) vs evaluations."""
+    import statistics
+
+    lines = []
+    evals = results["args"]["evaluations"]
+    for bits, entry in results["budgets"].items():
+        u = entry["uniform"]
+        noise = [abs(u["heldout"] - u["fresh"])]
+        lines += [f"### {bits} effective bits", "",
+                  f"Uniform baseline ({u['label']}): held-out {u['heldout']:.5f} "
+                  f"(calibration {u['calib']:.5f}).", "",
+                  "| strategy | " + " | ".join(f"{n} evals" for n in evals) + " |",
+                  "| --- | " + " | ".join("---" for _ in evals) + " |"]
+        for name, runs in entry["runs"].items():
+            cells = []
+            for n in evals:
+                vals = [r["at"][str(n)]["heldout"] if str(n) in r["at"] else r["at"].get(n, {}).get(
+                    "heldout") for r in runs]
+                vals = [v for v in vals if v is not None]
+                for r in runs:
+                    a = r["at"].get(str(n)) or r["at"].get(n)
+                    if a:
+                        noise.append(abs(a["heldout"] - a["fresh"]))
+                if len(vals) < len(runs):
+                    cells.append("n/a")
+                else:
+                    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                    cells.append(f"{statistics.mean(vals):.5f} ± {sd:.5f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", f"Noise floor (one configuration, two disjoint held-out sets, mean "
+                      f"|difference| over {len(noise)} configurations): {statistics.mean(noise):.5f}.",
+                  ""]
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, runs in entry["runs"].items():
+            curves = [r["curve"] for r in runs]
+            n = min(len(c) for c in curves)
+            xs, ys = [], []
+            for i in range(n):
+                vals = [c[i] for c in curves if c[i] is not None]
+                if len(vals) == len(curves):
+                    xs.append(i + 1)
+                    ys.append(statistics.mean(vals))
+            ax.plot(xs, ys, label=name)
+        ax.axhline(u["calib"], color="gray", ls="--", label="uniform (calibration)")
+        ax.set(xscale="log", yscale="log", xlabel="evaluations", ylabel="best so far (calibration)",
+               title=f"MiniLM, {bits} effective bits, mean over seeds")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"search_quality_{bits}.png", dpi=120)
+        plt.close(fig)
+    text = "\n".join(lines)
+    (out / "table.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[3.0, 4.25])
+    ap.add_argument("--evaluations", type=int, nargs="+", default=[50, 200, 1000])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--strategies", nargs="+", default=None, help="default: all")
+    ap.add_argument("--gp-max", type=int, default=200,
+                    help="evaluations for optuna-gp at most (its ask slows with every trial)")
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--heldout-offset", type=int, default=900)
+    ap.add_argument("--heldout-samples", type=int, default=128)
+    ap.add_argument("--noise-offset", type=int, default=500)
+    ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--report", default=None, help="only redo the table and plots of a results.json")
+    args = ap.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text()), Path(args.out)))
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    info = inspect_model(ModelConfig(name=args.model))
+    rule = LayerRule(r"encoder\.layer\.\d+\.", tuple(parse_option(x) for x in LABELS))
+    space = build_space(info.layers, [rule], (), info.total_params)
+    cal = CalibrationConfig(samples=args.samples, seq_len=args.seq_len)
+    setup = WorkerSetup(model_path=info.path, kind=info.kind, objective="embedding_distortion",
+                        texts=(), seq_len=args.seq_len, device=args.device)
+    calib = Scorer(setup, space, load_texts(cal))
+    held = Scorer(setup, space, load_texts(cal.model_copy(update={
+        "offset": args.heldout_offset, "samples": args.heldout_samples})))
+    fresh = Scorer(setup, space, load_texts(cal.model_copy(update={
+        "offset": args.noise_offset, "samples": args.heldout_samples})))
+    top = max(args.evaluations)
+    results: dict = {"args": vars(args), "device": args.device, "budgets": {}}
+    for bits in args.budgets:
+        budget = Budget(avg_bits=bits)
+        uniform = [space.uniform(o) for o in space.uniform_options()]
+        feasible = [c for c in uniform if space.feasible(c, budget)]
+        u_best = min(feasible, key=calib)
+        entry = {"uniform": {"label": space.summarize(u_best), "calib": calib(u_best),
+                             "heldout": held(u_best), "fresh": fresh(u_best)},
+                 "runs": {}}
+        chosen = strategies(bits)
+        for name in args.strategies or [n for n in chosen if n != "optuna-gp"]:
+            for seed in range(args.seeds):
+                n_max = min(top, args.gp_max) if name == "optuna-gp" else top
+                cfg = SearcherConfig(**chosen[name])
+                searcher = make_searcher(cfg, space, budget, seed,
+                                         SearchContext(study=f"{name}-{bits}-{seed}"))
+                trace, start = Trace(), time.perf_counter()
+                run_search(searcher, SerialExecutor(calib), trace, n_max, space, budget)
+                seconds = time.perf_counter() - start
+                at = {}
+                for n in args.evaluations:
+                    if n > n_max:
+                        continue
+                    best = trace.best(n)
+                    if best is not None:
+                        at[n] = {"calib": best[0], "heldout": held(best[1]),
+                                 "fresh": fresh(best[1]), "label": space.summarize(best[1]),
+                                 "avg_bits": space.cost(best[1]).avg_bits}
+                entry["runs"].setdefault(name, []).append(
+                    {"seed": seed, "seconds": seconds, "at": at, "curve": trace.curve()})
+                results["budgets"][str(bits)] = entry
+                (out / "results.json").write_text(json.dumps(results, indent=1))
+                shown = {n: round(v["heldout"], 5) for n, v in at.items()}
+                print(f"bits={bits} {name} seed={seed} {seconds:.0f}s held-out {shown}", flush=True)
+        results["budgets"][str(bits)] = entry
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(report(json.loads(json.dumps(results)), out))
+
+
+if __name__ == "__main__":
+    main()
