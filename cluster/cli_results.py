@@ -137,7 +137,7 @@ def _comparison_table(result: Comparison) -> Table:
         table.add_column(col.study.name, justify="right")
     first = result.columns[0].best[0].objective if result.columns[0].best else None
     rows: list[list[str]] = [
-        ["objective", *(c.study.objective for c in result.columns)],
+        ["objective kind", *(c.study.objective for c in result.columns)],
         ["completed trials", *(str(c.completed) for c in result.columns)],
         ["within budget", *(str(c.within) for c in result.columns)],
     ]
