@@ -18,9 +18,11 @@ from pathlib import Path
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
+from sqlalchemy import inspect, select
 
-from .errors import StoreError
+from .errors import StoreError, translating
 from .models import COMPLETE
+from .profiles import ProfileRow
 from .queries import NoResultError, ResultStore, study_budget
 from .store import StudyRecord, TrialRecord
 
@@ -31,14 +33,22 @@ Sensitivity = Mapping[tuple[str, str], float]  # (gene name, option label) -> ob
 
 
 def load_sensitivity(store: ResultStore, study: StudyRecord) -> Sensitivity | None:
-    """HOOK for the stored sensitivity profile of ``study``'s model and calibration.
+    """The stored sensitivity profile of ``study``'s model and objective, as objective deltas.
 
-    The profile table (``storage/profiles.py``, being added with ``mpsearch profile``) is not
-    in this tree yet; when it is, return its rows for this study here as
-    ``{(gene name, option label): objective delta}`` and the report draws them beside the best
-    configuration. Until then the report shows a labelled placeholder.
+    Profiles (:mod:`.profiles`) are keyed by a fingerprint of the calibration texts, which only a
+    worker can compute; the report does not load texts, so it uses the rows of this model and
+    objective when they come from a single calibration fingerprint, and none when several do.
+    Never creates the profile table (the report only reads).
     """
-    return None
+    with translating(store.url, "read the sensitivity profile"), store.engine.connect() as conn:
+        if not inspect(conn).has_table(ProfileRow.__tablename__):
+            return None
+        rows = conn.execute(select(ProfileRow.calibration, ProfileRow.layer, ProfileRow.option,
+                                   ProfileRow.delta).where(
+            ProfileRow.model == study.model, ProfileRow.objective == study.objective)).all()
+    if len({r.calibration for r in rows}) != 1:
+        return None
+    return {(r.layer, r.option): r.delta for r in rows}
 
 
 def strategy(origin: str) -> str:
@@ -202,10 +212,10 @@ def report_html(store: ResultStore, study_name: str) -> str:
     if best is None:
         parts.insert(1, "<p>No completed trial is within the budget: no best configuration.</p>")
     elif not sensitivity:
-        parts.insert(2, '<p class="hook" id="sensitivity-profile">Sensitivity profile: none is '
-                        "stored for this study's model and calibration, so the per-layer "
-                        "heatmap above is shown alone (measure one with "
-                        "<code>mpsearch profile</code>).</p>")
+        parts.insert(2, '<p id="sensitivity-profile">Sensitivity profile: none is stored for '
+                        "this study's model and objective (or several, from different "
+                        "calibration data), so the per-layer heatmap above is shown alone "
+                        "(measure one with <code>mpsearch profile</code>).</p>")
     body = "".join(f"<section>{p}</section>" for p in parts)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>mpsearch report: {html.escape(study.name)}</title><style>{_STYLE}</style>"

@@ -3,6 +3,7 @@
 import re
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,9 +31,27 @@ def test_report_page_is_self_contained(builder):
     assert page.count('class="plotly-graph-div"') == 3
     assert "<script src=" not in page  # plotly.js is inlined, nothing is fetched
     assert "uniform baselines" in page and "Pareto front" in page
-    assert 'id="sensitivity-profile"' in page  # the labelled hook while no profile is stored
+    assert 'id="sensitivity-profile"' in page  # the labelled note while no profile is stored
     for name in ("uniform", "evolutionary", "random", "all strategies"):
         assert f'"name":"{name}"' in page
+
+
+def test_report_draws_a_stored_sensitivity_profile(builder):
+    from mpsearch.storage.profiles import ProfileKey, save_profile
+
+    study = fill(builder)
+    without = report_html(builder.store, "s").count('"type":"heatmap"')
+    rows = [SimpleNamespace(layer=gene.name, option=option, value=0.1 * i, delta=0.1 * i,
+                            weight_error=None, hessian_error=None, seconds=0.1)
+            for gene in study.space.genes for i, option in enumerate(gene.options)]
+    save_profile(builder.store, ProfileKey("m", "calib-fingerprint", "kl"), rows)
+    page = report_html(builder.store, "s")
+    assert page.count('"type":"heatmap"') == without + 1  # the profile beside the bits
+    assert "sensitivity: objective delta" in page
+    assert 'id="sensitivity-profile"' not in page
+    # a second calibration's profile of the same model: ambiguous, so none is drawn
+    save_profile(builder.store, ProfileKey("m", "other-fingerprint", "kl"), rows)
+    assert 'id="sensitivity-profile"' in report_html(builder.store, "s")
 
 
 def test_report_bad_input(builder, tmp_path):
