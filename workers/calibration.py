@@ -7,13 +7,12 @@ to workers, so every worker scores on identical samples even when nodes run othe
 
 from __future__ import annotations
 
+import ast
 import functools
-import importlib
-import inspect
+import importlib.util
 import json
 import random
 import re
-import warnings
 from pathlib import Path
 
 from .config import CalibrationConfig
@@ -49,24 +48,45 @@ def _paragraphs(doc: str) -> list[str]:
     return out
 
 
+def _module_source(name: str) -> str | None:
+    """The source text of a standard-library module, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None  # built in or compiled: no source to read
+    try:
+        return Path(spec.origin).read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def _docstrings(source: str) -> list[str]:
+    """Docstrings of the module and of its public classes, functions and methods, in file order."""
+    tree = ast.parse(source)
+    docs = [ast.get_docstring(tree) or ""]
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                and not node.name.startswith("_")):
+            docs.append(ast.get_docstring(node) or "")
+    return docs
+
+
 @functools.cache
 def stdlib_texts() -> tuple[str, ...]:
-    """Every prose paragraph of the listed modules' docstrings, deduplicated, in a fixed shuffle."""
+    """Every prose paragraph of the listed modules' docstrings, deduplicated, in a fixed shuffle.
+
+    Docstrings are read from the modules' source files with ``ast``, never from imported objects,
+    so the corpus depends only on the Python version, not on what the process has imported (Ray,
+    for one, replaces functions of ``inspect``).
+    """
     seen: dict[str, None] = {}
     for mod_name in _STDLIB_MODULES:
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError:  # e.g. a Python built without sqlite3 or ssl
+        source = _module_source(mod_name)
+        if source is None:
             continue
-        with warnings.catch_warnings():  # e.g. typing.io warns when its docs are read
-            warnings.simplefilter("ignore", DeprecationWarning)
-            docs = [inspect.getdoc(module) or ""]
-            for attr in sorted(vars(module)):
-                obj = getattr(module, attr, None)
-                if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-                    continue
-                docs.append(inspect.getdoc(obj) or "")
-        for doc in docs:
+        for doc in _docstrings(source):
             for para in _paragraphs(doc):
                 seen.setdefault(para, None)
     texts = list(seen)
