@@ -162,6 +162,9 @@ class TrialStore:
                 elif not inspect(conn).has_table(StudyRow.__tablename__):
                     raise StoreError(f"no mpsearch store at {mask_url(self.url)}: it has no "
                                      f"{StudyRow.__tablename__} table (pass --db, or run a search)")
+                else:  # a store written by an older version: add its missing nullable columns
+                    _add_missing_columns(conn)
+                    conn.commit()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _create_schema(self) -> None:

@@ -108,3 +108,16 @@ def test_reading_a_missing_store_does_not_create_it(tmp_path):
     with pytest.raises(StoreError, match="no mpsearch store"):
         TrialStore(f"sqlite:///{path}", create=False)
     assert not path.exists()
+
+
+def test_a_store_from_an_older_schema_is_upgraded_for_reading(store_url):
+    from sqlalchemy import text
+
+    store = TrialStore(store_url)
+    study, _ = open_study(store)
+    add(store, study, (1, 1), 0.3)
+    with store.engine.begin() as conn:  # as an older mpsearch left it: no searcher_state column
+        conn.execute(text("ALTER TABLE mps_study DROP COLUMN searcher_state"))
+    store.close()
+    reader = TrialStore(store_url, create=False)
+    assert [t.objective for t in reader.best("s")] == [0.3]
