@@ -142,22 +142,35 @@ class RayExecutor:
                     raise WorkerError(
                         f"no worker could be started for {self.start_timeout:.0f} s (each needs "
                         f"{self.cpus:g} CPU and {self.gpus:g} GPU); the cluster lacks resources")
-            for ref in ready:
-                if ref in self.starting:
-                    self._started(ref)
-                    continue
+            for ref in [r for r in ready if r in self.starting]:
+                self._started(ref)
+            finished = [r for r in ready if r in self.running]
+            for ref, value in zip(finished, self._get(finished), strict=True):
                 flight = self.running.pop(ref)
-                try:
-                    label, result = ray.get(ref)
-                except RayActorError as exc:
-                    self._worker_died(flight, exc, done)
+                if isinstance(value, RayActorError):
+                    self._worker_died(flight, value, done)
                     continue
+                label, result = value
                 self.idle.append(flight.slot)
                 done.append((flight.key, Outcome(result.objective, result.seconds, label,
                                                  result.error)))
             if not done:
                 self._dispatch()  # re-dispatched candidates, freshly started workers
         return done
+
+    @staticmethod
+    def _get(refs: list[ray.ObjectRef]) -> list[Any]:
+        """Values of ready refs in one call; a dead worker's ref yields its RayActorError."""
+        try:
+            return ray.get(refs)
+        except RayActorError:
+            values: list[Any] = []
+            for ref in refs:
+                try:
+                    values.append(ray.get(ref))
+                except RayActorError as exc:
+                    values.append(exc)
+            return values
 
     def _started(self, ref: ray.ObjectRef) -> None:
         index = self.starting.pop(ref)
