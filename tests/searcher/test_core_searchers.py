@@ -136,7 +136,8 @@ def test_best_ignores_over_budget_baselines():
 
 
 def test_unknown_strategy_and_parameter_are_named():
-    with pytest.raises(SpecError, match="unknown strategy 'genetic'; valid: evolutionary, random"):
+    valid = "evolutionary, evolutionary-population, hybrid, integer-program, optuna, random, uniform"
+    with pytest.raises(SpecError, match=f"unknown strategy 'genetic'; valid: {valid}"):
         SearcherConfig(name="genetic").check()
     with pytest.raises(SpecError, match=r"searcher\.params\.lambda_.*offspring, max_switches"):
         SearcherConfig(name="evolutionary", params={"lambda_": 8}).check()
