@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mpsearch.storage.store import TrialStore, spec_hash
+from mpsearch.storage.store import TrialStore
 
 from .cli_output import DEFAULT_DB, DbOption, err, fmt_obj, out
 from .errors import ClusterError
@@ -112,8 +112,8 @@ def resume(
         given = load_spec(spec_path)
         if given.study != study:
             raise StudyConflictError(f"{spec_path}: names study {given.study!r}, not {study!r}")
-        if spec_hash(given.identity()) != record.spec_hash:
-            stored = spec.identity()
+        stored = spec.identity()  # the run itself also checks the calibration texts' fingerprint
+        if given.identity() != stored:
             fields = sorted(k for k, v in given.identity().items() if stored.get(k) != v)
             raise StudyConflictError(
                 f"{spec_path}: differs from the spec study {study!r} was run with "

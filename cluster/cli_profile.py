@@ -21,7 +21,6 @@ from mpsearch.spaces.space import SearchSpace
 from mpsearch.storage.profiles import (
     ProfileKey,
     ProfileRecord,
-    calibration_fingerprint,
     load_profile,
     save_profile,
 )
@@ -31,7 +30,7 @@ from mpsearch.workers.profile import Pair, ProfileMeasurement, profile_pairs
 from mpsearch.workers.worker import WorkerSetup
 
 from .cli_output import err, out
-from .job import PreparedJob
+from .job import PreparedJob, profile_key
 
 # Measures pairs and yields (worker label, measurements) as each chunk completes.
 Measure = Callable[[list[Pair]], Iterator[tuple[str, list[ProfileMeasurement]]]]
@@ -44,13 +43,6 @@ class ProfileResult:
     reused: int  # rows of the space read back instead of measured
     measured: int  # rows measured (and stored) now
     failed: list[ProfileMeasurement]
-
-
-def profile_key(job: PreparedJob, samples: int | None = None) -> ProfileKey:
-    """The key of ``job``'s profile: model path, fingerprint of the scored texts, objective."""
-    texts = job.texts if samples is None else job.texts[:samples]
-    return ProfileKey(job.model.path, calibration_fingerprint(texts, job.spec.calibration.seq_len),
-                      job.objective)
 
 
 def run_profile(job: PreparedJob, store: TrialStore, measure: Measure,

@@ -153,7 +153,7 @@ class RayExecutor:
                 label, result = value
                 self.idle.append(flight.slot)
                 done.append((flight.key, Outcome(result.objective, result.seconds, label,
-                                                 result.error)))
+                                                 result.error, dict(result.extra))))
             if not done:
                 self._dispatch()  # re-dispatched candidates, freshly started workers
         return done

@@ -7,6 +7,7 @@ job all come here; a study that already has trials continues where it stopped.
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from collections.abc import Callable
@@ -15,12 +16,14 @@ from typing import Any
 
 from mpsearch.searcher.base import SearchContext, Searcher
 from mpsearch.searcher.loop import LoopStats, Outcome, run_search
+from mpsearch.searcher.optuna_storage import optuna_storage_url
 from mpsearch.searcher.registry import make_searcher
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace, build_space
 from mpsearch.storage.errors import StudyConflictError
 from mpsearch.storage.lease import DEFAULT_TTL, StudyLease
 from mpsearch.storage.models import FINISHED
+from mpsearch.storage.profiles import ProfileKey, calibration_fingerprint, load_profile
 from mpsearch.storage.store import StudyRecord, TrialStore
 from mpsearch.storage.writer import TrialWriter
 from mpsearch.workers.calibration import load_texts
@@ -31,6 +34,7 @@ from .resume import RequeueSearcher, replay
 from .spec import JobSpec
 
 STOPPED = "stopped"  # a study that ended short of its budget (too many failures, or exhausted)
+PROFILE_STRATEGIES = ("integer-program", "hybrid")  # strategies that start from a profile
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,15 @@ class PreparedJob:
 def resolve_objective(spec: JobSpec, kind: str) -> str:
     if spec.objective == "auto":
         return "kl" if kind == "causal-lm" else "embedding_distortion"
+    if ":" in spec.objective:  # a user objective: it must import here as on the workers
+        module, _, name = spec.objective.partition(":")
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ImportError as exc:
+            raise SpecError(f"objective: cannot import module {module!r}: {exc}") from None
+        if not callable(found):
+            raise SpecError(f"objective: module {module!r} has no function {name!r}")
+        return spec.objective
     if spec.objective == "kl" and kind != "causal-lm":
         raise SpecError(f"objective: 'kl' needs a causal LM, but model {spec.model.name!r} is an "
                         "encoder; use embedding_distortion or auto")
@@ -64,6 +77,27 @@ def prepare(spec: JobSpec) -> PreparedJob:
     return PreparedJob(spec, info, space, budget, objective, texts)
 
 
+def profile_key(job: PreparedJob, samples: int | None = None) -> ProfileKey:
+    """The key of ``job``'s profile: model path, fingerprint of the scored texts, objective."""
+    texts = job.texts if samples is None else job.texts[:samples]
+    return ProfileKey(job.model.path, calibration_fingerprint(texts, job.spec.calibration.seq_len),
+                      job.objective)
+
+
+def search_context(job: PreparedJob, store: TrialStore) -> SearchContext:
+    """What the strategy may use beyond the space: the Optuna storage beside the store, and the
+    sensitivity profile already measured for this model and calibration (``mpsearch profile``)."""
+    spec = job.spec
+    storage = None
+    if spec.searcher.name == "optuna":
+        storage = optuna_storage_url(store.url)
+    profile = None
+    if spec.searcher.name in PROFILE_STRATEGIES:
+        rows = load_profile(store, profile_key(job))
+        profile = {key: row.delta for key, row in rows.items() if row.delta is not None} or None
+    return SearchContext(study=spec.study, storage=storage, profile=profile)
+
+
 def worker_setup(job: PreparedJob) -> WorkerSetup:
     device = job.spec.model.device
     if device == "auto":
@@ -72,7 +106,8 @@ def worker_setup(job: PreparedJob) -> WorkerSetup:
         model_path=job.model.path, kind=job.model.kind, objective=job.objective,
         texts=job.texts, seq_len=job.spec.calibration.seq_len,
         batch_size=job.spec.calibration.batch_size, dtype=job.spec.model.dtype, device=device,
-        threads=max(int(job.spec.workers.cpus), 1))
+        threads=max(int(job.spec.workers.cpus), 1), kl_top_k=job.spec.kl_top_k,
+        cache_device_bytes=job.spec.workers.cache_device_bytes)
 
 
 def _json_safe(value: Any) -> Any:
@@ -111,7 +146,7 @@ class StoreRecorder:
 
     def finish(self, key: int, candidate: Candidate, outcome: Outcome) -> None:
         self.writer.finish(key, outcome.objective, outcome.worker or None, outcome.error,
-                           outcome.seconds)
+                           outcome.seconds, outcome.extra)
 
     def flush(self, final: bool = False) -> None:
         if self.lease is not None:
@@ -156,7 +191,12 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
 
     start = time.perf_counter()
     job = prepare(spec)
-    study, created = store.open_study(spec.study, spec.model_dump(mode="json"), spec.identity(),
+    # The identity includes what the calibration source produced: the built-in corpus follows the
+    # Python version, and a study must not continue on other samples than it started with.
+    identity = {**spec.identity(),
+                "calibration_fingerprint": calibration_fingerprint(job.texts,
+                                                                   spec.calibration.seq_len)}
+    study, created = store.open_study(spec.study, spec.model_dump(mode="json"), identity,
                                       job.space, job.model.path, job.objective, spec.evaluations)
     if not created:
         _check_space(study, job.space)
@@ -165,10 +205,9 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
         if extend:
             store.set_evaluations(study.id, study.evaluations + extend)
         study = store.study(study.name)
+        context = search_context(job, store)
         searcher, replayed = replay(
-            # the Optuna study, if any, is kept in memory: replay rebuilds it from the trials
-            lambda: make_searcher(spec.searcher, job.space, job.budget, spec.seed,
-                                  SearchContext(study=spec.study)),
+            lambda: make_searcher(spec.searcher, job.space, job.budget, spec.seed, context),
             store.trials(study.name))
         if on_start is not None:
             on_start(study, replayed.completed)

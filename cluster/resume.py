@@ -8,7 +8,9 @@ each stored result at the point it was told originally, reaches exactly the stat
 driver had: the evolutionary parent, generation, random stream, everything, without any searcher
 having to serialize itself. Each asked candidate is checked against the stored one; if they
 differ (the searcher's code changed between versions, say), the replay falls back to a fresh
-searcher told every stored result, and says so.
+searcher told every stored result, and says so. A strategy that persists its own state (the
+Optuna searcher with its study in a database) is not replayed: it reopens that state and is told
+the stored results it may lack.
 
 The searcher's ``state()`` is also stored with the trials (``mps_study.searcher_state``) for
 ``mpsearch status``; it is a view, not what resume relies on.
@@ -89,7 +91,7 @@ def replay(make_searcher: Callable[[], Searcher],
         searcher.tell([Evaluation(by_number[r].candidate, t.objective)])
         return True
 
-    for t in trials:
+    for t in trials if not searcher.keeps_own_state else ():
         if t.retry_of is not None:
             continue  # re-dispatched by a driver, not asked of the searcher
         while events and told_by(events[0][1]) <= t.number and tell_next():
@@ -103,7 +105,11 @@ def replay(make_searcher: Callable[[], Searcher],
                                f"study has {list(t.choices)}")
             break
         asked.add(t.number)
-    if result.diverged is None:
+    if searcher.keeps_own_state:  # it continues from its own store; tell it what it may lack
+        searcher.tell([Evaluation(by_number[r].candidate, t.objective)
+                       for r, t in sorted(final.items())])
+        asked = set(last_try)
+    elif result.diverged is None:
         while tell_next():
             pass
     else:  # fall back: a fresh searcher that knows every stored result

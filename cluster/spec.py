@@ -29,6 +29,9 @@ class WorkersConfig(BaseModel):
     cpus: float = Field(default=1.0, gt=0)
     # Whole or fractional GPUs per worker; 0 runs on CPU.
     gpus: float = Field(default=0.0, ge=0)
+    # Bytes of compressed variants each worker keeps on its GPU; the rest waits in pinned host
+    # memory. None: as many as fit beside the model and its activations.
+    cache_device_bytes: int | None = Field(default=None, ge=0)
 
 
 class StorageConfig(BaseModel):
@@ -61,6 +64,9 @@ class JobSpec(BaseModel):
     budget: BudgetConfig
     # auto: KL of next-token distributions for causal LMs, embedding distortion for encoders.
     objective: ObjectiveName = "auto"
+    # KL on the full-precision model's top-k tokens only (k/V of the reference's memory, a lower
+    # bound of the full KL); None keeps the whole vocabulary.
+    kl_top_k: int | None = Field(default=None, ge=1)
     searcher: SearcherConfig = Field(default_factory=SearcherConfig)
     # Completed evaluations to run (uniform baselines included; failed ones are not counted).
     evaluations: int = Field(default=200, ge=1)

@@ -90,6 +90,12 @@ class Searcher(ABC):
         """True once the searcher will propose nothing more."""
         return False
 
+    @property
+    def keeps_own_state(self) -> bool:
+        """True when the strategy persists its state itself (an Optuna study in a database): a
+        resumed search then tells it the stored results rather than replaying its asks."""
+        return False
+
     def state(self) -> dict[str, Any]:
         """JSON-able state beyond the told results, for resuming (optional)."""
         return {}

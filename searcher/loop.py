@@ -7,7 +7,7 @@ same loop runs over Ray actors in production and over a function call in tests.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace
@@ -23,6 +23,7 @@ class Outcome:
     seconds: float
     worker: str = ""
     error: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. perplexity beside KL
 
 
 class Executor(Protocol):

@@ -194,3 +194,7 @@ class OptunaSearcher(Searcher):
 
     def state(self) -> dict[str, Any]:
         return {"study": self.context.study, "trials": len(self.study.trials)}
+
+    @property
+    def keeps_own_state(self) -> bool:
+        return self.context.storage is not None  # the Optuna study in its RDB is the state

@@ -46,6 +46,10 @@ class SequentialSearcher(Searcher):
             stage.tell(results)
 
     @property
+    def keeps_own_state(self) -> bool:
+        return any(stage.keeps_own_state for stage in self.stages)
+
+    @property
     def finished(self) -> bool:
         return self.current == len(self.stages) - 1 and self.stages[-1].finished
 

@@ -101,10 +101,12 @@ class SearchSpace:
     unsearched_params: int = 0
     unsearched_bits: float = 16.0
     _gene_bits: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
+    _searched_params: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         bits = tuple(tuple(g.option_bits(i) for i in range(len(g.options))) for g in self.genes)
         object.__setattr__(self, "_gene_bits", bits)
+        object.__setattr__(self, "_searched_params", sum(g.numel for g in self.genes))
 
     # -- shape -------------------------------------------------------------------------------
     @property
@@ -113,7 +115,7 @@ class SearchSpace:
 
     @property
     def searched_params(self) -> int:
-        return sum(gene.numel for gene in self.genes)
+        return self._searched_params  # precomputed: every cost evaluation divides by it
 
     @property
     def sizes(self) -> tuple[int, ...]:

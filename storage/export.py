@@ -3,7 +3,8 @@
 Schema: ``number`` (int64), ``status``, ``origin`` (string), ``objective`` (float64, null when
 failed or running), ``avg_bits``, ``total_bytes`` (float64), ``feasible`` (bool), ``samples``
 (int64, null = all), ``seed`` (int64), ``worker``, ``error`` (string), ``eval_seconds``
-(float64), ``started_at``, ``finished_at`` (timestamp[us]), ``choices`` (list<int32>, the option
+(float64), ``started_at``, ``finished_at`` (timestamp[us]), ``extra`` (string: JSON of further
+numbers such as perplexity, null when none), ``choices`` (list<int32>, the option
 index of each gene), then one string column per searched layer, named after the layer, holding
 its option label (``int4-g128-asym``). File metadata carries the study name and its space.
 """
@@ -31,6 +32,8 @@ _FIXED = [
 def trials_table(study: StudyRecord, trials: list[TrialRecord]) -> pa.Table:
     columns: dict[str, list] = {name: [getattr(t, name) for t in trials] for name, _ in _FIXED}
     fields = [pa.field(name, typ) for name, typ in _FIXED]
+    columns["extra"] = [json.dumps(t.extra, sort_keys=True) if t.extra else None for t in trials]
+    fields.append(pa.field("extra", pa.string()))
     columns["choices"] = [list(t.choices) for t in trials]
     fields.append(pa.field("choices", pa.list_(pa.int32())))
     for layer in study.space.layers:

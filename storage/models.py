@@ -71,6 +71,8 @@ class TrialRow(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     eval_seconds: Mapped[float | None]
+    # Further numbers of the same evaluation, e.g. {"perplexity": 12.3} beside a KL objective.
+    extra: Mapped[dict[str, float] | None] = mapped_column(JSON)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     # Resume bookkeeping (see cluster/resume.py). ``told_after``: how many trials of the study had

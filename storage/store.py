@@ -76,6 +76,7 @@ class TrialRecord:
     told_after: int | None = None
     interrupted: bool = False
     retry_of: int | None = None
+    extra: dict[str, float] | None = None
 
     @property
     def candidate(self) -> Candidate:
@@ -112,7 +113,7 @@ def _trial(row: TrialRow) -> TrialRecord:
     return TrialRecord(row.number, row.status, row.origin, tuple(row.choices), row.samples,
                        row.objective, row.avg_bits, row.total_bytes, row.feasible, row.seed,
                        row.worker, row.error, row.eval_seconds, row.started_at, row.finished_at,
-                       row.told_after, bool(row.interrupted), row.retry_of)
+                       row.told_after, bool(row.interrupted), row.retry_of, row.extra)
 
 
 def _add_missing_columns(conn: Connection) -> None:

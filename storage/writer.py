@@ -30,7 +30,8 @@ _update_result = (
     update(_trials)
     .where(and_(_trials.c.study_id == bindparam("b_study"), _trials.c.number == bindparam("b_number")))
     .values({c: bindparam(f"v_{c}") for c in ("status", "objective", "worker", "error",
-                                              "eval_seconds", "finished_at", "told_after")})
+                                              "eval_seconds", "finished_at", "told_after",
+                                              "extra")})
 )
 
 
@@ -66,13 +67,13 @@ class TrialWriter:
         return number
 
     def finish(self, number: int, objective: float | None, worker: str | None, error: str | None,
-               eval_seconds: float | None) -> None:
+               eval_seconds: float | None, extra: dict[str, float] | None = None) -> None:
         """Record a result; ``told_after`` is how many trials were dispatched when it was told."""
         self._results.append(dict(
             b_study=self.study_id, b_number=number,
             v_status=COMPLETE if objective is not None else FAILED, v_objective=objective,
             v_worker=worker, v_error=error, v_eval_seconds=eval_seconds, v_finished_at=_now(),
-            v_told_after=self.next_number))
+            v_told_after=self.next_number, v_extra=extra or None))
 
     def _connect(self) -> Connection:
         """The run's connection. A commit need not wait for the disk: after a crash of the driver

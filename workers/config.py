@@ -5,12 +5,25 @@ Kept free of torch so the spec can be validated (and a job submitted) without lo
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 ModelKind = Literal["auto", "causal-lm", "encoder"]
-ObjectiveName = Literal["auto", "kl", "embedding_distortion"]
+BUILTIN_OBJECTIVES = ("auto", "kl", "embedding_distortion")
+_USER_OBJECTIVE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _check_objective(value: str) -> str:
+    if value in BUILTIN_OBJECTIVES or _USER_OBJECTIVE.fullmatch(value):
+        return value
+    raise ValueError(f"use one of {', '.join(BUILTIN_OBJECTIVES)}, or 'module:function' for a "
+                     f"user objective; got {value!r}")
+
+
+# A built-in objective, or a user objective "module:function" (see workers/objectives.py).
+ObjectiveName = Annotated[str, AfterValidator(_check_objective)]
 
 
 class ModelConfig(BaseModel):

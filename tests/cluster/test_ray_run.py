@@ -9,19 +9,23 @@ from mpsearch.storage import COMPLETE, TrialStore
 pytestmark = pytest.mark.slow
 
 
+def tiny_spec(study, model, match, options, tmp_path, **fields):
+    return parse_spec({
+        "study": study,
+        "model": {"name": model},
+        "calibration": {"samples": 4, "seq_len": 16},
+        "space": {"layers": [{"match": match, "options": options}]},
+        "workers": {"count": 2, "cpus": 1},
+        "storage": {"url": f"sqlite:///{tmp_path / 'm.db'}"},
+        **fields,
+    })
+
+
 def test_two_workers_share_the_search_and_every_trial_is_stored(ray_session, tiny_gpt2_path,
                                                                 tmp_path):
-    spec = parse_spec({
-        "study": "ray-two",
-        "model": {"name": tiny_gpt2_path},
-        "calibration": {"samples": 4, "seq_len": 16},
-        "space": {"layers": [{"match": r"h\.\d+\.",
-                              "options": ["int3-g32-asym", "int4-g32-asym", "int8-g32-asym"]}]},
-        "budget": {"avg_bits": 5.0},
-        "evaluations": 24,
-        "workers": {"count": 2, "cpus": 1},
-        "storage": {"url": f"sqlite:///{tmp_path / 's.db'}"},
-    })
+    spec = tiny_spec("ray-two", tiny_gpt2_path, r"h\.\d+\.",
+                     ["int3-g32-asym", "int4-g32-asym", "int8-g32-asym"], tmp_path,
+                     budget={"avg_bits": 5.0}, evaluations=24)
     store = TrialStore(spec.storage.url)
     result = run_job(spec, store)
     trials = store.trials("ray-two")
@@ -33,3 +37,26 @@ def test_two_workers_share_the_search_and_every_trial_is_stored(ray_session, tin
     assert result.study.status == "finished"
     # GPT-2's attention and MLP use Conv1D: they were discovered and searched
     assert any("c_attn" in layer.name for layer in result.study.space.layers)
+
+
+def test_optuna_study_lives_beside_the_store_and_resume_continues_it(ray_session, tiny_llama_path,
+                                                                     tmp_path):
+    import optuna
+
+    spec = tiny_spec("tpe", tiny_llama_path, r"layers\.\d+\.",
+                     ["int2-g32-asym", "int4-g32-asym", "int8-g32-asym"], tmp_path,
+                     budget={"avg_bits": 4.5}, evaluations=12,
+                     searcher={"name": "optuna", "params": {"sampler": "tpe", "startup_trials": 4}})
+    store = TrialStore(spec.storage.url)
+    run_job(spec, store)
+    # Optuna's own RDB storage, in its own file (Optuna and Alembic both claim alembic_version)
+    study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{tmp_path / 'm.optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 12 - 3  # the searcher's own trials (the 3 baselines are added as known)
+    again = run_job(spec, store, extend=6)
+    assert again.replay_note is None  # the Optuna study is reopened, not replayed
+    assert again.resumed_trials == 12 and again.stats.completed == 6
+    trials = store.trials("tpe")
+    assert len({t.choices for t in trials if t.objective is not None}) == 18  # no repeats
+    study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{tmp_path / 'm.optuna.db'}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 18 - 3
