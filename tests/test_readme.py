@@ -1,0 +1,24 @@
+"""The README's two set-up commands are the ones the project runs: CI runs the test command."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = text.split("```")[1::2]
+    return [b.strip() for b in blocks if "pip install torch==2.13.0" in b]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = [ln for ln in (ROOT / ".ci/run").read_text().splitlines()
+          if ln.strip() and not ln.startswith(("#", "set ", "cd "))]
+    assert ci == [c for c in _commands() if "pytest" in c]
+
+
+def test_both_commands_pin_torch_and_the_example_exists():
+    run, test = _commands()
+    assert "mpsearch run examples/minilm.yaml" in run and "[minilm]" in run
+    assert "pytest" in test
+    assert (ROOT / "examples/minilm.yaml").is_file()
