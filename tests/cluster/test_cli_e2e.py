@@ -82,6 +82,7 @@ def test_run_best_and_trials_end_to_end(spec_fields, tmp_path):
     best = json.loads(cli("best", "--study", "tiny", "--db", db, "--json", cwd=tmp_path).stdout)
     assert len(best) == 5 and best[0]["avg_bits"] <= 4.5 + 1e-9
     assert len(best[0]["layers"]) == 14  # 2 blocks × (q, k, v, o, gate, up, down)
+    assert best[0]["extra"]["perplexity"] > 1  # stored beside the KL objective
     out = tmp_path / "trials.parquet"
     r = cli("trials", "--study", "tiny", "--db", db, "--out", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -23,7 +23,7 @@ def test_parquet_round_trip_into_pandas(builder, tmp_path):
     assert list(df.columns) == [
         "number", "status", "origin", "objective", "avg_bits", "total_bytes", "feasible",
         "samples", "seed", "worker", "error", "eval_seconds", "started_at", "finished_at",
-        "choices", "blk.0.fc", "blk.1.fc"]
+        "extra", "choices", "blk.0.fc", "blk.1.fc"]
     assert len(df) == 3
     assert str(df["number"].dtype) == "int64" and str(df["objective"].dtype) == "float64"
     assert str(df["feasible"].dtype) == "bool"
@@ -32,6 +32,7 @@ def test_parquet_round_trip_into_pandas(builder, tmp_path):
     assert df["status"].tolist() == ["complete", "failed", "running"]
     assert df["objective"].iloc[0] == 0.25 and df["objective"].iloc[1:].isna().all()
     assert df["error"].iloc[1] == "boom" and pd.isna(df["finished_at"].iloc[2])
+    assert df["extra"].isna().all()  # no extra numbers were recorded for these trials
     assert [list(c) for c in df["choices"]] == [[1, 3], [0, 2], [2, 2]]
     assert df["blk.0.fc"].tolist() == ["int4-g128-asym", "int2-g128-asym", "int8-g128-asym"]
     assert df["blk.1.fc"].tolist() == ["fp16", "int8-g128-asym", "int8-g128-asym"]
