@@ -86,6 +86,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--options", nargs="+", default=list(OPTIONS), help="option labels")
+    ap.add_argument("--depth", type=int, default=1, help="candidates in flight per worker")
+    ap.add_argument("--in-process", action="store_true",
+                    help="also time Worker.evaluate in this process, without Ray")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -104,11 +107,25 @@ def main() -> None:
     print(f"model {path}: {info.total_params / 1e9:.2f}B params, {len(space.genes)} layers "
           f"searched; {args.samples} x {args.seq_len} tokens; {args.evaluations} evaluations",
           flush=True)
+    if args.in_process:  # the evaluation itself, no Ray: what the loop's overhead is measured against
+        from mpsearch.workers.worker import Worker
+
+        worker = Worker(setup, space)
+        for option in space.uniform_options():
+            worker.evaluate(space.uniform(option))
+        searcher = RandomSearcher(space, budget, seed=0)
+        cands = searcher.ask(20)
+        start = time.perf_counter()
+        for c in cands:
+            worker.evaluate(c)
+        per = (time.perf_counter() - start) / len(cands)
+        print(f"in process, no Ray: {1000 * per:.1f} ms per evaluation", flush=True)
+        del worker
     rates = {}
     for n in args.gpus:
         t0 = time.perf_counter()
         executor = RayExecutor(setup, space, n, cpus=4 if use_gpu else 1,
-                               gpus=1 if use_gpu else 0)
+                               gpus=1 if use_gpu else 0, depth=args.depth)
         for option in space.uniform_options():  # warm every worker's variant cache
             for i in range(n):
                 executor.submit(i, space.uniform(option))
