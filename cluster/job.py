@@ -219,8 +219,9 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
             wrapped = RequeueSearcher(searcher, replayed.owed)
             writer = TrialWriter(store, study.id, spec.seed)
             recorder = StoreRecorder(writer, job.space, wrapped, lease)
+            options = {"depth": w.depth, **(executor_options or {})}
             executor = RayExecutor(worker_setup(job), job.space, w.count, w.cpus, w.gpus,
-                                   before_dispatch=recorder.flush, **(executor_options or {}))
+                                   before_dispatch=recorder.flush, **options)
             try:
                 stats = run_search(wrapped, executor, recorder, remaining, job.space, job.budget,
                                    on_result=on_result)

@@ -32,6 +32,10 @@ class WorkersConfig(BaseModel):
     # Bytes of compressed variants each worker keeps on its GPU; the rest waits in pinned host
     # memory. None: as many as fit beside the model and its activations.
     cache_device_bytes: int | None = Field(default=None, ge=0)
+    # Candidates each worker holds at once. 2 hides the driver↔worker round trip behind the
+    # evaluation in progress (4 % instead of 13 % overhead on a 120 ms GPU evaluation); 1 keeps
+    # the fewest evaluations in flight.
+    depth: int = Field(default=1, ge=1, le=8)
 
 
 class StorageConfig(BaseModel):
