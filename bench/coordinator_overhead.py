@@ -70,7 +70,7 @@ def one_run(url: str, workers: int, trials: int, depth: int, layers: int) -> flo
         searcher, rep = replay(lambda: make_searcher(config, space, budget, 0), [])
         wrapped = RequeueSearcher(searcher, rep.owed)
         writer = TrialWriter(store, study.id, 0)
-        recorder = StoreRecorder(writer, space, wrapped, lease)
+        recorder = StoreRecorder(writer, wrapped, lease)
         executor = RayExecutor(None, space, workers, cpus=0.5, actor_cls=NoopActor, depth=depth,
                                before_dispatch=recorder.flush)
         start = time.perf_counter()

@@ -24,7 +24,7 @@ from mpsearch.cluster.executor import RayExecutor
 from mpsearch.cluster.ray_runtime import connect
 from mpsearch.searcher.loop import Outcome, run_search
 from mpsearch.searcher.random_search import RandomSearcher
-from mpsearch.spaces import Budget, Candidate, LayerRule, build_space, parse_option
+from mpsearch.spaces import Budget, Candidate, Cost, LayerRule, build_space, parse_option
 from mpsearch.workers.calibration import stdlib_texts
 from mpsearch.workers.config import ModelConfig
 from mpsearch.workers.model_loading import inspect_model
@@ -67,7 +67,7 @@ class NullRecorder:
     def __init__(self) -> None:
         self.n = 0
 
-    def start(self, candidate: Candidate, feasible: bool) -> int:
+    def start(self, candidate: Candidate, cost: Cost, feasible: bool) -> int:
         self.n += 1
         return self.n
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mpsearch.searcher import SearchContext, SearcherConfig, SerialExecutor, make_searcher, run_search
 from mpsearch.searcher.loop import Outcome
-from mpsearch.spaces.space import Budget, Candidate, LayerRule, build_space
+from mpsearch.spaces.space import Budget, Candidate, Cost, LayerRule, build_space
 from mpsearch.spaces.spec import parse_option
 from mpsearch.workers.calibration import load_texts
 from mpsearch.workers.config import CalibrationConfig, ModelConfig
@@ -77,7 +77,7 @@ class Trace:
     def __init__(self) -> None:
         self.trials: list[tuple[Candidate, bool, float | None]] = []
 
-    def start(self, candidate: Candidate, feasible: bool) -> int:
+    def start(self, candidate: Candidate, cost: Cost, feasible: bool) -> int:
         self.trials.append((candidate, feasible, None))
         return len(self.trials) - 1
 

@@ -49,14 +49,15 @@ def status(
     """Progress of the studies in a store: trials done, best so far, whether a driver runs it."""
     from mpsearch.storage.progress import study_progress
 
-    rows = study_progress(TrialStore(db, create=False), study)
+    store = TrialStore(db, create=False)
+    rows = study_progress(store, study)
     if as_json:
         out.print_json(json.dumps([{
             "study": p.name, "status": p.status, "evaluations": p.evaluations,
             "completed": p.completed, "failed": p.failed, "running": p.running, "best": p.best,
             "driver": p.driver, "searcher": p.searcher_state} for p in rows]))
         return
-    table = Table(title=f"studies in {TrialStore(db, create=False).masked_url}",
+    table = Table(title=f"studies in {store.masked_url}",
                   title_justify="left")
     for col in ("study", "status", "completed", "failed", "running", "best", "generation",
                 "driver"):

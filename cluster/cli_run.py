@@ -37,18 +37,22 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
                         MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
                         TimeElapsedColumn(), console=err)
     task = progress.add_task(spec.study, total=spec.evaluations, best="—")
-    already = 0
+    already, stored_best = 0, None  # what the study held before this run
 
     def on_start(study: StudyRecord, done: int) -> None:
-        nonlocal already
+        nonlocal already, stored_best
         already = done
         if done:
             err.print(f"study {study.name}: continuing from {done} stored trials")
-        progress.update(task, completed=done, total=study.evaluations)
+            best = store.best(study.name, top=1)
+            stored_best = best[0].objective if best else None
+        progress.update(task, completed=done, total=study.evaluations, best=fmt_obj(stored_best))
         progress.start()
 
     def on_result(stats, _candidate, _outcome) -> None:
-        progress.update(task, completed=already + stats.completed, best=fmt_obj(stats.best))
+        known = [b for b in (stored_best, stats.best) if b is not None]
+        progress.update(task, completed=already + stats.completed,
+                        best=fmt_obj(min(known) if known else None))
 
     try:
         result = run_job(spec, store, address, on_start=on_start, on_result=on_result,

@@ -19,7 +19,7 @@ from mpsearch.searcher.loop import LoopStats, Outcome, run_search
 from mpsearch.searcher.optuna_storage import optuna_storage_url
 from mpsearch.searcher.registry import make_searcher
 from mpsearch.spaces.errors import SpecError
-from mpsearch.spaces.space import Budget, Candidate, SearchSpace, build_space
+from mpsearch.spaces.space import Budget, Candidate, Cost, SearchSpace, build_space
 from mpsearch.storage.errors import StudyConflictError
 from mpsearch.storage.lease import DEFAULT_TTL, StudyLease
 from mpsearch.storage.models import FINISHED
@@ -132,14 +132,13 @@ class StoreRecorder:
     result is committed before the driver waits for the next one.
     """
 
-    def __init__(self, writer: TrialWriter, space: SearchSpace, searcher: Searcher,
-                 lease: StudyLease | None = None, state_every: float = 1.0) -> None:
-        self.writer, self.space, self.searcher, self.lease = writer, space, searcher, lease
+    def __init__(self, writer: TrialWriter, searcher: Searcher, lease: StudyLease | None = None,
+                 state_every: float = 1.0) -> None:
+        self.writer, self.searcher, self.lease = writer, searcher, lease
         self.state_every = state_every
         self._state_at = -math.inf
 
-    def start(self, candidate: Candidate, feasible: bool) -> int:
-        cost = self.space.cost(candidate)
+    def start(self, candidate: Candidate, cost: Cost, feasible: bool) -> int:
         retry = self.searcher.retry_of(candidate) if isinstance(
             self.searcher, RequeueSearcher) else None
         return self.writer.start(candidate, cost.avg_bits, cost.total_bytes, feasible, retry)
@@ -218,7 +217,7 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
             connect(address, num_cpus=max(int(w.count * w.cpus), 1), num_gpus=None)
             wrapped = RequeueSearcher(searcher, replayed.owed)
             writer = TrialWriter(store, study.id, spec.seed)
-            recorder = StoreRecorder(writer, job.space, wrapped, lease)
+            recorder = StoreRecorder(writer, wrapped, lease)
             options = {"depth": w.depth, **(executor_options or {})}
             executor = RayExecutor(worker_setup(job), job.space, w.count, w.cpus, w.gpus,
                                    before_dispatch=recorder.flush, **options)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mpsearch.spaces.space import Budget, Candidate, SearchSpace
+from mpsearch.spaces.space import Budget, Candidate, Cost, SearchSpace
 
 from .base import Evaluation, Searcher
 
@@ -42,7 +42,7 @@ class Executor(Protocol):
 class Recorder(Protocol):
     """Remembers trials: ``start`` before dispatch (returns the trial's key), ``finish`` after."""
 
-    def start(self, candidate: Candidate, feasible: bool) -> int: ...
+    def start(self, candidate: Candidate, cost: Cost, feasible: bool) -> int: ...
 
     def finish(self, key: int, candidate: Candidate, outcome: Outcome) -> None: ...
 
@@ -72,7 +72,7 @@ def run_search(
     """
     stats = LoopStats()
     max_failures = evaluations if max_failures is None else max_failures
-    in_flight: dict[int, Candidate] = {}
+    in_flight: dict[int, tuple[Candidate, bool]] = {}  # key → (candidate, within budget)
     while True:
         wanted = evaluations - stats.completed - len(in_flight)
         free = executor.slots - len(in_flight)
@@ -80,9 +80,11 @@ def run_search(
         if wanted > 0 and free > 0 and stats.failed < max_failures:
             proposed = searcher.ask(min(free, wanted))
             for candidate in proposed:
-                key = recorder.start(candidate, space.feasible(candidate, budget))
+                cost = space.cost(candidate)  # once per trial: the recorder stores it
+                feasible = budget.admits(cost)
+                key = recorder.start(candidate, cost, feasible)
                 executor.submit(key, candidate)
-                in_flight[key] = candidate
+                in_flight[key] = (candidate, feasible)
         if not in_flight:
             if stats.completed >= evaluations:
                 stats.stopped_because = "evaluation budget reached"
@@ -92,14 +94,13 @@ def run_search(
                 stats.stopped_because = "searcher has nothing more to propose"
             return stats
         for key, outcome in executor.collect():
-            candidate = in_flight.pop(key)
+            candidate, feasible = in_flight.pop(key)
             recorder.finish(key, candidate, outcome)
             if outcome.objective is None:
                 stats.failed += 1
             else:
                 stats.completed += 1
-                if space.feasible(candidate, budget) and (
-                        stats.best is None or outcome.objective < stats.best):
+                if feasible and (stats.best is None or outcome.objective < stats.best):
                     stats.best = outcome.objective
             searcher.tell([Evaluation(candidate, outcome.objective)])
             if on_result is not None:

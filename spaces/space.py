@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SpecError
+from .errors import BudgetError, SpecError
 from .options import QuantOption
 
 
@@ -147,8 +147,6 @@ class SearchSpace:
 
     def check_budget(self, budget: Budget) -> None:
         """Raise :class:`BudgetError` naming the minimum when no configuration meets ``budget``."""
-        from .errors import BudgetError
-
         least = self.cost(self.cheapest())
         if budget.admits(least):
             return

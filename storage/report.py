@@ -24,7 +24,7 @@ from .errors import StoreError, translating
 from .models import COMPLETE
 from .profiles import ProfileRow
 from .queries import NoResultError, ResultStore, study_budget
-from .store import StudyRecord, TrialRecord
+from .store import BASELINE_ORIGIN, StudyRecord, TrialRecord
 
 # Layer names like ``encoder.layer.3.attention.self.query``: block 3, part ``attention.self.query``.
 _BLOCK = re.compile(r"^(?P<stem>.*?)\.(?P<block>\d+)\.(?P<part>.+)$")
@@ -61,7 +61,7 @@ def pareto_figure(study: StudyRecord, done: Sequence[TrialRecord], front: Sequen
     fig = go.Figure()
     for feasible, name, color in ((True, "within budget", "#7f8fa6"),
                                   (False, "over budget", "#e1b12c")):
-        pts = [t for t in done if t.feasible == feasible and t.origin != "uniform"]
+        pts = [t for t in done if t.feasible == feasible and t.origin != BASELINE_ORIGIN]
         fig.add_trace(go.Scatter(
             x=[t.avg_bits for t in pts], y=[t.objective for t in pts], mode="markers",
             name=f"trials ({name})", marker={"color": color, "size": 6, "opacity": 0.6},
@@ -71,7 +71,7 @@ def pareto_figure(study: StudyRecord, done: Sequence[TrialRecord], front: Sequen
         name="Pareto front", line={"color": "#273c75", "shape": "hv"}, marker={"size": 8},
         text=[f"trial {t.number}: {study.space.summarize(t.candidate)}" for t in front],
         hoverinfo="x+y+text"))
-    uniform = [t for t in done if t.origin == "uniform"]
+    uniform = [t for t in done if t.origin == BASELINE_ORIGIN]
     fig.add_trace(go.Scatter(
         x=[t.avg_bits for t in uniform], y=[t.objective for t in uniform], mode="markers+text",
         name="uniform baselines", marker={"symbol": "diamond", "size": 11, "color": "#c23616"},

@@ -35,6 +35,7 @@ from .errors import StoreError, StudyConflictError, StudyNotFoundError, mask_url
 from .models import COMPLETE, FAILED, RUNNING, Base, StudyRow, TrialRow
 
 DEFAULT_URL = "sqlite:///mpsearch.db"
+BASELINE_ORIGIN = "uniform"  # the origin the uniform-baseline strategy gives its trials
 _NUMBER_RETRIES = 20  # concurrent start_trial calls on one study: attempts before giving up
 # Budget filters admit a trial this far over the bound: avg_bits is a float quotient, and the
 # feasibility flag written with each trial allows the same slack (``Budget.admits``).
@@ -314,9 +315,14 @@ class TrialStore:
             return [_trial(r) for r in s.scalars(q)]
 
     def baselines(self, study: str) -> list[TrialRecord]:
-        """Completed uniform-baseline trials, cheapest first."""
-        rows = self.trials(study, COMPLETE)
-        return sorted((t for t in rows if t.origin == "uniform"), key=lambda t: t.avg_bits)
+        """Completed uniform-baseline trials, cheapest first (a handful of rows, read by SQL)."""
+        study_id = self.study(study).id
+        with translating(self.url, "read baselines"), self._session() as s:
+            q = (select(TrialRow)
+                 .where(TrialRow.study_id == study_id, TrialRow.status == COMPLETE,
+                        TrialRow.origin == BASELINE_ORIGIN)
+                 .order_by(TrialRow.avg_bits, TrialRow.number))
+            return [_trial(r) for r in s.scalars(q)]
 
     def mark_running_failed(self, study_id: int, reason: str) -> int:
         """Mark trials left ``running`` (by a driver that died) as failed; returns how many."""

@@ -77,7 +77,7 @@ def main(scenario: str, url: str, evaluations: int) -> None:
         searcher, rep = replay(lambda: make_searcher(config, space, budget, 0), [])
         wrapped = RequeueSearcher(searcher, rep.owed)
         writer = TrialWriter(store, study.id, 0)
-        recorder = StoreRecorder(writer, space, wrapped, lease)
+        recorder = StoreRecorder(writer, wrapped, lease)
         executor = RayExecutor(0.2, space, 3, cpus=1, actor_cls=SleepyActor,
                                before_dispatch=recorder.flush, start_timeout=60)
         nodes_at_start = sorted({label.split("@")[1].split(":")[0] for label in executor.labels})

@@ -79,7 +79,7 @@ def drive(store, name, evaluations, order_seed, crash_after=None, extend=0):
         searcher, rep = replay(lambda: make_searcher(config, SPACE, BUDGET, 0), store.trials(name))
         wrapped = RequeueSearcher(searcher, rep.owed)
         writer = TrialWriter(store, study.id, 0)
-        recorder = StoreRecorder(writer, SPACE, wrapped, lease)
+        recorder = StoreRecorder(writer, wrapped, lease)
         executor = ShuffledExecutor(3, order_seed, recorder.flush)
         seen = 0
 

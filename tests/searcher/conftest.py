@@ -15,7 +15,7 @@ import pytest
 from mpsearch.searcher import SerialExecutor, run_search
 from mpsearch.searcher.loop import Outcome
 from mpsearch.spaces.options import QuantOption
-from mpsearch.spaces.space import Budget, Candidate, Gene, LayerInfo, SearchSpace
+from mpsearch.spaces.space import Budget, Candidate, Cost, Gene, LayerInfo, SearchSpace
 
 OPTIONS = tuple([QuantOption("int", b, 128, False) for b in (2, 3, 4, 8)]
                 + [QuantOption("fp16", 16, None)])
@@ -30,7 +30,7 @@ class MemoryRecorder:
 
     trials: list[dict] = field(default_factory=list)
 
-    def start(self, candidate: Candidate, feasible: bool) -> int:
+    def start(self, candidate: Candidate, cost: Cost, feasible: bool) -> int:
         self.trials.append({"candidate": candidate, "feasible": feasible, "objective": None})
         return len(self.trials) - 1
 

@@ -42,7 +42,7 @@ class ListRecorder:
     def __init__(self):
         self.rows = {}
 
-    def start(self, candidate, feasible):
+    def start(self, candidate, cost, feasible):
         key = len(self.rows)
         self.rows[key] = [candidate, feasible, None]
         return key
