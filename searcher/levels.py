@@ -1,24 +1,45 @@
 """Moving genes between compression levels while keeping a configuration within budget.
 
-A gene's *levels* are its options sorted by stored bits, cheapest first. Raising a level spends
-bits; lowering one saves them. Shared by the random and evolutionary strategies.
+A gene's *levels* are its options sorted by stored bits, cheapest first; options of equal bits
+form a *tier* (RTN and GPTQ at one width; nf4 and mxfp4 beside int4-g128). Moves go one tier up
+or down and land on a random option of that tier: every move spends or saves bits (a move
+within a tier would let "spend the slack" wander through formats forever and never raise
+anything), and formats mix as genes move. Shared by the random, evolutionary and Optuna
+strategies.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Collection, Sequence
 
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace
 
 
 class LevelMap:
-    """Per gene, option indices in increasing cost, and each option's position in that order."""
+    """Per gene, option indices in increasing cost, and each option's position in that order.
 
-    def __init__(self, space: SearchSpace) -> None:
+    ``allowed`` restricts each gene to some of its options (e.g. a window around the budget);
+    moves then never leave them.
+    """
+
+    def __init__(self, space: SearchSpace, allowed: Sequence[Collection[int]] | None = None) -> None:
         self.space = space
-        self.order = [sorted(range(n), key=lambda o, g=g: (space.gene_bits(g, o), o))
+        self.order = [sorted((o for o in range(n) if allowed is None or o in allowed[g]),
+                             key=lambda o, g=g: (space.gene_bits(g, o), o))
                       for g, n in enumerate(space.sizes)]
         self.rank = [{opt: r for r, opt in enumerate(order)} for order in self.order]
+        self.tiers: list[list[list[int]]] = []  # per gene, options grouped by equal bits
+        self.tier_of: list[dict[int, int]] = []
+        for g, order in enumerate(self.order):
+            tiers: list[list[int]] = []
+            for o in order:
+                if tiers and space.gene_bits(g, o) == space.gene_bits(g, tiers[-1][0]):
+                    tiers[-1].append(o)
+                else:
+                    tiers.append([o])
+            self.tiers.append(tiers)
+            self.tier_of.append({o: t for t, tier in enumerate(tiers) for o in tier})
 
     def level(self, gene: int, option: int) -> int:
         return self.rank[gene][option]
@@ -29,41 +50,90 @@ class LevelMap:
     def top(self, gene: int) -> int:
         return len(self.order[gene]) - 1
 
+    def can_move(self, gene: int, option: int, direction: int) -> bool:
+        """Whether ``option`` has a tier above (``direction`` 1) or below (-1) it."""
+        return 0 <= self.tier_of[gene][option] + direction < len(self.tiers[gene])
+
+    def move(self, gene: int, option: int, direction: int, rng: random.Random) -> int:
+        """A random option of the tier above (1) or below (-1) ``option``'s."""
+        tier = self.tiers[gene][self.tier_of[gene][option] + direction]
+        return tier[0] if len(tier) == 1 else rng.choice(tier)
+
+
+def budget_bits_per_weight(space: SearchSpace, budget: Budget) -> float:
+    """The most average bits per searched weight ``budget`` admits."""
+    bounds = []
+    if budget.avg_bits is not None:
+        bounds.append(budget.avg_bits)
+    if budget.total_bytes is not None:
+        unsearched = space.cost_of_bits(0.0).total_bytes
+        bounds.append((budget.total_bytes - unsearched) * 8 / space.searched_params)
+    return min(bounds, default=float("inf"))
+
+
+def budget_window(space: SearchSpace, budget: Budget, width: int) -> list[set[int]]:
+    """Per gene, the options within ``width`` cost tiers of the budget's tier.
+
+    A gene's tiers are its distinct bits per weight; the budget's tier is the one nearest the
+    budget's bits per weight. The window is widened downwards until the cheapest configuration
+    inside it fits, so a feasible one always exists (if the budget admits any).
+    """
+    target = budget_bits_per_weight(space, budget)
+    tiers, centers = [], []
+    for g, gene in enumerate(space.genes):
+        per_weight = sorted({round(space.gene_bits(g, o) / gene.numel, 9)
+                             for o in range(len(gene.options))})
+        tiers.append(per_weight)
+        centers.append(min(range(len(per_weight)), key=lambda t, pw=per_weight: abs(pw[t] - target)))
+    below = width
+    while True:
+        window = []
+        for g, gene in enumerate(space.genes):
+            lo, hi = max(0, centers[g] - below), centers[g] + width
+            keep = set(tiers[g][lo:hi + 1])
+            window.append({o for o in range(len(gene.options))
+                           if round(space.gene_bits(g, o) / gene.numel, 9) in keep})
+        cheapest = sum(min(space.gene_bits(g, o) for o in w) for g, w in enumerate(window))
+        if budget.admits(space.cost_of_bits(cheapest)) or all(
+                centers[g] - below <= 0 for g in range(len(space.genes))):
+            return window
+        below += 1
+
 
 def repair_down(choices: list[int], levels: LevelMap, budget: Budget, rng: random.Random,
                 keep: frozenset[int] = frozenset()) -> bool:
-    """Lower random genes one level at a time (sparing ``keep``) until ``choices`` fits ``budget``.
+    """Lower random genes one tier at a time (sparing ``keep``) until ``choices`` fits ``budget``.
 
     Returns False if even lowering everything lowerable does not fit (the caller discards it).
     """
     space = levels.space
     bits = sum(space.gene_bits(g, c) for g, c in enumerate(choices))
     while not budget.admits(space.cost_of_bits(bits)):
-        lowerable = [g for g, c in enumerate(choices) if levels.level(g, c) > 0 and g not in keep]
+        lowerable = [g for g, c in enumerate(choices) if levels.can_move(g, c, -1) and g not in keep]
         if not lowerable:
             if keep:
                 keep = frozenset()
                 continue
             return False
         g = rng.choice(lowerable)
-        new = levels.option(g, levels.level(g, choices[g]) - 1)
+        new = levels.move(g, choices[g], -1, rng)
         bits += space.gene_bits(g, new) - space.gene_bits(g, choices[g])
         choices[g] = new
     return True
 
 
 def fill_up(choices: list[int], levels: LevelMap, budget: Budget, rng: random.Random) -> None:
-    """Raise random genes one level at a time while the result still fits ``budget``."""
+    """Raise random genes one tier at a time while the result still fits ``budget``."""
     space = levels.space
     bits = sum(space.gene_bits(g, c) for g, c in enumerate(choices))
-    open_genes = [g for g, c in enumerate(choices) if levels.level(g, c) < levels.top(g)]
+    open_genes = [g for g, c in enumerate(choices) if levels.can_move(g, c, 1)]
     while open_genes:
         g = rng.choice(open_genes)
-        new = levels.option(g, levels.level(g, choices[g]) + 1)
+        new = levels.move(g, choices[g], 1, rng)
         delta = space.gene_bits(g, new) - space.gene_bits(g, choices[g])
         if budget.admits(space.cost_of_bits(bits + delta)):
             choices[g], bits = new, bits + delta
-            if levels.level(g, new) == levels.top(g):
+            if not levels.can_move(g, new, 1):
                 open_genes.remove(g)
         else:
             open_genes.remove(g)
@@ -75,7 +145,7 @@ def as_candidate(choices: list[int], origin: str) -> Candidate:
 
 def switch_levels(choices: list[int], levels: LevelMap, budget: Budget, rng: random.Random,
                   max_switches: int, fill: bool = False) -> bool:
-    """EvoPress's level switch, in place: raise 1..``max_switches`` random genes one level, then
+    """EvoPress's level switch, in place: raise 1..``max_switches`` random genes one tier, then
     lower other random genes until the budget holds again (any layer sizes: by the cost model);
     with ``fill``, then raise random genes while the budget still holds (spend the slack).
 
@@ -83,11 +153,11 @@ def switch_levels(choices: list[int], levels: LevelMap, budget: Budget, rng: ran
     """
     raised: set[int] = set()
     for _ in range(rng.randint(1, max_switches)):
-        raisable = [g for g, c in enumerate(choices) if levels.level(g, c) < levels.top(g)]
+        raisable = [g for g, c in enumerate(choices) if levels.can_move(g, c, 1)]
         if not raisable:
             break
         g = rng.choice(raisable)
-        choices[g] = levels.option(g, levels.level(g, choices[g]) + 1)
+        choices[g] = levels.move(g, choices[g], 1, rng)
         raised.add(g)
     if not repair_down(choices, levels, budget, rng, frozenset(raised)):
         return False
