@@ -7,6 +7,13 @@ Watanabe 2023), the Gaussian-process sampler, and NSGA-II for the multi-objectiv
 study and lives where ``context.storage`` says (an RDB URL, see :mod:`.optuna_storage`; None
 keeps it in memory); a new searcher on an existing study continues it.
 
+Each gene's choices are its options within ``window`` cost tiers of the budget (tiers: distinct
+bits per weight; :func:`.levels.budget_window`). Over the whole space a draw changes many genes
+at once in random directions, nearly always breaks the budget, and its repair lowers random
+genes: neither TPE nor random search then beats the uniform configuration at the budget
+(docs/benchmarks.md). Around the budget, TPE's draws are small, balanced moves it can learn from.
+``window: null`` searches every option.
+
 The budget is reported through ``trial.set_constraint("budget", v)`` (Optuna 5; ``v <= 0`` is
 feasible, ``v`` the relative excess), read by TPE, GP and NSGA-II. Optuna's constraints are soft,
 so a draw over budget never reaches a worker: it is told as pruned (with its constraint, so the
@@ -28,7 +35,7 @@ from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Candidate
 
 from .base import Evaluation, Searcher, SearcherParams
-from .levels import LevelMap, repair_down
+from .levels import LevelMap, budget_window, repair_down
 
 _DRAWS_PER_SLOT = 20  # Optuna draws per proposal before giving up (pruned repeats and repairs)
 
@@ -39,6 +46,8 @@ class OptunaParams(SearcherParams):
     startup_trials: int = Field(default=10, ge=1)
     # NSGA-II's population per generation.
     population: int = Field(default=20, ge=2)
+    # Cost tiers either side of the budget's that each gene may take (None: every option).
+    window: int | None = Field(default=1, ge=0)
 
 
 class OptunaSearcher(Searcher):
@@ -50,7 +59,10 @@ class OptunaSearcher(Searcher):
         assert isinstance(self.params, OptunaParams)
         self.p: OptunaParams = self.params
         self.rng = random.Random(self.seed)
-        self.levels = LevelMap(self.space)
+        self.space.check_budget(self.budget)
+        self.allowed = None if self.p.window is None else \
+            budget_window(self.space, self.budget, self.p.window)
+        self.levels = LevelMap(self.space, self.allowed)
         self.multi = self.p.sampler == "nsga2"
         self.names = [g.name for g in self.space.genes]
         self.study = self._open_study()
@@ -104,8 +116,13 @@ class OptunaSearcher(Searcher):
     def _distributions(self) -> dict[str, Any]:
         from optuna.distributions import CategoricalDistribution
 
-        return {name: CategoricalDistribution([o.label for o in g.options])
-                for name, g in zip(self.names, self.space.genes, strict=True)}
+        return {name: CategoricalDistribution([g.options[o].label for o in order])
+                for name, g, order in zip(self.names, self.space.genes, self.levels.order,
+                                          strict=True)}
+
+    def _inside(self, choices: tuple[int, ...]) -> bool:
+        """Whether the study can hold ``choices`` (every gene inside its window)."""
+        return self.allowed is None or all(c in a for c, a in zip(choices, self.allowed, strict=True))
 
     def _choices(self, params: dict[str, Any]) -> tuple[int, ...] | None:
         try:
@@ -184,7 +201,7 @@ class OptunaSearcher(Searcher):
                     self.known[c.choices] = r.objective
                 else:
                     self.study.tell(number, state=TrialState.FAIL)
-            elif r.ok and c.choices not in self.known:
+            elif r.ok and c.choices not in self.known and self._inside(c.choices):
                 assert r.objective is not None  # a result Optuna did not ask for: learn it
                 self.known[c.choices] = r.objective
                 self.study.add_trial(optuna.trial.create_trial(
