@@ -32,25 +32,35 @@ from mpsearch.workers.config import CalibrationConfig, ModelConfig
 from mpsearch.workers.model_loading import inspect_model
 from mpsearch.workers.worker import Worker, WorkerSetup
 
-LABELS = ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
-          "int6-g128-asym", "int8-g128-asym", "fp16"]  # examples/minilm.yaml's space
+SPACES = {
+    # examples/minilm.yaml's space: round-to-nearest integers only
+    "rtn": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
+            "int6-g128-asym", "int8-g128-asym", "fp16"],
+    # the full space: GPTQ levels beside RTN, another group size, 4-bit float formats, fp8
+    "full": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
+             "int6-g128-asym", "int8-g128-asym",
+             "int2-g128-asym-gptq", "int3-g128-asym-gptq", "int3-g64-asym-gptq",
+             "int4-g128-asym-gptq", "int5-g128-asym-gptq", "int6-g128-asym-gptq",
+             "nf4", "mxfp4", "fp8_e4m3", "fp16"],
+}
 
 
-def profile_levels(bits: float) -> list[str]:
-    """The three integer levels around the budget: the profile entries worth measuring."""
+def profile_levels(bits: float, space: str) -> list[str]:
+    """The three integer levels around the budget: the profile entries worth measuring (GPTQ's
+    in the full space, where it beats RTN at every level)."""
     low = max(2, math.floor(bits) - 1)
-    return [f"int{b}-g128-asym" for b in range(low, low + 3)]
+    suffix = "-gptq" if space == "full" else ""
+    return [f"int{b}-g128-asym{suffix}" for b in range(low, low + 3)]
 
 
-def strategies(bits: float) -> dict[str, dict]:
-    prof = {"profile_options": profile_levels(bits)}
+def strategies(bits: float, space: str) -> dict[str, dict]:
+    prof = {"profile_options": profile_levels(bits, space)}
     return {
         "random": {"name": "random"},
         "evolutionary": {"name": "evolutionary"},
         "evolutionary-population": {"name": "evolutionary-population"},
         "optuna-tpe": {"name": "optuna", "params": {"sampler": "tpe"}},
-        # optuna-gp runs only when named: over 36 categorical genes its ask took minutes per
-        # hundred trials on CPU (see docs/benchmarks.md)
+        # optuna-gp runs only when named and to --gp-max evaluations: its ask takes seconds
         "optuna-gp": {"name": "optuna", "params": {"sampler": "gp"}},
         "integer-program": {"name": "integer-program", "params": {**prof, "solutions": 4}},
         "hybrid": {"name": "hybrid", "params": {**prof, "seeds": 4}},
@@ -60,8 +70,10 @@ def strategies(bits: float) -> dict[str, dict]:
 class Scorer:
     """One worker per sample set; scores cached by configuration."""
 
-    def __init__(self, setup: WorkerSetup, space, texts) -> None:
+    def __init__(self, setup: WorkerSetup, space, texts, variants: Worker | None = None) -> None:
         self.worker = Worker(replace(setup, texts=tuple(texts)), space)
+        if variants is not None:  # GPTQ calibrated on the statistics samples, whoever scores
+            self.worker.share_variants(variants)
         self.cache: dict[tuple[tuple[int, ...], int | None], float | None] = {}
 
     def __call__(self, c: Candidate) -> float | None:
@@ -98,6 +110,22 @@ class Trace:
         return out
 
 
+def merge(paths: list[Path]) -> dict:
+    """One results dict from runs made in parallel (other strategies or budgets, same args)."""
+    merged: dict = {}
+    for path in paths:
+        part = json.loads(path.read_text())
+        if not merged:
+            merged = part
+            continue
+        for key, entry in part["budgets"].items():
+            mine = merged["budgets"].setdefault(key, entry)
+            if mine is not entry:
+                for name, runs in entry["runs"].items():
+                    mine["runs"].setdefault(name, []).extend(runs)
+    return merged
+
+
 def report(results: dict, out: Path) -> str:
     """The markdown table (mean ± sd over seeds of the held-out objective) and one PNG per budget
     of best-so-far (calibration) vs evaluations."""
@@ -105,12 +133,18 @@ def report(results: dict, out: Path) -> str:
 
     lines = []
     evals = results["args"]["evaluations"]
-    for bits, entry in results["budgets"].items():
+    for key, entry in results["budgets"].items():
+        bits, _, space = key.partition("-")
+        space = space or "rtn"
         u = entry["uniform"]
         noise = [abs(u["heldout"] - u["fresh"])]
-        lines += [f"### {bits} effective bits", "",
+        lines += [f"### {bits} effective bits, {space} space", "",
                   f"Uniform baseline ({u['label']}): held-out {u['heldout']:.5f} "
                   f"(calibration {u['calib']:.5f}).", "",
+                  "Every uniform configuration within budget, held-out: " + ", ".join(
+                      f"{label.split('×')[0]} {v['heldout']:.5f}"
+                      for label, v in sorted(entry.get("uniforms", {}).items(),
+                                             key=lambda kv: kv[1]["heldout"])) + ".", "",
                   "| strategy | " + " | ".join(f"{n} evals" for n in evals) + " |",
                   "| --- | " + " | ".join("---" for _ in evals) + " |"]
         for name, runs in entry["runs"].items():
@@ -152,10 +186,10 @@ def report(results: dict, out: Path) -> str:
             ax.plot(xs, ys, label=name)
         ax.axhline(u["calib"], color="gray", ls="--", label="uniform (calibration)")
         ax.set(xscale="log", yscale="log", xlabel="evaluations", ylabel="best so far (calibration)",
-               title=f"MiniLM, {bits} effective bits, mean over seeds")
+               title=f"MiniLM, {bits} effective bits, {space} space, mean over seeds")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / f"search_quality_{bits}.png", dpi=120)
+        fig.savefig(out / f"search_quality_{bits}_{space}.png", dpi=120)
         plt.close(fig)
     text = "\n".join(lines)
     (out / "table.md").write_text(text)
@@ -165,39 +199,47 @@ def report(results: dict, out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="minilm")
+    ap.add_argument("--space", choices=sorted(SPACES), default="rtn")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--budgets", type=float, nargs="+", default=[3.0, 4.25])
-    ap.add_argument("--evaluations", type=int, nargs="+", default=[50, 200, 1000])
+    ap.add_argument("--evaluations", type=int, nargs="+", default=[50, 200, 250, 1000])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed+1, ...")
     ap.add_argument("--strategies", nargs="+", default=None, help="default: all")
     ap.add_argument("--gp-max", type=int, default=200,
                     help="evaluations for optuna-gp at most (its ask slows with every trial)")
     ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--stats-samples", type=int, default=256,
+                    help="calibration samples for GPTQ's Hessians (the first ones, as --samples)")
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--heldout-offset", type=int, default=900)
     ap.add_argument("--heldout-samples", type=int, default=128)
     ap.add_argument("--noise-offset", type=int, default=500)
     ap.add_argument("--out", default="bench-out")
-    ap.add_argument("--report", default=None, help="only redo the table and plots of a results.json")
+    ap.add_argument("--report", nargs="+", default=None,
+                    help="only redo the table and plots of results.json files (merged)")
     args = ap.parse_args()
     if args.report:
-        print(report(json.loads(Path(args.report).read_text()), Path(args.out)))
+        print(report(merge([Path(p) for p in args.report]), Path(args.out)))
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     info = inspect_model(ModelConfig(name=args.model))
-    rule = LayerRule(r"encoder\.layer\.\d+\.", tuple(parse_option(x) for x in LABELS))
+    rule = LayerRule(r"encoder\.layer\.\d+\.", tuple(parse_option(x) for x in SPACES[args.space]))
     space = build_space(info.layers, [rule], (), info.total_params)
     cal = CalibrationConfig(samples=args.samples, seq_len=args.seq_len)
     setup = WorkerSetup(model_path=info.path, kind=info.kind, objective="embedding_distortion",
                         texts=(), seq_len=args.seq_len, device=args.device)
-    calib = Scorer(setup, space, load_texts(cal))
+    stats = Worker(replace(setup, texts=tuple(load_texts(cal.model_copy(
+        update={"samples": args.stats_samples})))), space)
+    stats.warm_cache()
+    calib = Scorer(setup, space, load_texts(cal), stats)
     held = Scorer(setup, space, load_texts(cal.model_copy(update={
-        "offset": args.heldout_offset, "samples": args.heldout_samples})))
+        "offset": args.heldout_offset, "samples": args.heldout_samples})), stats)
     fresh = Scorer(setup, space, load_texts(cal.model_copy(update={
-        "offset": args.noise_offset, "samples": args.heldout_samples})))
+        "offset": args.noise_offset, "samples": args.heldout_samples})), stats)
     top = max(args.evaluations)
     results: dict = {"args": vars(args), "device": args.device, "budgets": {}}
     for bits in args.budgets:
@@ -207,10 +249,12 @@ def main() -> None:
         u_best = min(feasible, key=calib)
         entry = {"uniform": {"label": space.summarize(u_best), "calib": calib(u_best),
                              "heldout": held(u_best), "fresh": fresh(u_best)},
+                 "uniforms": {space.summarize(c): {"calib": calib(c), "heldout": held(c)}
+                              for c in feasible},
                  "runs": {}}
-        chosen = strategies(bits)
+        chosen = strategies(bits, args.space)
         for name in args.strategies or [n for n in chosen if n != "optuna-gp"]:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 n_max = min(top, args.gp_max) if name == "optuna-gp" else top
                 cfg = SearcherConfig(**chosen[name])
                 searcher = make_searcher(cfg, space, budget, seed,
@@ -229,11 +273,11 @@ def main() -> None:
                                  "avg_bits": space.cost(best[1]).avg_bits}
                 entry["runs"].setdefault(name, []).append(
                     {"seed": seed, "seconds": seconds, "at": at, "curve": trace.curve()})
-                results["budgets"][str(bits)] = entry
+                results["budgets"][f"{bits}-{args.space}"] = entry
                 (out / "results.json").write_text(json.dumps(results, indent=1))
                 shown = {n: round(v["heldout"], 5) for n, v in at.items()}
                 print(f"bits={bits} {name} seed={seed} {seconds:.0f}s held-out {shown}", flush=True)
-        results["budgets"][str(bits)] = entry
+        results["budgets"][f"{bits}-{args.space}"] = entry
         (out / "results.json").write_text(json.dumps(results, indent=1))
     print(report(json.loads(json.dumps(results)), out))
 

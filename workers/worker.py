@@ -214,6 +214,13 @@ class Worker:
             self.cache.put(key, w.contiguous())
         return self.cache.get(key)
 
+    def share_variants(self, source: Worker) -> None:
+        """Take compressed weights from ``source`` (same model and space) instead of computing
+        them: GPTQ and Wanda variants then stay calibrated on ``source``'s samples while this
+        worker scores on its own (held-out ones, say)."""
+        self.cache = source.cache
+        self._compress = source._compress  # type: ignore[method-assign]
+
     def warm_cache(self) -> None:
         """Compress every (layer, option) of the space now (benchmarks, profiles)."""
         for gene in self.space.genes:
