@@ -75,3 +75,26 @@ def test_postgres_schema_is_created(pg_url):
                                    "WHERE table_schema = 'optuna'")).scalars().all()
     engine.dispose()
     assert "alembic_version" in tables and "studies" in tables
+
+
+def test_window_keeps_genes_near_the_budget_and_beats_uniform(synthetic):
+    """At a budget equal to a uniform level, every draw over the whole space is over budget and
+    its random repair is worse than uniform; within one tier of the budget TPE improves on it."""
+    from mpsearch.searcher import Evaluation
+
+    space = synthetic.transformer_space(6, options=synthetic.DENSE)  # MiniLM's 36 genes
+    f = synthetic.Additive(space, seed=12)
+    budget = Budget(avg_bits=4.25)
+    uniform = {o.label: space.uniform(o) for o in space.uniform_options()}
+    best_uniform = f(uniform["int4-g128-asym"])
+    searcher = OptunaSearcher(space, budget, 0)
+    dists = searcher._distributions()
+    assert all(d.choices == ("int3-g128-asym", "int4-g128-asym", "int5-g128-asym")
+               for d in dists.values())
+    searcher.tell([Evaluation(uniform["fp16"], f(uniform["fp16"]))])  # outside: not learned
+    assert len(searcher.study.trials) == 0
+    rec = synthetic.run(searcher, f, 150)
+    assert all(t["feasible"] for t in rec.trials)
+    assert rec.best()[0] < 0.9 * best_uniform
+    whole = synthetic.run(OptunaSearcher(space, budget, 0, OptunaParams(window=None)), f, 150)
+    assert whole.best()[0] > best_uniform  # the same sampler over every option

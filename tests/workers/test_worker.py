@@ -156,3 +156,18 @@ def test_wanda_and_sparse_gptq_use_the_calibration_activation_norms(minilm_path)
     magnitude = worker_module.quantize_weight(worker.original[name], type(options[0])(
         "int", 4, 32, sparsity=0.5))
     assert not torch.equal(wanda != 0, magnitude != 0)  # the norms changed which weights survive
+
+
+def test_shared_variants_keep_gptq_calibrated_on_the_source_samples(tiny_llama_path):
+    source, space, setup = make(tiny_llama_path, "kl", samples=4)
+    held_setup = setup.__class__(**{**setup.__dict__, "texts": tuple(load_texts(
+        CalibrationConfig(samples=4, seq_len=16, offset=500)))})
+    alone = Worker(held_setup, space)
+    held = Worker(held_setup, space)
+    held.share_variants(source)
+    c = uniform(space, "int3-g32-asym-gptq")
+    name, option = space.layers[0].name, space.decode(c)[space.layers[0].name]
+    held_value = held.evaluate(c).objective
+    assert torch.equal(held.variant(name, option), source.variant(name, option))
+    assert not torch.equal(alone.variant(name, option), source.variant(name, option))
+    assert held_value != alone.evaluate(c).objective  # same samples, other GPTQ calibration
