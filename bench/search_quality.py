@@ -101,13 +101,29 @@ class Trace:
                 if ok and v is not None and c.samples is None]
         return min(done, key=lambda x: x[0]) if done else None
 
-    def curve(self) -> list[float | None]:
+    def curve(self) -> list[list[float]]:
+        """Best so far as [evaluations, value] at each improvement (the steps of the plot)."""
         out, best = [], math.inf
-        for c, ok, v in self.trials:
-            if ok and v is not None and c.samples is None:
-                best = min(best, v)
-            out.append(None if best == math.inf else best)
+        for i, (c, ok, v) in enumerate(self.trials):
+            if ok and v is not None and c.samples is None and v < best:
+                best = v
+                out.append([i + 1, v])
         return out
+
+
+def best_so_far(steps: list, n: int) -> list[float | None]:
+    """The curve at every evaluation 1..n, from its steps (or as stored, if already dense)."""
+    if not steps or not isinstance(steps[0], list):
+        return steps[:n]
+    out: list[float | None] = []
+    value = None
+    it = iter(steps)
+    step = next(it, None)
+    for i in range(1, n + 1):
+        while step is not None and step[0] <= i:
+            value, step = step[1], next(it, None)
+        out.append(value)
+    return out
 
 
 def merge(paths: list[Path]) -> dict:
@@ -175,7 +191,8 @@ def report(results: dict, out: Path) -> str:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, runs in entry["runs"].items():
-            curves = [r["curve"] for r in runs]
+            n = max(int(k) for r in runs for k in r["at"]) if any(r["at"] for r in runs) else 0
+            curves = [best_so_far(r["curve"], n) for r in runs]
             n = min(len(c) for c in curves)
             xs, ys = [], []
             for i in range(n):
@@ -187,6 +204,7 @@ def report(results: dict, out: Path) -> str:
         ax.axhline(u["calib"], color="gray", ls="--", label="uniform (calibration)")
         ax.set(xscale="log", yscale="log", xlabel="evaluations", ylabel="best so far (calibration)",
                title=f"MiniLM, {bits} effective bits, {space} space, mean over seeds")
+        ax.set_ylim(top=1.5 * u["calib"])  # the baselines above it are the same in every run
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / f"search_quality_{bits}_{space}.png", dpi=120)
@@ -220,6 +238,7 @@ def main() -> None:
                     help="only redo the table and plots of results.json files (merged)")
     args = ap.parse_args()
     if args.report:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         print(report(merge([Path(p) for p in args.report]), Path(args.out)))
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
