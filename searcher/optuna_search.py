@@ -60,12 +60,16 @@ class OptunaSearcher(Searcher):
         self.p: OptunaParams = self.params
         self.rng = random.Random(self.seed)
         self.space.check_budget(self.budget)
-        self.allowed = None if self.p.window is None else \
-            budget_window(self.space, self.budget, self.p.window)
-        self.levels = LevelMap(self.space, self.allowed)
         self.multi = self.p.sampler == "nsga2"
         self.names = [g.name for g in self.space.genes]
         self.study = self._open_study()
+        # A study keeps the choices it was created with (Optuna refuses a parameter whose
+        # choices change); a new one takes the window around the budget.
+        stored = self._stored_distributions()
+        self.allowed = stored[1] if stored else None if self.p.window is None else \
+            budget_window(self.space, self.budget, self.p.window)
+        self.levels = LevelMap(self.space, self.allowed)
+        self.dists = stored[0] if stored else self._window_distributions()
         self.pending: dict[tuple[int, ...], int] = {}  # asked choices → trial number
         self.known: dict[tuple[int, ...], float] = {}  # evaluated choices → objective
         self._load_known()
@@ -113,12 +117,29 @@ class OptunaSearcher(Searcher):
             if choices is not None:
                 self.known[choices] = t.values[0]
 
-    def _distributions(self) -> dict[str, Any]:
+    def _window_distributions(self) -> dict[str, Any]:
         from optuna.distributions import CategoricalDistribution
 
         return {name: CategoricalDistribution([g.options[o].label for o in order])
                 for name, g, order in zip(self.names, self.space.genes, self.levels.order,
                                           strict=True)}
+
+    def _stored_distributions(self) -> tuple[dict[str, Any], list[set[int]]] | None:
+        """The distributions of the study's trials of this space, and the options they allow."""
+        for t in self.study.get_trials(deepcopy=False):
+            dists = t.distributions
+            if set(dists) != set(self.names):
+                continue
+            labels = [{o.label: i for i, o in enumerate(g.options)} for g in self.space.genes]
+            if all(c in lab for name, lab in zip(self.names, labels, strict=True)
+                   for c in dists[name].choices):
+                return ({name: dists[name] for name in self.names},
+                        [{lab[c] for c in dists[name].choices}
+                         for name, lab in zip(self.names, labels, strict=True)])
+        return None
+
+    def _distributions(self) -> dict[str, Any]:
+        return self.dists
 
     def _inside(self, choices: tuple[int, ...]) -> bool:
         """Whether the study can hold ``choices`` (every gene inside its window)."""

@@ -98,3 +98,17 @@ def test_window_keeps_genes_near_the_budget_and_beats_uniform(synthetic):
     assert rec.best()[0] < 0.9 * best_uniform
     whole = synthetic.run(OptunaSearcher(space, budget, 0, OptunaParams(window=None)), f, 150)
     assert whole.best()[0] > best_uniform  # the same sampler over every option
+
+
+def test_a_reopened_study_keeps_the_choices_it_was_created_with(synthetic, tmp_path):
+    """Optuna refuses a parameter whose choices change, so a study created over every option
+    (or by a version without the window) continues with those choices."""
+    space = synthetic.transformer_space(2, options=synthetic.DENSE)
+    f = synthetic.Additive(space, seed=13)
+    budget = Budget(avg_bits=4.25)
+    ctx = SearchContext(study="whole", storage=optuna_storage_url(f"sqlite:///{tmp_path / 's.db'}"))
+    synthetic.run(OptunaSearcher(space, budget, 0, OptunaParams(window=None), ctx), f, 20)
+    again = OptunaSearcher(space, budget, 0, OptunaParams(window=1), ctx)
+    assert len(again.known) == 20 and all(len(a) == len(synthetic.DENSE) for a in again.allowed)
+    rec = synthetic.run(again, f, 20)
+    assert len(rec.trials) == 20 and all(t["feasible"] for t in rec.trials)
