@@ -64,10 +64,6 @@ def strategies(bits: float, space: str) -> dict[str, dict]:
         "optuna-gp": {"name": "optuna", "params": {"sampler": "gp"}},
         "integer-program": {"name": "integer-program", "params": {**prof, "solutions": 4}},
         "hybrid": {"name": "hybrid", "params": {**prof, "seeds": 4}},
-        "integer-program-at-budget": {"name": "integer-program", "params": {
-            **prof, "solutions": 4, "profile_base": "budget"}},
-        "hybrid-at-budget": {"name": "hybrid", "params": {**prof, "seeds": 4,
-                                                          "profile_base": "budget"}},
     }
 
 

@@ -17,11 +17,11 @@ from pydantic import Field
 
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace
 
-from .base import Evaluation, SearchContext, Searcher, SearcherParams
+from .base import Evaluation, Searcher, SearcherParams
 from .dynamic_program import dp_frontier, solve_dp
 from .integer_program import Knapsack, Solution, pareto_sweep, solve
 from .levels import LevelMap, repair_down
-from .profiling import ProfileMeasurer, budget_base, loss_matrix, normalize_profile, wanted_entries
+from .profiling import ProfileMeasurer, loss_matrix, normalize_profile, wanted_entries
 
 
 def bits_capacity(space: SearchSpace, budget: Budget) -> float:
@@ -50,22 +50,6 @@ class ProfileParams(SearcherParams):
     profile_options: list[str] | None = None
     # Calibration samples per probe (None: all); a cheaper, noisier profile.
     profile_samples: int | None = Field(default=None, ge=1)
-    # What the probes perturb: "top" (every gene at its costliest option, fp16: the classic
-    # profile, which stored profiles hold) or "budget" (the costliest uniform configuration of
-    # the profiled options that fits the budget: deltas at the operating point, one probe per
-    # entry fewer, a stored profile not used).
-    profile_base: Literal["top", "budget"] = "top"
-
-
-def profile_measurer(space: SearchSpace, budget: Budget, p: ProfileParams,
-                     context: SearchContext, origin: str) -> ProfileMeasurer:
-    """What a profile-driven strategy measures first: the entries it needs around its base, the
-    given ones (a stored profile, relative to the top) taken when the base is the top."""
-    base = budget_base(space, budget, p.profile_options).choices if p.profile_base == "budget" \
-        else None
-    given = normalize_profile(space, context.profile or {}) if base is None else {}
-    return ProfileMeasurer(space, wanted_entries(space, p.profile_options, base), given,
-                           p.profile_samples, origin, base)
 
 
 class IntegerProgramParams(ProfileParams):
@@ -119,7 +103,10 @@ class IntegerProgramSearcher(Searcher):
         self.p: IntegerProgramParams = self.params
         self.space.check_budget(self.budget)
         self.levels = LevelMap(self.space)
-        self.measurer = profile_measurer(self.space, self.budget, self.p, self.context, self.name)
+        given = normalize_profile(self.space, self.context.profile or {})
+        self.wanted = wanted_entries(self.space, self.p.profile_options)
+        self.measurer = ProfileMeasurer(self.space, self.wanted, given, self.p.profile_samples,
+                                        self.name)
         self.queue: list[Candidate] | None = None  # solutions, once solved
         self.solutions: list[Solution] = []
 
@@ -127,8 +114,7 @@ class IntegerProgramSearcher(Searcher):
         if not self.measurer.done:
             return self.measurer.ask(n)
         if self.queue is None:
-            loss = loss_matrix(self.space, self.measurer.profile(), self.measurer.wanted,
-                               self.measurer.base)
+            loss = loss_matrix(self.space, self.measurer.profile(), self.wanted)
             self.solutions = solve_profile(self.space, self.budget, loss, self.p)
             self.queue = []
             for i, s in enumerate(self.solutions):

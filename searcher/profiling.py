@@ -22,7 +22,7 @@ import numpy as np
 
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.options import QuantOption
-from mpsearch.spaces.space import Budget, Candidate, SearchSpace
+from mpsearch.spaces.space import Candidate, SearchSpace
 
 from .base import Evaluation
 from .levels import LevelMap
@@ -59,24 +59,9 @@ def base_candidate(space: SearchSpace) -> Candidate:
     return Candidate(tuple(levels.option(g, levels.top(g)) for g in range(len(space.genes))))
 
 
-def budget_base(space: SearchSpace, budget: Budget, labels: Sequence[str] | None) -> Candidate:
-    """The uniform configuration of the costliest option (among ``labels``, if given) that every
-    gene offers and that fits ``budget``: a base for a profile *at the operating point*, whose
-    single-gene deltas include how each layer's error compounds with the others' at that
-    level, which deltas from an fp16 base miss."""
-    fitting = [o for o in space.uniform_options()
-               if (labels is None or o.label in labels) and space.feasible(space.uniform(o), budget)]
-    if not fitting:
-        raise SpecError(f"searcher.params.profile_base: no uniform configuration of the profiled "
-                        f"options fits the budget ({budget.describe()}); use profile_base 'top'")
-    return space.uniform(max(fitting, key=lambda o: space.cost(space.uniform(o)).avg_bits))
-
-
-def wanted_entries(space: SearchSpace, labels: Sequence[str] | None,
-                   base: Sequence[int] | None = None) -> list[ProfileKey]:
-    """The (gene, option) entries a profile needs: ``labels`` only, or every option; ``base``
-    (default: every gene at its top) is the configuration the entries are relative to."""
-    base = base_candidate(space).choices if base is None else base
+def wanted_entries(space: SearchSpace, labels: Sequence[str] | None) -> list[ProfileKey]:
+    """The (gene, option) entries a profile needs: ``labels`` only, or every option."""
+    base = base_candidate(space).choices
     keys = []
     for g, gene in enumerate(space.genes):
         for o, opt in enumerate(gene.options):
@@ -90,9 +75,9 @@ class ProfileMeasurer:
 
     def __init__(self, space: SearchSpace, wanted: Iterable[ProfileKey],
                  given: Mapping[ProfileKey, float] | None = None, samples: int | None = None,
-                 origin: str = "profile", base: Sequence[int] | None = None) -> None:
+                 origin: str = "profile") -> None:
         self.space, self.samples, self.origin = space, samples, origin
-        self.base = base_candidate(space).choices if base is None else tuple(base)
+        self.base = base_candidate(space).choices
         self.given = dict(given or {})
         self.wanted = list(wanted)
         self.missing = [k for k in self.wanted if k not in self.given]
@@ -151,10 +136,10 @@ class ProfileMeasurer:
 
 
 def loss_matrix(space: SearchSpace, profile: Mapping[ProfileKey, float],
-                wanted: Iterable[ProfileKey], base: Sequence[int] | None = None) -> np.ndarray:
-    """(genes × options) losses for the knapsack: the profile, 0 at the base (default: the top
-    configuration), ``inf`` where an option is not wanted or its probe failed."""
-    base = base_candidate(space).choices if base is None else base
+                wanted: Iterable[ProfileKey]) -> np.ndarray:
+    """(genes × options) losses for the knapsack: the profile, 0 at the base, ``inf`` where an
+    option is not wanted or its probe failed."""
+    base = base_candidate(space).choices
     loss = np.full((len(space.genes), max(space.sizes)), np.inf)
     for g, o in enumerate(base):
         loss[g, o] = 0.0
