@@ -7,9 +7,12 @@ looks at the total). Every evaluation counts, the integer program's and the hybr
 probes included. The best feasible configuration is chosen on the calibration samples and
 **reported on held-out samples** (another offset of the same source), next to the best feasible
 uniform configuration and a noise floor: the mean |difference| of one configuration's score on
-two disjoint held-out sets. Evaluated in-process with ``Worker`` (no Ray).
+two disjoint held-out sets. GPTQ variants are computed once, on ``--stats-samples`` calibration
+samples, and shared by every scorer, so held-out scores never see GPTQ fitted to held-out text.
+Evaluated in-process with ``Worker`` (no Ray).
 
-    python bench/search_quality.py --device cuda --out results/            # the full grid
+    bench/search_quality_grid.sh MODEL_DIR OUT full rtn     # the grid, parallel on one GPU
+    python bench/search_quality.py --report OUT/*/results.json --out OUT   # tables and plots
     python bench/search_quality.py --evaluations 20 --seeds 1 --strategies evolutionary   # smoke
 """
 
