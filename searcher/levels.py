@@ -10,6 +10,7 @@ strategies.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection, Sequence
 
@@ -34,7 +35,8 @@ class LevelMap:
         for g, order in enumerate(self.order):
             tiers: list[list[int]] = []
             for o in order:
-                if tiers and space.gene_bits(g, o) == space.gene_bits(g, tiers[-1][0]):
+                if tiers and math.isclose(space.gene_bits(g, o), space.gene_bits(g, tiers[-1][0]),
+                                          rel_tol=1e-12):
                     tiers[-1].append(o)
                 else:
                     tiers.append([o])
@@ -74,28 +76,20 @@ def budget_bits_per_weight(space: SearchSpace, budget: Budget) -> float:
 def budget_window(space: SearchSpace, budget: Budget, width: int) -> list[set[int]]:
     """Per gene, the options within ``width`` cost tiers of the budget's tier.
 
-    A gene's tiers are its distinct bits per weight; the budget's tier is the one nearest the
-    budget's bits per weight. The window is widened downwards until the cheapest configuration
-    inside it fits, so a feasible one always exists (if the budget admits any).
+    The budget's tier is the one whose bits per weight are nearest the budget's. The window is
+    widened downwards until the cheapest configuration inside it fits, so a feasible one always
+    exists (if the budget admits any).
     """
     target = budget_bits_per_weight(space, budget)
-    tiers, centers = [], []
-    for g, gene in enumerate(space.genes):
-        per_weight = sorted({round(space.gene_bits(g, o) / gene.numel, 9)
-                             for o in range(len(gene.options))})
-        tiers.append(per_weight)
-        centers.append(min(range(len(per_weight)), key=lambda t, pw=per_weight: abs(pw[t] - target)))
+    tiers = LevelMap(space).tiers
+    centers = [min(range(len(ts)), key=lambda t, g=g, ts=ts: abs(
+        space.gene_bits(g, ts[t][0]) / space.genes[g].numel - target)) for g, ts in enumerate(tiers)]
     below = width
     while True:
-        window = []
-        for g, gene in enumerate(space.genes):
-            lo, hi = max(0, centers[g] - below), centers[g] + width
-            keep = set(tiers[g][lo:hi + 1])
-            window.append({o for o in range(len(gene.options))
-                           if round(space.gene_bits(g, o) / gene.numel, 9) in keep})
+        window = [{o for tier in ts[max(0, c - below):c + width + 1] for o in tier}
+                  for ts, c in zip(tiers, centers, strict=True)]
         cheapest = sum(min(space.gene_bits(g, o) for o in w) for g, w in enumerate(window))
-        if budget.admits(space.cost_of_bits(cheapest)) or all(
-                centers[g] - below <= 0 for g in range(len(space.genes))):
+        if budget.admits(space.cost_of_bits(cheapest)) or all(c - below <= 0 for c in centers):
             return window
         below += 1
 

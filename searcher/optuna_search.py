@@ -126,20 +126,17 @@ class OptunaSearcher(Searcher):
 
     def _stored_distributions(self) -> tuple[dict[str, Any], list[set[int]]] | None:
         """The distributions of the study's trials of this space, and the options they allow."""
+        labels = [{o.label: i for i, o in enumerate(g.options)} for g in self.space.genes]
         for t in self.study.get_trials(deepcopy=False):
             dists = t.distributions
             if set(dists) != set(self.names):
                 continue
-            labels = [{o.label: i for i, o in enumerate(g.options)} for g in self.space.genes]
             if all(c in lab for name, lab in zip(self.names, labels, strict=True)
                    for c in dists[name].choices):
                 return ({name: dists[name] for name in self.names},
                         [{lab[c] for c in dists[name].choices}
                          for name, lab in zip(self.names, labels, strict=True)])
         return None
-
-    def _distributions(self) -> dict[str, Any]:
-        return self.dists
 
     def _inside(self, choices: tuple[int, ...]) -> bool:
         """Whether the study can hold ``choices`` (every gene inside its window)."""
@@ -175,7 +172,7 @@ class OptunaSearcher(Searcher):
     def _draw(self) -> Candidate | None:
         from optuna.trial import TrialState
 
-        dists = self._distributions()
+        dists = self.dists
         for _ in range(_DRAWS_PER_SLOT):
             trial = self.study.ask(dists)
             choices = self._choices(trial.params)
@@ -226,7 +223,7 @@ class OptunaSearcher(Searcher):
                 assert r.objective is not None  # a result Optuna did not ask for: learn it
                 self.known[c.choices] = r.objective
                 self.study.add_trial(optuna.trial.create_trial(
-                    params=self._params(c.choices), distributions=self._distributions(),
+                    params=self._params(c.choices), distributions=self.dists,
                     values=self._values(c.choices, r.objective),
                     constraints={"budget": self._constraint(c.choices)}))
 

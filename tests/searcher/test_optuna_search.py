@@ -88,7 +88,7 @@ def test_window_keeps_genes_near_the_budget_and_beats_uniform(synthetic):
     uniform = {o.label: space.uniform(o) for o in space.uniform_options()}
     best_uniform = f(uniform["int4-g128-asym"])
     searcher = OptunaSearcher(space, budget, 0)
-    dists = searcher._distributions()
+    dists = searcher.dists
     assert all(d.choices == ("int3-g128-asym", "int4-g128-asym", "int5-g128-asym")
                for d in dists.values())
     searcher.tell([Evaluation(uniform["fp16"], f(uniform["fp16"]))])  # outside: not learned
