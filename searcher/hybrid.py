@@ -25,9 +25,9 @@ from mpsearch.spaces.space import Candidate
 
 from .base import Evaluation, Searcher
 from .evolutionary import EvolutionaryParams, EvolutionarySearcher
-from .ip_searcher import IntegerProgramParams, ProfileParams, as_feasible, solve_profile
+from .ip_searcher import IntegerProgramParams, ProfileParams, as_feasible, profile_measurer, solve_profile
 from .levels import LevelMap
-from .profiling import ProfileMeasurer, loss_matrix, normalize_profile, wanted_entries
+from .profiling import loss_matrix
 
 
 class HybridParams(ProfileParams):
@@ -83,10 +83,7 @@ class HybridSearcher(Searcher):
         self.p: HybridParams = self.params
         self.space.check_budget(self.budget)
         self.levels = LevelMap(self.space)
-        self.wanted = wanted_entries(self.space, self.p.profile_options)
-        given = normalize_profile(self.space, self.context.profile or {})
-        self.measurer = ProfileMeasurer(self.space, self.wanted, given, self.p.profile_samples,
-                                        self.name)
+        self.measurer = profile_measurer(self.space, self.p, self.context, self.name)
         evo = EvolutionaryParams(offspring=self.p.offspring, max_switches=self.p.max_switches,
                                  selection=self.p.selection)
         self.evolution = EvolutionarySearcher(self.space, self.budget, self.seed, evo)
@@ -99,7 +96,7 @@ class HybridSearcher(Searcher):
         self.resolved_at = 0  # generation of the last re-solve
 
     def _solve(self, count: int, loss_fix: bool) -> list[Candidate]:
-        loss = loss_matrix(self.space, self.measurer.profile(), self.wanted)
+        loss = loss_matrix(self.space, self.measurer.profile(), self.measurer.wanted)
         if loss_fix and self.told:
             choices = np.array(list(self.told), dtype=int)
             values = np.array(list(self.told.values()))

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace
 
-from .base import Evaluation, Searcher, SearcherParams
+from .base import Evaluation, SearchContext, Searcher, SearcherParams
 from .dynamic_program import dp_frontier, solve_dp
 from .integer_program import Knapsack, Solution, pareto_sweep, solve
 from .levels import LevelMap, repair_down
@@ -50,6 +50,15 @@ class ProfileParams(SearcherParams):
     profile_options: list[str] | None = None
     # Calibration samples per probe (None: all); a cheaper, noisier profile.
     profile_samples: int | None = Field(default=None, ge=1)
+
+
+def profile_measurer(space: SearchSpace, p: ProfileParams, context: SearchContext,
+                     origin: str) -> ProfileMeasurer:
+    """What a profile-driven strategy measures first: the entries ``p`` asks for, less those of
+    the given profile (``context.profile``)."""
+    given = normalize_profile(space, context.profile or {})
+    return ProfileMeasurer(space, wanted_entries(space, p.profile_options), given,
+                           p.profile_samples, origin)
 
 
 class IntegerProgramParams(ProfileParams):
@@ -103,10 +112,7 @@ class IntegerProgramSearcher(Searcher):
         self.p: IntegerProgramParams = self.params
         self.space.check_budget(self.budget)
         self.levels = LevelMap(self.space)
-        given = normalize_profile(self.space, self.context.profile or {})
-        self.wanted = wanted_entries(self.space, self.p.profile_options)
-        self.measurer = ProfileMeasurer(self.space, self.wanted, given, self.p.profile_samples,
-                                        self.name)
+        self.measurer = profile_measurer(self.space, self.p, self.context, self.name)
         self.queue: list[Candidate] | None = None  # solutions, once solved
         self.solutions: list[Solution] = []
 
@@ -114,7 +120,7 @@ class IntegerProgramSearcher(Searcher):
         if not self.measurer.done:
             return self.measurer.ask(n)
         if self.queue is None:
-            loss = loss_matrix(self.space, self.measurer.profile(), self.wanted)
+            loss = loss_matrix(self.space, self.measurer.profile(), self.measurer.wanted)
             self.solutions = solve_profile(self.space, self.budget, loss, self.p)
             self.queue = []
             for i, s in enumerate(self.solutions):
