@@ -14,6 +14,13 @@ genes: neither TPE nor random search then beats the uniform configuration at the
 (docs/benchmarks.md). Around the budget, TPE's draws are small, balanced moves it can learn from.
 ``window: null`` searches every option.
 
+Within a tier, only the ``formats`` options whose uniform baselines scored best are kept (the
+baselines run first and are told before the first ask). In a space with several formats of one
+width (RTN and GPTQ, nf4 and mxfp4 at 4.25 bits), a categorical draw otherwise swaps a fifth of
+the genes to a format that is worse for nearly every layer, and neither TPE nor GP gets past the
+best uniform configuration (docs/benchmarks.md). A tier with no told baseline keeps every option.
+The choices are fixed at the first ask: a study keeps the ones it was created with.
+
 The budget is reported through ``trial.set_constraint("budget", v)`` (Optuna 5; ``v <= 0`` is
 feasible, ``v`` the relative excess), read by TPE, GP and NSGA-II. Optuna's constraints are soft,
 so a draw over budget never reaches a worker: it is told as pruned (with its constraint, so the
@@ -48,6 +55,8 @@ class OptunaParams(SearcherParams):
     population: int = Field(default=20, ge=2)
     # Cost tiers either side of the budget's that each gene may take (None: every option).
     window: int | None = Field(default=1, ge=0)
+    # Options kept per tier: those of the best uniform baselines (None: every option).
+    formats: int | None = Field(default=1, ge=1)
 
 
 class OptunaSearcher(Searcher):
@@ -63,13 +72,12 @@ class OptunaSearcher(Searcher):
         self.multi = self.p.sampler == "nsga2"
         self.names = [g.name for g in self.space.genes]
         self.study = self._open_study()
-        # A study keeps the choices it was created with (Optuna refuses a parameter whose
-        # choices change); a new one takes the window around the budget.
-        stored = self._stored_distributions()
-        self.allowed = stored[1] if stored else None if self.p.window is None else \
-            budget_window(self.space, self.budget, self.p.window)
-        self.levels = LevelMap(self.space, self.allowed)
-        self.dists = stored[0] if stored else self._window_distributions()
+        # The choices: fixed at the first ask (after the baselines), or the stored study's.
+        self.dists: dict[str, Any] | None = None
+        self.allowed: list[set[int]] | None = None
+        self.levels = LevelMap(self.space)
+        self.uniform_scores: dict[str, float] = {}  # option label → its uniform baseline's score
+        self.early: list[Evaluation] = []  # told before the choices were fixed
         self.pending: dict[tuple[int, ...], int] = {}  # asked choices → trial number
         self.known: dict[tuple[int, ...], float] = {}  # evaluated choices → objective
         self._load_known()
@@ -117,12 +125,40 @@ class OptunaSearcher(Searcher):
             if choices is not None:
                 self.known[choices] = t.values[0]
 
-    def _window_distributions(self) -> dict[str, Any]:
+    def _fix_choices(self) -> None:
+        """The study's choices: a stored study's (Optuna refuses a parameter whose choices
+        change), else the window around the budget less the formats of worse baselines."""
         from optuna.distributions import CategoricalDistribution
 
-        return {name: CategoricalDistribution([g.options[o].label for o in order])
-                for name, g, order in zip(self.names, self.space.genes, self.levels.order,
-                                          strict=True)}
+        stored = self._stored_distributions()
+        if stored:
+            self.dists, self.allowed = stored
+        else:
+            window = None if self.p.window is None else \
+                budget_window(self.space, self.budget, self.p.window)
+            self.allowed = self._best_formats(window)
+        self.levels = LevelMap(self.space, self.allowed)
+        if not stored:
+            self.dists = {name: CategoricalDistribution([g.options[o].label for o in order])
+                          for name, g, order in zip(self.names, self.space.genes,
+                                                    self.levels.order, strict=True)}
+        early, self.early = self.early, []
+        self.tell(early)
+
+    def _best_formats(self, window: list[set[int]] | None) -> list[set[int]] | None:
+        """Per gene and tier of ``window``, the ``formats`` options of the best uniform scores."""
+        if self.p.formats is None or not self.uniform_scores:
+            return window
+        out = []
+        for g, tiers in enumerate(LevelMap(self.space, window).tiers):
+            options = self.space.genes[g].options
+            keep: set[int] = set()
+            for tier in tiers:
+                scored = sorted((self.uniform_scores[options[o].label], o) for o in tier
+                                if options[o].label in self.uniform_scores)
+                keep.update([o for _, o in scored[: self.p.formats]] if scored else tier)
+            out.append(keep)
+        return out
 
     def _stored_distributions(self) -> tuple[dict[str, Any], list[set[int]]] | None:
         """The distributions of the study's trials of this space, and the options they allow."""
@@ -172,6 +208,8 @@ class OptunaSearcher(Searcher):
     def _draw(self) -> Candidate | None:
         from optuna.trial import TrialState
 
+        if self.dists is None:
+            self._fix_choices()
         dists = self.dists
         for _ in range(_DRAWS_PER_SLOT):
             trial = self.study.ask(dists)
@@ -211,6 +249,13 @@ class OptunaSearcher(Searcher):
             c = r.candidate
             if c.samples is not None:
                 continue  # Optuna compares full-fidelity objectives only
+            if self.dists is None:
+                labels = {g.options[o].label for g, o in zip(self.space.genes, c.choices, strict=True)}
+                if r.ok and len(labels) == 1:
+                    assert r.objective is not None
+                    self.uniform_scores[labels.pop()] = r.objective
+                self.early.append(r)
+                continue
             number = self.pending.pop(c.choices, None)
             if number is not None:
                 if r.ok:
