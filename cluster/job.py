@@ -11,7 +11,7 @@ import importlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mpsearch.searcher.base import SearchContext, Searcher
@@ -96,6 +96,28 @@ def search_context(job: PreparedJob, store: TrialStore) -> SearchContext:
         rows = load_profile(store, profile_key(job))
         profile = {key: row.delta for key, row in rows.items() if row.delta is not None} or None
     return SearchContext(study=spec.study, storage=storage, profile=profile)
+
+
+def wants_proxy(spec: JobSpec) -> bool:
+    return spec.searcher.name in PROFILE_STRATEGIES and bool(spec.searcher.params.get("proxy"))
+
+
+def proxies_on_ray(job: PreparedJob) -> dict[tuple[str, str], float]:
+    """The space's proxy errors (:func:`mpsearch.workers.profile.space_proxies`), computed by a
+    Ray task with a worker's resources: the driver need not hold the model or a GPU."""
+    import ray
+
+    from mpsearch.workers.errors import WorkerError
+    from mpsearch.workers.profile import space_proxies
+
+    from .executor import first_line
+
+    w = job.spec.workers
+    task = ray.remote(num_cpus=w.cpus, num_gpus=w.gpus)(space_proxies)
+    try:
+        return ray.get(task.remote(worker_setup(job), job.space))
+    except Exception as exc:  # a Ray-wrapped failure of the task
+        raise WorkerError(f"proxy errors: {first_line(exc)}") from None
 
 
 def worker_setup(job: PreparedJob) -> WorkerSetup:
@@ -205,6 +227,10 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
             store.set_evaluations(study.id, study.evaluations + extend)
         study = store.study(study.name)
         context = search_context(job, store)
+        w = spec.workers
+        if wants_proxy(spec):
+            connect(address, num_cpus=max(int(w.count * w.cpus), 1), num_gpus=None)
+            context = replace(context, proxy=proxies_on_ray(job))
         searcher, replayed = replay(
             lambda: make_searcher(spec.searcher, job.space, job.budget, spec.seed, context),
             store.trials(study.name))
@@ -213,7 +239,6 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
         remaining = study.evaluations - replayed.completed
         stats = LoopStats(stopped_because="the study already has its evaluations")
         if remaining > 0:
-            w = spec.workers
             connect(address, num_cpus=max(int(w.count * w.cpus), 1), num_gpus=None)
             wrapped = RequeueSearcher(searcher, replayed.owed)
             writer = TrialWriter(store, study.id, spec.seed)

@@ -48,12 +48,15 @@ class SearchContext:
     ``study`` names the study (an Optuna searcher names its Optuna study after it). ``storage``
     is an Optuna RDB URL (see ``optuna_storage_url``); None keeps the Optuna study in memory.
     ``profile`` maps (gene, option) to the objective delta of that single-gene perturbation of
-    the all-top configuration (see ``profiling``); entries it lacks are measured.
+    the all-top configuration (see ``profiling``); entries it lacks are measured. ``proxy`` maps
+    (gene, option) to an error computed without scoring (the Hessian-weighted output error), for
+    strategies that measure one option per gene and scale the rest (``proxy: true``).
     """
 
     study: str = "mpsearch"
     storage: str | None = None
     profile: Mapping[tuple[Any, Any], float] | None = None
+    proxy: Mapping[tuple[Any, Any], float] | None = None
 
 
 class SearcherParams(BaseModel):

@@ -83,7 +83,7 @@ class HybridSearcher(Searcher):
         self.p: HybridParams = self.params
         self.space.check_budget(self.budget)
         self.levels = LevelMap(self.space)
-        self.measurer = profile_measurer(self.space, self.p, self.context, self.name)
+        self.measurer = profile_measurer(self.space, self.budget, self.p, self.context, self.name)
         evo = EvolutionaryParams(offspring=self.p.offspring, max_switches=self.p.max_switches,
                                  selection=self.p.selection)
         self.evolution = EvolutionarySearcher(self.space, self.budget, self.seed, evo)

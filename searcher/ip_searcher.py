@@ -15,13 +15,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace
 
 from .base import Evaluation, SearchContext, Searcher, SearcherParams
 from .dynamic_program import dp_frontier, solve_dp
 from .integer_program import Knapsack, Solution, pareto_sweep, solve
-from .levels import LevelMap, repair_down
-from .profiling import ProfileMeasurer, loss_matrix, normalize_profile, wanted_entries
+from .levels import LevelMap, budget_bits_per_weight, repair_down
+from .profiling import ProfileMeasurer, loss_matrix, normalize_profile, proxy_anchors, wanted_entries
 
 
 def bits_capacity(space: SearchSpace, budget: Budget) -> float:
@@ -50,15 +51,25 @@ class ProfileParams(SearcherParams):
     profile_options: list[str] | None = None
     # Calibration samples per probe (None: all); a cheaper, noisier profile.
     profile_samples: int | None = Field(default=None, ge=1)
+    # Measure one option per gene and scale the others by the proxy (``context.proxy``, which
+    # the job runner computes on a worker): one probe per gene instead of one per option.
+    proxy: bool = False
 
 
-def profile_measurer(space: SearchSpace, p: ProfileParams, context: SearchContext,
+def profile_measurer(space: SearchSpace, budget: Budget, p: ProfileParams, context: SearchContext,
                      origin: str) -> ProfileMeasurer:
     """What a profile-driven strategy measures first: the entries ``p`` asks for, less those of
-    the given profile (``context.profile``)."""
+    the given profile (``context.profile``); with ``p.proxy``, one anchor per gene."""
     given = normalize_profile(space, context.profile or {})
-    return ProfileMeasurer(space, wanted_entries(space, p.profile_options), given,
-                           p.profile_samples, origin)
+    wanted = wanted_entries(space, p.profile_options)
+    if not p.proxy:
+        return ProfileMeasurer(space, wanted, given, p.profile_samples, origin)
+    if not context.proxy:
+        raise SpecError("searcher: proxy: true needs the proxy errors of the space (the job "
+                        "runner computes them on a worker; pass SearchContext(proxy=...))")
+    proxy = normalize_profile(space, context.proxy)
+    anchors = proxy_anchors(space, wanted, proxy, budget_bits_per_weight(space, budget))
+    return ProfileMeasurer(space, wanted, given, p.profile_samples, origin, proxy, anchors)
 
 
 class IntegerProgramParams(ProfileParams):
@@ -112,7 +123,7 @@ class IntegerProgramSearcher(Searcher):
         self.p: IntegerProgramParams = self.params
         self.space.check_budget(self.budget)
         self.levels = LevelMap(self.space)
-        self.measurer = profile_measurer(self.space, self.p, self.context, self.name)
+        self.measurer = profile_measurer(self.space, self.budget, self.p, self.context, self.name)
         self.queue: list[Candidate] | None = None  # solutions, once solved
         self.solutions: list[Solution] = []
 

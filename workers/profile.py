@@ -28,7 +28,7 @@ from mpsearch.spaces.space import SearchSpace
 
 from .errors import WorkerError
 from .gptq import hessian_error
-from .worker import Worker
+from .worker import Worker, WorkerSetup
 
 Pair = tuple[str, QuantOption]  # (gene name, option)
 
@@ -102,3 +102,27 @@ def measure_profile(worker: Worker, pairs: Iterable[Pair], samples: int | None =
             for name in layers:
                 worker.set_layer_(name, None)
     return out
+
+
+@torch.inference_mode()
+def measure_proxies(worker: Worker, pairs: Iterable[Pair]) -> dict[tuple[str, str], float]:
+    """The Hessian-weighted output error of each (gene, option), by (gene name, option label).
+
+    Scores no candidate: one pass over the worker's calibration samples gathers the Hessians
+    (the pass GPTQ needs anyway), the rest is arithmetic on the weights. Strategies with
+    ``proxy: true`` measure one option per gene and scale the others by these.
+    """
+    genes = {gene.name: gene for gene in worker.space.genes}
+    out = {}
+    for gene_name, option in pairs:
+        layers = [layer.name for layer in genes[gene_name].layers]
+        _, h_err = _proxies(worker, layers, option, hessians=True)
+        assert h_err is not None
+        out[(gene_name, option.label)] = h_err
+    worker.restore_()
+    return out
+
+
+def space_proxies(setup: WorkerSetup, space: SearchSpace) -> dict[tuple[str, str], float]:
+    """:func:`measure_proxies` of every (gene, option) of ``space``, on a worker of its own."""
+    return measure_proxies(Worker(setup, space), profile_pairs(space))

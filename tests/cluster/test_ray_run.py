@@ -60,3 +60,21 @@ def test_optuna_study_lives_beside_the_store_and_resume_continues_it(ray_session
     assert len({t.choices for t in trials if t.objective is not None}) == 18  # no repeats
     study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{tmp_path / 'm.optuna.db'}")
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 18 - 3
+
+
+def test_hybrid_with_proxy_probes_one_option_per_gene_and_resumes(ray_session, tiny_llama_path,
+                                                                  tmp_path):
+    spec = tiny_spec("proxy", tiny_llama_path, r"layers\.\d+\.",
+                     ["int2-g32-asym", "int3-g32-asym", "int4-g32-asym", "int8-g32-asym"],
+                     tmp_path, budget={"avg_bits": 4.0}, evaluations=30,
+                     searcher={"name": "hybrid", "params": {"proxy": True, "seeds": 2}})
+    store = TrialStore(spec.storage.url)
+    result = run_job(spec, store)
+    genes = len(result.study.space.genes)
+    probes = [t for t in store.trials("proxy") if t.origin.endswith(":probe")]
+    # one option per gene, int3-g32 (4.0 bits per weight, the budget's); the base (all int8) is
+    # the uniform int8 baseline, already scored
+    assert len(probes) == genes and all(sorted(t.choices).count(1) == 1 for t in probes)
+    assert result.stats.completed == 30
+    again = run_job(spec, store, extend=5)
+    assert again.replay_note is None and again.stats.completed == 5  # replayed exactly

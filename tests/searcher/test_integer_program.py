@@ -19,7 +19,7 @@ from mpsearch.searcher import (
     solve_milp,
 )
 from mpsearch.searcher.ip_searcher import IntegerProgramParams
-from mpsearch.spaces.errors import BudgetError
+from mpsearch.spaces.errors import BudgetError, SpecError
 from mpsearch.spaces.space import Budget
 
 
@@ -117,3 +117,30 @@ def test_sweep_proposes_distinct_feasible_solutions(synthetic):
     assert 2 <= len(sols) <= 4 and all(t["feasible"] for t in sols)
     assert len({t["candidate"].choices for t in sols}) == len(sols)
     assert sols[0]["objective"] == min(t["objective"] for t in sols)
+
+
+def test_proxy_measures_one_probe_per_gene_and_scales_the_rest(synthetic):
+    """A proxy proportional to each gene's true deltas (the scale unknown to it) and a probe of
+    the option nearest the budget give the whole profile: the brute-force optimum, 1 + n probes."""
+    space = synthetic.make_space(6, seed=4)
+    f = synthetic.Additive(space, seed=4)
+    budget = Budget(avg_bits=3.5)
+    rng = np.random.default_rng(4)
+    layer_gain = rng.lognormal(0, 2, size=6)  # what the proxy cannot know
+    proxy = {(space.genes[g].name, space.genes[g].options[o].label): float(f.d[g, o] / layer_gain[g])
+             for g in range(6) for o in range(4)}
+    searcher = IntegerProgramSearcher(space, budget, 0, IntegerProgramParams(proxy=True),
+                                      SearchContext(proxy=proxy))
+    rec = synthetic.run(searcher, f, 50)
+    probes = [t["candidate"] for t in rec.trials if t["candidate"].origin.endswith(":probe")]
+    anchors = {space.genes[g].options[c.choices[g]].bits for c in probes[1:]
+               for g in range(6) if c.choices[g] != 4}
+    assert len(probes) == 1 + 6 and anchors == {3}  # int3: the level nearest 3.5 bits
+    best, _ = synthetic.brute_force(space, budget, f)
+    assert rec.best()[0] == pytest.approx(best, rel=1e-9)
+
+
+def test_proxy_without_proxies_is_refused(synthetic):
+    space = synthetic.make_space(3, seed=5)
+    with pytest.raises(SpecError, match="proxy"):
+        IntegerProgramSearcher(space, Budget(avg_bits=3.5), 0, IntegerProgramParams(proxy=True))
