@@ -33,6 +33,7 @@ from mpsearch.spaces.spec import parse_option
 from mpsearch.workers.calibration import load_texts
 from mpsearch.workers.config import CalibrationConfig, ModelConfig
 from mpsearch.workers.model_loading import inspect_model
+from mpsearch.workers.profile import measure_proxies, profile_pairs
 from mpsearch.workers.worker import Worker, WorkerSetup
 
 SPACES = {
@@ -67,7 +68,17 @@ def strategies(bits: float, space: str) -> dict[str, dict]:
         "optuna-gp": {"name": "optuna", "params": {"sampler": "gp"}},
         "integer-program": {"name": "integer-program", "params": {**prof, "solutions": 4}},
         "hybrid": {"name": "hybrid", "params": {**prof, "seeds": 4}},
+        # one probe per layer, every option of the space scaled by the proxy (see PROXIED)
+        "integer-program-proxy": {"name": "integer-program", "params": {"proxy": True,
+                                                                        "solutions": 4}},
+        "hybrid-proxy": {"name": "hybrid", "params": {"proxy": True, "seeds": 4}},
     }
+
+
+# Strategies that use the proxy errors: these come from a pass over the calibration samples that
+# gathers the Hessians, charged here as one evaluation (their N-evaluation figure is the best of
+# their first N - 1 trials).
+PROXIED = ("integer-program-proxy", "hybrid-proxy")
 
 
 class Scorer:
@@ -87,10 +98,12 @@ class Scorer:
 
 
 class Trace:
-    """The loop's recorder: every trial in order, and its feasibility."""
+    """The loop's recorder: every trial in order, and its feasibility; ``charged`` evaluations
+    spent before the first trial (the proxy pass) shift every count."""
 
-    def __init__(self) -> None:
+    def __init__(self, charged: int = 0) -> None:
         self.trials: list[tuple[Candidate, bool, float | None]] = []
+        self.charged = charged
 
     def start(self, candidate: Candidate, cost: Cost, feasible: bool) -> int:
         self.trials.append((candidate, feasible, None))
@@ -100,7 +113,7 @@ class Trace:
         self.trials[key] = (candidate, self.trials[key][1], outcome.objective)
 
     def best(self, first: int) -> tuple[float, Candidate] | None:
-        done = [(v, c) for c, ok, v in self.trials[:first]
+        done = [(v, c) for c, ok, v in self.trials[:max(first - self.charged, 0)]
                 if ok and v is not None and c.samples is None]
         return min(done, key=lambda x: x[0]) if done else None
 
@@ -110,7 +123,7 @@ class Trace:
         for i, (c, ok, v) in enumerate(self.trials):
             if ok and v is not None and c.samples is None and v < best:
                 best = v
-                out.append([i + 1, v])
+                out.append([i + 1 + self.charged, v])
         return out
 
 
@@ -263,6 +276,9 @@ def main() -> None:
     fresh = Scorer(setup, space, load_texts(cal.model_copy(update={
         "offset": args.noise_offset, "samples": args.heldout_samples})), stats)
     top = max(args.evaluations)
+    names = args.strategies or [n for n in strategies(0.0, args.space) if n != "optuna-gp"]
+    proxy = measure_proxies(calib.worker, profile_pairs(space)) \
+        if any(name in PROXIED for name in names) else None
     results: dict = {"args": vars(args), "device": args.device, "budgets": {}}
     for bits in args.budgets:
         budget = Budget(avg_bits=bits)
@@ -275,14 +291,15 @@ def main() -> None:
                               for c in feasible},
                  "runs": {}}
         chosen = strategies(bits, args.space)
-        for name in args.strategies or [n for n in chosen if n != "optuna-gp"]:
+        for name in names:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 n_max = min(top, args.gp_max) if name == "optuna-gp" else top
                 cfg = SearcherConfig(**chosen[name])
                 searcher = make_searcher(cfg, space, budget, seed,
-                                         SearchContext(study=f"{name}-{bits}-{seed}"))
-                trace, start = Trace(), time.perf_counter()
-                run_search(searcher, SerialExecutor(calib), trace, n_max, space, budget)
+                                         SearchContext(study=f"{name}-{bits}-{seed}", proxy=proxy))
+                trace, start = Trace(charged=int(name in PROXIED)), time.perf_counter()
+                run_search(searcher, SerialExecutor(calib), trace, n_max - trace.charged, space,
+                           budget)
                 seconds = time.perf_counter() - start
                 at = {}
                 for n in args.evaluations:
