@@ -18,7 +18,8 @@ run() {  # name, then search_quality.py arguments
 for bits in 3.0 4.25; do
     for space in "${spaces[@]}"; do
         run "$space-$bits-fast" --space "$space" --budgets "$bits" \
-            --strategies random evolutionary evolutionary-population integer-program hybrid
+            --strategies random evolutionary evolutionary-population integer-program hybrid \
+            integer-program-proxy hybrid-proxy
         run "$space-$bits-tpe" --space "$space" --budgets "$bits" --strategies optuna-tpe
     done
     [[ " ${spaces[*]} " == *" full "* ]] || continue
