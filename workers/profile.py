@@ -119,7 +119,6 @@ def measure_proxies(worker: Worker, pairs: Iterable[Pair]) -> dict[tuple[str, st
         _, h_err = _proxies(worker, layers, option, hessians=True)
         assert h_err is not None
         out[(gene_name, option.label)] = h_err
-    worker.restore_()
     return out
 
 
