@@ -22,3 +22,13 @@ def test_both_commands_pin_torch_and_the_example_exists():
     assert "mpsearch run examples/minilm.yaml" in run and "[minilm]" in run
     assert "pytest" in test
     assert (ROOT / "examples/minilm.yaml").is_file()
+
+
+def test_every_example_spec_is_valid():
+    from mpsearch.cluster.spec import load_spec
+
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert len(examples) >= 2
+    for path in examples:
+        spec = load_spec(path)
+        spec.searcher.check()  # strategy name and parameters
