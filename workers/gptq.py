@@ -25,12 +25,7 @@ from __future__ import annotations
 
 import torch
 
-SCALE_DTYPE = torch.float16  # scales and zeros are stored (and therefore rounded) as fp16
-
-
-def _stored_scale(scale: torch.Tensor) -> torch.Tensor:
-    """``scale`` rounded to fp16 and floored at fp16's smallest normal, as RTN stores it."""
-    return scale.to(SCALE_DTYPE).float().clamp(min=torch.finfo(SCALE_DTYPE).tiny)
+from .formats import fp16_scale  # the one scale flooring, shared with RTN and the float formats
 
 
 class HessianAccumulator:
@@ -75,12 +70,12 @@ def grid_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tens
     """
     if symmetric:
         q_max = 2 ** (bits - 1) - 1
-        scale = _stored_scale(w.abs().amax(dim=1, keepdim=True) / q_max)
+        scale = fp16_scale(w.abs().amax(dim=1, keepdim=True) / q_max)
         return scale, torch.zeros_like(scale), -q_max - 1, q_max
     q_max = 2**bits - 1
     lo = w.amin(dim=1, keepdim=True).clamp(max=0)
     hi = w.amax(dim=1, keepdim=True).clamp(min=0)
-    scale = _stored_scale((hi - lo) / q_max)
+    scale = fp16_scale((hi - lo) / q_max)
     zero = torch.round(-lo / scale).clamp(0, q_max)
     return scale, zero, 0, q_max
 
