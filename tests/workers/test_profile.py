@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from mpsearch.cluster.cli_profile import profile_key, run_profile
+from mpsearch.cluster.cli.profile import profile_key, run_profile
 from mpsearch.cluster.job import prepare, worker_setup
 from mpsearch.cluster.spec import parse_spec
 from mpsearch.spaces.options import QuantOption

@@ -29,8 +29,8 @@ from mpsearch.workers.errors import WorkerError
 from mpsearch.workers.profile import Pair, ProfileMeasurement, profile_pairs
 from mpsearch.workers.worker import WorkerSetup
 
-from .cli_output import err, out
-from .job import PreparedJob, profile_key
+from ..job import PreparedJob, profile_key
+from .output import err, out
 
 # Measures pairs and yields (worker label, measurements) as each chunk completes.
 Measure = Callable[[list[Pair]], Iterator[tuple[str, list[ProfileMeasurement]]]]
@@ -73,7 +73,7 @@ def ray_measure(setup: WorkerSetup, space: SearchSpace, count: int, cpus: float,
 
         from mpsearch.workers.actor import WorkerActor
 
-        from .ray_runtime import connect
+        from ..ray_runtime import connect
 
         connect(address, num_cpus=max(int(count * cpus), 1))
         size = max(1, min(chunk, math.ceil(len(pairs) / (2 * count))))
@@ -144,8 +144,8 @@ def profile(
         help="Also compute tr((W−Ŵ)H(W−Ŵ)ᵀ) (one extra calibration pass per worker).")] = True,
 ) -> None:
     """Measure each (layer, option)'s sensitivity on all workers, reusing stored rows; print it."""
-    from .job import prepare, worker_setup
-    from .spec import load_spec
+    from ..job import prepare, worker_setup
+    from ..spec import load_spec
 
     spec = load_spec(spec_path)
     job = prepare(spec)

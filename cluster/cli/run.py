@@ -9,10 +9,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mpsearch.storage.store import StudyRecord, TrialStore
 
-from .cli_output import err, fmt_obj, out, results_table
+from .output import err, fmt_obj, out, results_table
 
 if TYPE_CHECKING:
-    from .spec import JobSpec
+    from ..spec import JobSpec
 
 
 def run(

@@ -1,6 +1,6 @@
-"""The ``mpsearch`` command line (typer + rich).
+"""The ``mpsearch`` command line (typer + rich): the CLI's own wing of ``cluster``.
 
-Commands are plain functions in ``cli_*`` modules, registered here. Errors a user can cause
+Commands are plain functions in the modules of this package, registered here. Errors a user can cause
 (``MpsearchError``) are printed as one line on stderr with exit code 1; anything else is a bug and
 keeps its traceback.
 """
@@ -15,8 +15,11 @@ from rich.text import Text
 
 from mpsearch.spaces.errors import MpsearchError
 
-from . import cli_cluster, cli_profile, cli_results, cli_run
-from .cli_output import err
+from . import cluster as cli_cluster
+from . import profile as cli_profile
+from . import results as cli_results
+from . import run as cli_run
+from .output import err
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Search per-layer mixed-precision configurations of neural networks.")
@@ -46,6 +49,3 @@ def main() -> None:
         err.print("interrupted: trials recorded so far are kept in the store")
         sys.exit(130)
 
-
-if __name__ == "__main__":
-    main()

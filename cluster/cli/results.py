@@ -18,7 +18,7 @@ from mpsearch.storage.models import COMPLETE
 from mpsearch.storage.queries import Comparison, NoResultError, ResultStore
 from mpsearch.storage.store import StudyRecord, TrialRecord
 
-from .cli_output import (
+from .output import (
     DEFAULT_DB,
     DbOption,
     StudyOption,

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from mpsearch.storage.store import TrialStore
 
-from .cli_output import DEFAULT_DB, DbOption, err, fmt_obj, out
-from .errors import ClusterError
+from ..errors import ClusterError
+from .output import DEFAULT_DB, DbOption, err, fmt_obj, out
 
 
 def submit(
@@ -22,7 +22,7 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
 ) -> None:
     """Submit a search job to a Ray cluster (Jobs API); prints the job id."""
-    from . import submit as jobs
+    from .. import submit as jobs
 
     jobs.spec_data(spec_path)  # a bad spec is refused before the cluster is contacted
     client = jobs.job_client(address)
@@ -103,8 +103,8 @@ def resume(
     """Continue a study after a crash (from its stored spec), or extend a finished one."""
     from mpsearch.storage.errors import StudyConflictError
 
-    from .cli_run import run_with_progress
-    from .spec import StorageConfig, load_spec, parse_spec
+    from ..spec import StorageConfig, load_spec, parse_spec
+    from .run import run_with_progress
 
     store = TrialStore(db, create=False)
     record = store.study(study)
