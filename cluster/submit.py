@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from mpsearch.spaces.errors import SpecError
+from mpsearch.storage.config import DEFAULT_URL
 from mpsearch.storage.errors import mask_url
-from mpsearch.storage.store import DEFAULT_URL
 
 from .errors import ClusterError
 from .spec import load_spec, parse_spec

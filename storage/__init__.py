@@ -1,5 +1,6 @@
 """Where every trial is remembered: SQLAlchemy models, the store API, exports."""
 
+from .config import StorageConfig
 from .errors import StoreError, StudyConflictError, StudyNotFoundError, mask_url
 from .export import trials_table, write_parquet
 from .models import COMPLETE, FAILED, RUNNING
@@ -19,6 +20,7 @@ __all__ = [
     "RUNNING",
     "ResultStore",
     "Store",
+    "StorageConfig",
     "StoreError",
     "StudyColumn",
     "StudyConflictError",

@@ -31,10 +31,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mpsearch.spaces.space import Candidate, SearchSpace
 
+from .config import DEFAULT_URL
 from .errors import StoreError, StudyConflictError, StudyNotFoundError, mask_url, translating
 from .models import COMPLETE, FAILED, RUNNING, Base, StudyRow, TrialRow
 
-DEFAULT_URL = "sqlite:///mpsearch.db"
 BASELINE_ORIGIN = "uniform"  # the origin the uniform-baseline strategy gives its trials
 _NUMBER_RETRIES = 20  # concurrent start_trial calls on one study: attempts before giving up
 # Budget filters admit a trial this far over the bound: avg_bits is a float quotient, and the

@@ -1,4 +1,5 @@
-"""The job spec's sections owned by the workers: the model, its calibration data, the objective.
+"""The job spec's sections owned by the workers: the model, its calibration data, the objective,
+the worker pool.
 
 Kept free of torch so the spec can be validated (and a job submitted) without loading it.
 """
@@ -54,3 +55,19 @@ class CalibrationConfig(BaseModel):
     # Skip this many samples first: a held-out set is the same source at another offset.
     offset: int = Field(default=0, ge=0)
     batch_size: int = Field(default=32, ge=1)
+
+
+class WorkersConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(default=2, ge=1)
+    cpus: float = Field(default=1.0, gt=0)
+    # Whole or fractional GPUs per worker; 0 runs on CPU.
+    gpus: float = Field(default=0.0, ge=0)
+    # Bytes of compressed variants each worker keeps on its GPU; the rest waits in pinned host
+    # memory. None: as many as fit beside the model and its activations.
+    cache_device_bytes: int | None = Field(default=None, ge=0)
+    # Candidates each worker holds at once. 2 hides the driver↔worker round trip behind the
+    # evaluation in progress (4 % instead of 13 % overhead on a 120 ms GPU evaluation); 1 keeps
+    # the fewest evaluations in flight.
+    depth: int = Field(default=1, ge=1, le=8)

@@ -101,9 +101,10 @@ def resume(
     top: Annotated[int, typer.Option(help="Best configurations to show at the end.")] = 5,
 ) -> None:
     """Continue a study after a crash (from its stored spec), or extend a finished one."""
+    from mpsearch.storage.config import StorageConfig
     from mpsearch.storage.errors import StudyConflictError
 
-    from ..spec import StorageConfig, load_spec, parse_spec
+    from ..spec import load_spec, parse_spec
     from .run import run_with_progress
 
     store = TrialStore(db, create=False)
