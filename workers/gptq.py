@@ -89,19 +89,27 @@ def quant(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, q_min: int,
 
 def dampened_inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor,
                                                                                   torch.Tensor]:
-    """The upper Cholesky factor of (H + λI)⁻¹, and the mask of dead inputs (diag H = 0).
+    """The upper Cholesky factor U of (H + λI)⁻¹ = UᵀU, and the mask of dead inputs (diag H = 0).
 
-    Dead inputs (never active in the calibration data) get H_jj = 1 and their weights are zeroed
-    by the caller, as the reference does. λ = percdamp · mean(diag H).
+    ``H`` is one Hessian (d × d) or a stack of them (B × d × d); U and the mask have its leading
+    shape. Dead inputs (never active in the calibration data) get H_jj = 1 and their weights are
+    zeroed by the caller, as the reference does. λ = percdamp · mean(diag H), per Hessian.
+
+    The reference computes U as chol(chol⁻¹(H)), three cubic steps. With J the reversal
+    permutation and JHJ = L′L′ᵀ, H⁻¹ = (J L′⁻ᵀ J)(J L′⁻¹ J), and J L′⁻¹ J is upper triangular with
+    a positive diagonal: it *is* U (the Cholesky factor is unique), from one Cholesky and one
+    triangular inverse, half the arithmetic.
     """
-    H = H.clone().float()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    damp = percdamp * torch.mean(torch.diag(H))
-    H.diagonal().add_(damp)
-    L = torch.linalg.cholesky(H)
-    H_inv = torch.cholesky_inverse(L)
-    return torch.linalg.cholesky(H_inv, upper=True), dead
+    H = H.float().clone()
+    diag = H.diagonal(dim1=-2, dim2=-1)
+    dead = diag == 0
+    diag[dead] = 1
+    diag.add_(percdamp * diag.mean(dim=-1, keepdim=True))
+    L = torch.linalg.cholesky(H.flip(-2, -1))
+    del H
+    eye = torch.eye(L.shape[-1], device=L.device, dtype=L.dtype).expand_as(L)
+    L_inv = torch.linalg.solve_triangular(L, eye, upper=False)
+    return L_inv.flip(-2, -1), dead
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = None,
@@ -150,6 +158,57 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
             Err1[:, i] = err
         Q[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ H_inv[i1:i2, i2:]  # the lazy batch update of all later columns
+    return Q.to(out_dtype)
+
+
+def gptq_quantize_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits: int,
+                        group_size: int | None = None, symmetric: bool = False,
+                        block_size: int = 128, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`gptq_quantize` of B layers at once: ``W`` is B × d_row × d_col, ``U`` and ``dead``
+    the stacked factors of :func:`dampened_inverse_cholesky` of their Hessians (B × d_col × d_col
+    and B × d_col), ``mask`` B × d_row × d_col or None.
+
+    The same algorithm, step for step: each column step is one vectorised operation over all B
+    layers (B · d_row rows), and the lazy update of the later columns one batched matmul per
+    block, so a level of a many-block model costs d_col small steps instead of B · d_col. Layers
+    that share a Hessian (the inputs of q/k/v, of gate/up) may be stacked along d_row instead:
+    GPTQ treats rows independently. Returns the dequantized weights in W's dtype.
+    """
+    B, d_row, d_col = W.shape
+    if group_size is not None and d_col % group_size:
+        raise ValueError(f"group size {group_size} does not divide d_col={d_col}")
+    if U.shape != (B, d_col, d_col) or dead.shape != (B, d_col):
+        raise ValueError(f"factors of shape {tuple(U.shape)} do not match W of {tuple(W.shape)}")
+    if group_size is not None and block_size % group_size:
+        block_size = group_size if group_size > block_size else group_size * (block_size // group_size)
+    out_dtype = W.dtype
+    W = W.float() * (~dead).unsqueeze(1)  # a copy, dead inputs zeroed
+    keep = None if mask is None else mask.to(W.device, torch.float32)
+
+    def grid(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        scale, zero, q_min, q_max = grid_params(w.reshape(B * d_row, -1), bits, symmetric)
+        return scale.view(B, d_row), zero.view(B, d_row), q_min, q_max
+
+    if group_size is None:
+        scale, zero, q_min, q_max = grid(W)
+    Q = torch.empty_like(W)
+    for i1 in range(0, d_col, block_size):
+        i2 = min(i1 + block_size, d_col)
+        W1 = W[:, :, i1:i2].clone()
+        Err1 = torch.empty_like(W1)
+        U1 = U[:, i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            if group_size is not None and (i1 + i) % group_size == 0:
+                scale, zero, q_min, q_max = grid(W1[:, :, i:i + group_size])
+            w = W1[:, :, i]
+            q = quant(w, scale, zero, q_min, q_max)
+            if keep is not None:
+                q = q * keep[:, :, i1 + i]
+            Q[:, :, i1 + i] = q
+            err = (w - q) / U1[:, i, i].unsqueeze(1)
+            W1[:, :, i:] -= err.unsqueeze(2) * U1[:, i, i:].unsqueeze(1)  # eq. 3 within the block
+            Err1[:, :, i] = err
+        W[:, :, i2:] -= torch.bmm(Err1, U[:, i1:i2, i2:])  # the lazy batch update
     return Q.to(out_dtype)
 
 

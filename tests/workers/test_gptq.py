@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from mpsearch.spaces.options import QuantOption
-from mpsearch.workers.gptq import HessianAccumulator, gptq_quantize, hessian_error, output_error
+from mpsearch.workers.gptq import (
+    HessianAccumulator,
+    dampened_inverse_cholesky,
+    gptq_quantize,
+    gptq_quantize_batch,
+    hessian_error,
+    output_error,
+)
 from mpsearch.workers.quantize import quantize_weight
 
 
@@ -83,3 +90,48 @@ def test_bfloat16_weights_come_back_in_their_dtype():
     W = torch.randn(8, 32, dtype=torch.bfloat16)
     Q = gptq_quantize(W, hessian_of(correlated_inputs(64, 32)), 4, 32, False)
     assert Q.dtype == torch.bfloat16 and Q.shape == W.shape
+
+
+def _stack_of_layers(B: int, rows: int, cols: int, seed: int):
+    torch.manual_seed(seed)
+    W = torch.randn(B, rows, cols) * 0.05
+    H = torch.stack([hessian_of(correlated_inputs(4 * cols, cols, seed + b)) for b in range(B)])
+    H[-1, 7, :] = H[-1, :, 7] = 0  # one layer with a dead input
+    return W, H
+
+
+def test_the_inverse_factor_is_the_reference_cholesky_of_the_dampened_inverse():
+    _, H = _stack_of_layers(3, 8, 64, 10)
+    U, dead = dampened_inverse_cholesky(H)
+    for b in range(3):
+        Hd = H[b].clone()
+        Hd[dead[b], dead[b]] = 1
+        Hd.diagonal().add_(0.01 * Hd.diagonal().mean())
+        reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hd)),
+                                          upper=True)  # the GPTQ reference's three steps
+        torch.testing.assert_close(U[b], reference, rtol=1e-3, atol=5e-5)  # fp32 rounding
+        torch.testing.assert_close(U[b].t() @ U[b], torch.linalg.inv(Hd), rtol=1e-3, atol=1e-4)
+    assert dead[-1, 7] and int(dead.sum()) == 1
+
+
+@pytest.mark.parametrize("bits,group_size,symmetric,block_size",
+                         [(4, 32, False, 64), (3, None, True, 128), (3, 16, True, 40),
+                          (8, 64, False, 32)])
+def test_batched_gptq_equals_the_per_layer_reference(bits, group_size, symmetric, block_size):
+    W, H = _stack_of_layers(4, 24, 128, 20)
+    mask = (torch.rand(W.shape) > 0.3).float() if bits == 8 else None
+    U, dead = dampened_inverse_cholesky(H)
+    got = gptq_quantize_batch(W, U, dead, bits, group_size, symmetric, block_size, mask)
+    for b in range(W.shape[0]):
+        want = gptq_quantize(W[b], H[b], bits, group_size, symmetric, block_size,
+                             mask=None if mask is None else mask[b])
+        torch.testing.assert_close(got[b], want, rtol=1e-6, atol=1e-6)
+
+
+def test_layers_sharing_a_hessian_may_be_stacked_along_rows():
+    """q, k and v read the same inputs: GPTQ of [q; k; v] under one Hessian is GPTQ of each."""
+    W, H = _stack_of_layers(1, 40, 64, 30)
+    U, dead = dampened_inverse_cholesky(H)
+    stacked = gptq_quantize_batch(W, U, dead, 4, 32)[0]
+    parts = [gptq_quantize(part, H[0], 4, 32) for part in W[0].split([8, 16, 16])]
+    torch.testing.assert_close(stacked, torch.cat(parts), rtol=1e-6, atol=1e-6)
