@@ -16,13 +16,13 @@ from typing import Any
 
 from mpsearch.searcher.base import SearchContext, Searcher
 from mpsearch.searcher.loop import LoopStats, Outcome, run_search
-from mpsearch.searcher.optuna_storage import optuna_storage_url
 from mpsearch.searcher.registry import make_searcher
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, Candidate, Cost, SearchSpace, build_space
 from mpsearch.storage.errors import StudyConflictError
 from mpsearch.storage.lease import DEFAULT_TTL, StudyLease
 from mpsearch.storage.models import FINISHED
+from mpsearch.storage.optuna_mirror import optuna_storage_url
 from mpsearch.storage.profiles import ProfileKey, calibration_fingerprint, load_profile
 from mpsearch.storage.store import StudyRecord, TrialStore
 from mpsearch.storage.writer import TrialWriter

@@ -11,7 +11,6 @@ from .integer_program import Knapsack, Solution, lagrangian_greedy, pareto_sweep
 from .ip_searcher import IntegerProgramSearcher
 from .loop import Executor, LoopStats, Outcome, Recorder, SerialExecutor, run_search
 from .optuna_search import OptunaSearcher
-from .optuna_storage import optuna_storage_url
 from .population import PopulationEvolutionarySearcher
 from .profiling import ProfileMeasurer, normalize_profile
 from .random_search import RandomSearcher
@@ -46,7 +45,6 @@ __all__ = [
     "lagrangian_greedy",
     "make_searcher",
     "normalize_profile",
-    "optuna_storage_url",
     "pareto_sweep",
     "run_search",
     "searcher_class",

@@ -4,7 +4,8 @@ One Optuna trial per configuration, one categorical parameter per gene (named af
 valued by option label, so Optuna's dashboard reads it). Samplers: TPE (multivariate, grouped;
 Watanabe 2023), the Gaussian-process sampler, and NSGA-II for the multi-objective form
 (objective and average effective bits, both minimized). The study is named after the mpsearch
-study and lives where ``context.storage`` says (an RDB URL, see :mod:`.optuna_storage`; None
+study and lives where ``context.storage`` says (an RDB URL, such as
+``mpsearch.storage.optuna_mirror.optuna_storage_url`` derives; None
 keeps it in memory); a new searcher on an existing study continues it.
 
 Each gene's choices are its options within ``window`` cost tiers of the budget (tiers: distinct

@@ -5,9 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from mpsearch.searcher import OptunaSearcher, SearchContext, optuna_storage_url
+from mpsearch.searcher import OptunaSearcher, SearchContext
 from mpsearch.searcher.optuna_search import OptunaParams
-from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget
 
 BUDGET = Budget(avg_bits=3.5)
@@ -29,8 +28,7 @@ def test_samplers_run_within_budget(synthetic, sampler):
 def test_resumes_from_its_storage(synthetic, tmp_path):
     space = synthetic.make_space(8, seed=10)
     f = synthetic.Additive(space, seed=10)
-    url = optuna_storage_url(f"sqlite:///{tmp_path / 'study.db'}")
-    assert url.endswith("study.optuna.db")
+    url = f"sqlite:///{tmp_path / 'study.optuna.db'}"
     ctx = SearchContext(study="resume-me", storage=url)
     first = synthetic.run(OptunaSearcher(space, BUDGET, 0, context=ctx), f, 15)
     again = OptunaSearcher(space, BUDGET, 0, context=ctx)
@@ -53,30 +51,6 @@ def test_results_it_did_not_ask_for_are_learned(synthetic):
     searcher.ask(1)  # learned once the choices are fixed, at the first ask
     done = searcher.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(done) == 1 and baseline.choices in searcher.known
-
-
-def test_storage_urls():
-    assert optuna_storage_url("sqlite:///runs/a.db") == "sqlite:///runs/a.optuna.db"
-    assert optuna_storage_url("sqlite:////abs/b") == "sqlite:////abs/b.optuna.db"
-    pg = optuna_storage_url("postgresql+psycopg://u:pw@h:5432/db", create_schema=False)
-    assert pg.startswith("postgresql+psycopg://u:pw@h:5432/db?options=") and "search_path" in pg
-    with pytest.raises(SpecError, match="in-memory"):
-        optuna_storage_url("sqlite://")
-
-
-@pytest.mark.postgres
-def test_postgres_schema_is_created(pg_url):
-    url = optuna_storage_url(pg_url)
-    study = optuna.create_study(storage=url, study_name="pg-schema")
-    assert study.study_name == "pg-schema"
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(pg_url)
-    with engine.connect() as conn:
-        tables = conn.execute(text("SELECT table_name FROM information_schema.tables "
-                                   "WHERE table_schema = 'optuna'")).scalars().all()
-    engine.dispose()
-    assert "alembic_version" in tables and "studies" in tables
 
 
 def test_window_keeps_genes_near_the_budget_and_beats_uniform(synthetic):
@@ -110,7 +84,7 @@ def test_a_reopened_study_keeps_the_choices_it_was_created_with(synthetic, tmp_p
     space = synthetic.transformer_space(2, options=synthetic.DENSE)
     f = synthetic.Additive(space, seed=13)
     budget = Budget(avg_bits=4.25)
-    ctx = SearchContext(study="whole", storage=optuna_storage_url(f"sqlite:///{tmp_path / 's.db'}"))
+    ctx = SearchContext(study="whole", storage=f"sqlite:///{tmp_path / 's.optuna.db'}")
     synthetic.run(OptunaSearcher(space, budget, 0, OptunaParams(window=None), ctx), f, 20)
     again = OptunaSearcher(space, budget, 0, OptunaParams(window=1), ctx)
     again.ask(1)

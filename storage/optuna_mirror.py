@@ -1,0 +1,375 @@
+"""Every study as an Optuna study: the mirror that optuna-dashboard and ``optuna.load_study`` open.
+
+**Where.** Optuna's RDB storage and the store both manage an ``alembic_version`` table, so they
+never share a schema: beside a SQLite store ``foo.db`` the mirror is the file ``foo.optuna.db``;
+in PostgreSQL it is the schema ``optuna`` of the same database (``options=-csearch_path=optuna``
+on the URL, the schema created if missing). ``optuna-dashboard sqlite:///foo.optuna.db`` opens it.
+
+**What.** The Optuna study has the mpsearch study's name and one trial per completed or failed
+mpsearch trial:
+
+* one categorical parameter per gene, named after the gene, valued by option label, whose
+  choices are every option of the gene;
+* the objective as its value; a multi-objective study (NSGA-II) has two minimized directions,
+  the objective and the average effective bits, so the dashboard draws the Pareto front;
+* user attributes ``mpsearch_trial`` (the trial's number in the store), ``origin``, ``avg_bits``,
+  ``total_bytes``, the stored extras (``perplexity``, ...) and a failed trial's ``error``;
+* the state, COMPLETE or FAIL;
+* the budget as the system attribute ``constraints``, a list of one value: at most 0 within the
+  budget, else the relative excess. optuna-dashboard 0.21 reads only that attribute
+  (``_serializer.py``: ``trial_system_attrs.get("constraints", [])``), not the
+  ``constraints:NAME`` keys Optuna 5's ``set_constraint`` writes; Optuna 5 reads the list too
+  (as constraint ``"0"``), so it is the one form both show.
+
+**Direction.** The store is the source of truth; nothing reads the mirror back into it.
+:meth:`OptunaMirror.sync` adds the trials the mirror lacks, and rebuilds a mirror whose trials
+are not the store's (deleted, edited, another objective count, an earlier study of that name).
+An Optuna study of the same name that mpsearch did not write (it lacks the ``mpsearch`` study
+system attribute) is refused with :class:`MirrorConflictError`, and left alone.
+
+**Speed.** Optuna's ``add_trial`` costs about 70 ms for 36 parameters (a query per parameter to
+check its distribution against earlier trials); the mirror writes a batch of trials through
+Optuna's own table models in one transaction. Optuna is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.space import Budget, SearchSpace
+
+from .errors import StoreError, mask_url
+from .models import COMPLETE, FAILED, RUNNING, TrialRow
+from .store import StudyRecord, TrialStore
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+OPTUNA_SCHEMA = "optuna"
+MARK = "mpsearch"  # study system attribute of a mirror: which mpsearch study it mirrors
+TRIAL_ATTR = "mpsearch_trial"  # user attribute of a mirrored trial: its number in the store
+CONSTRAINTS = "constraints"  # the system attribute optuna-dashboard shows feasibility from
+_FINAL = (COMPLETE, FAILED)
+
+
+class MirrorError(StoreError):
+    """The Optuna mirror of a study cannot be written or read."""
+
+
+class MirrorConflictError(MirrorError):
+    """An Optuna study of the study's name exists and was not written by mpsearch."""
+
+
+def optuna_storage_url(mpsearch_url: str, create_schema: bool = True) -> str:
+    """The Optuna RDB URL beside the store at ``mpsearch_url`` (see the module doc)."""
+    try:
+        url = make_url(mpsearch_url)
+    except ArgumentError:
+        raise SpecError(f"storage.url: {mpsearch_url!r} is not a database URL") from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        db = url.database or ""
+        if db in ("", ":memory:") or db.startswith("file::memory:"):
+            raise SpecError("storage.url: an in-memory SQLite store has no file to put the Optuna "
+                            "study beside; use a SQLite file or PostgreSQL")
+        stem = db[:-3] if db.endswith(".db") else db
+        return url.set(database=f"{stem}.optuna.db").render_as_string(hide_password=False)
+    if backend == "postgresql":
+        derived = url.update_query_dict({"options": f"-csearch_path={OPTUNA_SCHEMA}"})
+        if create_schema:
+            _create_schema(url.render_as_string(hide_password=False))
+        return derived.render_as_string(hide_password=False)
+    raise SpecError(f"storage.url: Optuna studies are kept beside sqlite and postgresql stores, "
+                    f"not {backend!r}")
+
+
+def _create_schema(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with translating_optuna(url, "create the Optuna schema"), engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{OPTUNA_SCHEMA}"'))
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def translating_optuna(url: str, action: str) -> Iterator[None]:
+    """Turn a database or Optuna error inside the block into a one-line :class:`MirrorError`."""
+    import optuna
+
+    try:
+        yield
+    except MirrorError:
+        raise
+    except (SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError) as exc:
+        orig = getattr(exc, "orig", None) or exc
+        reason = " ".join(str(orig).split())[:300] or type(orig).__name__
+        raise MirrorError(f"Optuna storage {mask_url(url)}: cannot {action}: {reason}") from None
+
+
+def budget_constraint(budget: Budget, avg_bits: float, total_bytes: float, feasible: bool) -> float:
+    """Optuna's constraint value of a trial: the relative excess over the tightest bound, at most
+    0 exactly when the stored feasibility flag says the trial is within budget."""
+    excess = []
+    if budget.avg_bits is not None:
+        excess.append(avg_bits / budget.avg_bits - 1)
+    if budget.total_bytes is not None:
+        excess.append(total_bytes / budget.total_bytes - 1)
+    v = max(excess, default=0.0)
+    return min(v, 0.0) if feasible else max(v, 1e-12)  # the flag allows a float's slack
+
+
+def study_budget(study: StudyRecord) -> Budget:
+    """The budget the study was created with."""
+    budget = study.spec.get("budget") or {}
+    return Budget(budget.get("avg_bits"), budget.get("total_bytes"))
+
+
+def distributions(space: SearchSpace) -> dict[str, Any]:
+    """One categorical distribution per gene, over the labels of all its options."""
+    from optuna.distributions import CategoricalDistribution
+
+    return {g.name: CategoricalDistribution([o.label for o in g.options]) for g in space.genes}
+
+
+@dataclass
+class _Progress:
+    """What one :class:`OptunaMirror` knows it has mirrored of one study."""
+
+    optuna_id: int
+    objectives: int
+    count: int  # trials in the Optuna study
+    mirrored: set[int] = field(default_factory=set)  # store numbers mirrored at or above ``low``
+    low: int = 0  # every final trial numbered below is mirrored
+
+
+class OptunaMirror:
+    """Writes the Optuna studies of one store's studies (see the module doc).
+
+    One instance per process is enough; it remembers how far each study is mirrored, so a
+    driver's repeated :meth:`sync` reads only the trials finished since.
+    """
+
+    def __init__(self, store: TrialStore) -> None:
+        self.store = store
+        self.url = optuna_storage_url(store.url)
+        self._rdb: RDBStorage | None = None
+        self._progress: dict[str, _Progress] = {}
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def storage(self) -> RDBStorage:
+        import optuna
+
+        if self._rdb is None:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            with translating_optuna(self.url, "open the Optuna storage"):
+                self._rdb = optuna.storages.RDBStorage(self.url)
+        return self._rdb
+
+    def close(self) -> None:
+        if self._rdb is not None:
+            self._rdb.engine.dispose()
+            self._rdb = None
+        self._progress.clear()
+
+    @contextmanager
+    def _session(self) -> Iterator[Any]:
+        """A session on Optuna's tables; what it added is committed unless the block raises."""
+        scoped = self.storage().scoped_session
+        session = scoped()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            scoped.remove()
+
+    # -- the study ---------------------------------------------------------------------------
+    def _find(self, name: str) -> int | None:
+        try:
+            return self.storage().get_study_id_from_name(name)
+        except KeyError:
+            return None
+
+    def check(self, name: str, study: StudyRecord | None = None) -> None:
+        """Raise :class:`MirrorConflictError` if an Optuna study ``name`` exists that cannot
+        become the mirror of ``study`` (None: a study about to be created). Writes nothing."""
+        with translating_optuna(self.url, f"read Optuna study {name!r}"):
+            optuna_id = self._find(name)
+            if optuna_id is not None and not self._ours(optuna_id, study):
+                raise MirrorConflictError(
+                    f"Optuna study {name!r} in {self.masked_url} was not written by mpsearch; "
+                    "use another study name, or delete that Optuna study")
+
+    def _ours(self, optuna_id: int, study: StudyRecord | None) -> bool:
+        """Whether the Optuna study may be (re)written as ``study``'s mirror: it carries the
+        mpsearch mark, or it is the study the optuna strategy kept before mirrors existed
+        (every trial over the study's genes, every completed one a stored configuration)."""
+        rdb = self.storage()
+        if MARK in rdb.get_study_system_attrs(optuna_id):
+            return True
+        if study is None:
+            return False
+        trials = rdb.get_all_trials(optuna_id, deepcopy=False)
+        labels = {g.name: {o.label for o in g.options} for g in study.space.genes}
+        stored = {tuple(t.choices) for t in self.store.trials(study.name, COMPLETE)}
+        index = {g.name: {o.label: i for i, o in enumerate(g.options)} for g in study.space.genes}
+        for t in trials:
+            if set(t.params) - set(labels):
+                return False
+            if any(v not in labels[k] for k, v in t.params.items()):
+                return False
+            if t.state.name == "COMPLETE":
+                if set(t.params) != set(labels):
+                    return False
+                if tuple(index[g.name][t.params[g.name]] for g in study.space.genes) not in stored:
+                    return False
+        return bool(trials)
+
+    def _mark(self, study: StudyRecord) -> dict[str, Any]:
+        return {"study": study.name, "created_at": study.created_at.isoformat()}
+
+    def _create(self, study: StudyRecord, objectives: int) -> int:
+        import optuna
+        from optuna.study import StudyDirection
+
+        rdb = self.storage()
+        optuna_id = rdb.create_new_study([StudyDirection.MINIMIZE] * objectives, study.name)
+        rdb.set_study_system_attr(optuna_id, MARK, self._mark(study))
+        for key, value in (("model", study.model), ("objective", study.objective),
+                           ("budget", study_budget(study).describe()),
+                           ("store", self.store.masked_url)):
+            rdb.set_study_user_attr(optuna_id, key, value)
+        names = [study.objective] if objectives == 1 else [study.objective, "avg_bits"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.load_study(study_name=study.name, storage=rdb).set_metric_names(names)
+        return optuna_id
+
+    def _open(self, study: StudyRecord, objectives: int) -> _Progress:
+        """The mirror of ``study`` as it is stored, rebuilt empty if it is not the store's."""
+        from optuna.storages._rdb import models as om  # Optuna's own tables (see the module doc)
+
+        rdb = self.storage()
+        optuna_id = self._find(study.name)
+        if optuna_id is not None:
+            if not self._ours(optuna_id, study):
+                self.check(study.name, study)  # raises the conflict
+            mark = rdb.get_study_system_attrs(optuna_id).get(MARK)
+            fresh = (mark == self._mark(study)
+                     and len(rdb.get_study_directions(optuna_id)) == objectives)
+            if fresh:
+                with self._session() as session:
+                    count = session.scalar(select(func.count()).select_from(om.TrialModel)
+                                           .where(om.TrialModel.study_id == optuna_id))
+                    numbers = [json.loads(v) for v in session.scalars(
+                        select(om.TrialUserAttributeModel.value_json)
+                        .join(om.TrialModel)
+                        .where(om.TrialModel.study_id == optuna_id,
+                               om.TrialUserAttributeModel.key == TRIAL_ATTR))]
+                final = set(self._final_numbers(study))
+                if count == len(numbers) == len(set(numbers)) and set(numbers) <= final:
+                    return _Progress(optuna_id, objectives, count or 0, set(numbers))
+            rdb.delete_study(optuna_id)  # ours, but not the store's trials: rebuild it
+        return _Progress(self._create(study, objectives), objectives, 0)
+
+    def _final_numbers(self, study: StudyRecord) -> list[int]:
+        with self.store.engine.connect() as conn:
+            return list(conn.scalars(select(TrialRow.number).where(
+                TrialRow.study_id == study.id, TrialRow.status.in_(_FINAL))))
+
+    # -- trials ------------------------------------------------------------------------------
+    def sync(self, study: StudyRecord, objectives: int = 1) -> int:
+        """Bring the Optuna study of ``study`` up to the store; returns how many trials it
+        added. ``objectives`` is 2 for a multi-objective strategy (objective, avg bits).
+
+        Raises:
+            MirrorConflictError: an Optuna study of that name was not written by mpsearch.
+            MirrorError: the Optuna storage cannot be used.
+        """
+        with translating_optuna(self.url, f"mirror study {study.name!r}"):
+            progress = self._progress.get(study.name)
+            if progress is None or progress.objectives != objectives:
+                progress = self._open(study, objectives)
+                self._progress[study.name] = progress
+            return self._add_new(study, progress)
+
+    def _add_new(self, study: StudyRecord, progress: _Progress) -> int:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(TrialRow).where(
+                TrialRow.study_id == study.id, TrialRow.number >= progress.low)
+                .order_by(TrialRow.number)).all()
+        new = [r for r in rows if r.status in _FINAL and r.number not in progress.mirrored]
+        if new:
+            self._insert(study, progress, new)
+        running = [r.number for r in rows if r.status == RUNNING]
+        top = max((r.number for r in rows), default=progress.low - 1) + 1
+        progress.low = min(running, default=top)
+        progress.mirrored = {n for n in progress.mirrored if n >= progress.low}
+        return len(new)
+
+    def _insert(self, study: StudyRecord, progress: _Progress, rows: list[Any]) -> None:
+        from optuna.distributions import distribution_to_json
+        from optuna.storages._rdb import models as om
+        from optuna.trial import TrialState
+
+        dists = distributions(study.space)
+        genes = study.space.genes
+        dist_json = {name: distribution_to_json(d) for name, d in dists.items()}
+        budget = study_budget(study)
+        with self._session() as session:
+            made = []
+            for i, r in enumerate(rows):
+                ok = r.status == COMPLETE and r.objective is not None and not math.isnan(r.objective)
+                made.append(om.TrialModel(
+                    number=progress.count + i, study_id=progress.optuna_id,
+                    state=TrialState.COMPLETE if ok else TrialState.FAIL,
+                    _datetime_start_utc=r.started_at, _datetime_complete_utc=r.finished_at))
+            session.add_all(made)
+            session.flush()  # the trial ids
+            children: list[Any] = []
+            for trial, r in zip(made, rows, strict=True):
+                tid = trial.trial_id
+                for g, c in zip(genes, r.choices, strict=True):
+                    children.append(om.TrialParamModel(
+                        trial_id=tid, param_name=g.name, distribution_json=dist_json[g.name],
+                        param_value=dists[g.name].to_internal_repr(g.options[c].label)))
+                if trial.state == TrialState.COMPLETE:
+                    values = [r.objective] + ([r.avg_bits] if progress.objectives == 2 else [])
+                    for k, v in enumerate(values):
+                        stored, kind = om.TrialValueModel.value_to_stored_repr(v)
+                        children.append(om.TrialValueModel(trial_id=tid, objective=k,
+                                                           value=stored, value_type=kind))
+                attrs: dict[str, Any] = {TRIAL_ATTR: r.number, "origin": r.origin,
+                                         "avg_bits": r.avg_bits, "total_bytes": r.total_bytes}
+                if r.objective is not None and math.isnan(r.objective):
+                    attrs["objective"] = "nan"
+                attrs.update(r.extra or {})
+                if r.error:
+                    attrs["error"] = r.error
+                children += [om.TrialUserAttributeModel(trial_id=tid, key=k, value_json=json.dumps(v))
+                             for k, v in attrs.items()]
+                excess = budget_constraint(budget, r.avg_bits, r.total_bytes, r.feasible)
+                children.append(om.TrialSystemAttributeModel(
+                    trial_id=tid, key=CONSTRAINTS, value_json=json.dumps([excess])))
+            session.add_all(children)
+        progress.count += len(rows)
+        progress.mirrored.update(r.number for r in rows)
