@@ -41,7 +41,7 @@ from mpsearch.workers.calibration import load_texts
 from mpsearch.workers.config import CalibrationConfig, ModelConfig
 from mpsearch.workers.layers import discover_layers, set_weight_
 from mpsearch.workers.model_loading import inspect_model
-from mpsearch.workers.quantize import quantize_weight
+from mpsearch.workers.registry import quantize_weight
 from mpsearch.workers.worker import Worker, WorkerSetup
 
 LLAMA = {  # name: (hidden, layers, intermediate, heads, kv heads, vocab)

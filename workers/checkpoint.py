@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from mpsearch.spaces.options import QuantOption
@@ -22,9 +21,9 @@ from mpsearch.spaces.space import Candidate, Gene, LayerInfo, SearchSpace
 
 from .config import ModelConfig
 from .errors import WorkerError
-from .layers import get_weight, oriented_shape, quantizable_modules, set_weight_
+from .layers import oriented_shape, quantizable_modules
 from .model_loading import inspect_model, load_model, load_tokenizer
-from .quantize import quantize_weight
+from .registry import needs_calibration
 from .worker import Worker, WorkerSetup
 
 PLAN_FILE = "mpsearch_plan.json"  # the plan, copied beside the weights it produced
@@ -44,29 +43,6 @@ def _planned_modules(model: nn.Module, options: Mapping[str, QuantOption]) -> di
     return modules
 
 
-def quantize_model_(model: nn.Module, options: Mapping[str, QuantOption]) -> int:
-    """Replace each named layer's weight by its quantized-dequantized value; returns how many."""
-    modules = _planned_modules(model, options)
-    with torch.no_grad():
-        for name, option in options.items():
-            module = modules[name]
-            try:
-                quantized = quantize_weight(get_weight(module), option)
-            except ValueError as exc:
-                raise CheckpointError(f"layer {name}: option {option.label} cannot be applied "
-                                      f"from the weights alone: {exc}") from None
-            set_weight_(module, quantized)
-            # Conv1D gets a transposed view; safetensors stores contiguous tensors only
-            module.weight.data = module.weight.data.contiguous()
-    return len(options)
-
-
-def needs_calibration(option: QuantOption) -> bool:
-    """Whether ``option`` compresses with the layer's calibration inputs (GPTQ, Wanda)."""
-    gptq = option.format == "int" and option.rounding == "gptq"
-    return gptq or (option.sparse and option.sparsity_method == "wanda")
-
-
 def _prepare_out(out_dir: str | Path) -> Path:
     """The output directory, created now so an unwritable path fails before the model loads."""
     out = Path(out_dir)
@@ -82,9 +58,20 @@ def _prepare_out(out_dir: str | Path) -> Path:
     return out
 
 
-def _compressed_by_worker(setup: WorkerSetup, options: Mapping[str, QuantOption]) -> nn.Module:
-    """The model with ``options`` applied by a :class:`Worker` on ``setup``'s calibration texts,
-    for options that need the layers' inputs (GPTQ's Hessian, Wanda's activation norms)."""
+def weights_only_setup(model_path: str, kind: str, dtype: str = "float32") -> WorkerSetup:
+    """A worker setup without calibration samples: enough to apply options whose handlers need
+    no statistics (a worker on it refuses GPTQ and Wanda options, naming the layer)."""
+    objective = "kl" if kind == "causal-lm" else "embedding_distortion"
+    return WorkerSetup(model_path=model_path, kind=kind, objective=objective, texts=(),
+                       seq_len=1, dtype=dtype)
+
+
+def plan_worker(setup: WorkerSetup, options: Mapping[str, QuantOption]) -> Worker:
+    """A :class:`Worker` on ``setup`` whose model has ``options`` applied: the one way a plan is
+    applied, so a checkpoint or an export holds the very weights a trial was scored with (each
+    option's handler from :mod:`.registry`, its statistics from ``setup``'s calibration texts).
+    The worker's ``variant(name, option)`` and ``layer_inputs`` serve exports that need the
+    stored parts; layers the plan does not name keep their original weights."""
     model = load_model(setup.model_path, setup.kind, setup.dtype, setup.device)
     modules = _planned_modules(model, options)
     genes = []
@@ -92,10 +79,13 @@ def _compressed_by_worker(setup: WorkerSetup, options: Mapping[str, QuantOption]
         out_f, in_f = oriented_shape(modules[name])
         genes.append(Gene(name, (LayerInfo(name, in_f, out_f),), (option,)))
     worker = Worker(setup, SearchSpace(tuple(genes)), model=model)
-    worker.apply_(Candidate((0,) * len(genes)))
+    try:
+        worker.apply_(Candidate((0,) * len(genes)))
+    except WorkerError as exc:
+        raise CheckpointError(str(exc)) from None
     for name in options:  # own, contiguous copies: the worker's cache may hand out views
         modules[name].weight.data = modules[name].weight.data.contiguous().clone()
-    return worker.model.cpu()
+    return worker
 
 
 def write_checkpoint(model: str, options: Mapping[str, QuantOption], out_dir: str | Path,
@@ -105,9 +95,10 @@ def write_checkpoint(model: str, options: Mapping[str, QuantOption], out_dir: st
     """Load ``model``, compress the layers of ``options``, save model, tokenizer and plan.
 
     ``kind`` is ``auto``, ``causal-lm`` or ``encoder`` (auto: from the config, as a search does);
-    ``dtype`` is the dtype the trial was scored in, and the checkpoint's. Options that need
-    calibration inputs (:func:`needs_calibration`) are compressed by a worker on ``setup``, which
-    must then be given (:func:`scoring_setup` builds it from a plan's provenance).
+    ``dtype`` is the dtype the trial was scored in, and the checkpoint's. The options are applied
+    by :func:`plan_worker` on ``setup``; those that need calibration inputs
+    (:func:`~.registry.needs_calibration`) need ``setup`` given (:func:`scoring_setup` builds it
+    from a plan's provenance); without it the model loads without calibration samples.
     """
     from transformers import AutoTokenizer
 
@@ -117,12 +108,9 @@ def write_checkpoint(model: str, options: Mapping[str, QuantOption], out_dir: st
     if calibrated and setup is None:
         raise CheckpointError(f"layer {calibrated[0]} uses {options[calibrated[0]].label}, which "
                               "needs calibration inputs, and the plan records no calibration")
-    if calibrated:
-        assert setup is not None
-        loaded = _compressed_by_worker(setup, options)
-    else:
-        loaded = load_model(info.path, info.kind, dtype, "cpu")
-        quantize_model_(loaded, options)
+    if setup is None:
+        setup = weights_only_setup(info.path, info.kind, dtype)
+    loaded = plan_worker(setup, options).model.cpu()
     try:
         loaded.save_pretrained(out)
         AutoTokenizer.from_pretrained(info.path).save_pretrained(out)

@@ -1,16 +1,19 @@
 """Floating-point and codebook number formats (FP8, NVFP4, MXFP4, NF4) as pure tensor functions.
 
-Each ``quantize_*`` returns the *dequantized* weight (float32, same shape): what a kernel reading
-the stored format would compute with. Each ``*_encode`` returns the stored parts (values on the
-format's grid and their scales) so tests can check them against the format's definition.
-Blocks run along the input dimension of an ``out × in`` weight, as
-:mod:`mpsearch.spaces.options` charges them. Scales are floored so that an all-zero block divides
-by a positive number and yields zeros, never NaN.
+Each ``*_encode`` returns the stored parts (values on the format's grid and their scales), which
+tests check against the format's definition and exports write; each ``quantize_*`` returns the
+*dequantized* weight (float32, same shape), computed from exactly those parts: what a kernel
+reading the stored format would compute with. Blocks run along the input dimension of an
+``out × in`` weight; their sizes come from the one table of formats, :data:`~mpsearch.spaces.options.LAYOUTS`,
+which also charges them. Scales are floored so that an all-zero block divides by a positive number
+and yields zeros, never NaN. The handlers of :mod:`.registry` dispatch options to these functions.
 """
 
 from __future__ import annotations
 
 import torch
+
+from mpsearch.spaces.options import LAYOUTS
 
 FP16_TINY = torch.finfo(torch.float16).tiny  # smallest normal fp16 number, the floor of fp16 scales
 
@@ -33,7 +36,15 @@ NF4_CODE = (
 )
 
 FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-NVFP4_BLOCK, MXFP4_BLOCK, NF4_BLOCK = 16, 32, 64
+
+
+def _block(fmt: str) -> int:
+    block = LAYOUTS[fmt].block
+    assert block is not None, f"{fmt} has a fixed block"
+    return block
+
+
+NVFP4_BLOCK, MXFP4_BLOCK, NF4_BLOCK = _block("nvfp4"), _block("mxfp4"), _block("nf4")
 E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127
 
@@ -53,17 +64,23 @@ def fp16_scale(scale: torch.Tensor) -> torch.Tensor:
 
 
 # -- FP8 ------------------------------------------------------------------------------------------
-def quantize_fp8(w: torch.Tensor, fmt: str) -> torch.Tensor:
+def fp8_encode(w: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 (``fp8_e4m3`` or ``fp8_e5m2``) with one fp16 scale per output channel.
 
-    s = fp16(max|w_row| / fp8_max); ŵ = float8(clamp(w/s, ±fp8_max)) · s, the cast being torch's
-    (round to nearest even). The clamp saturates values the fp16 rounding of s pushed past the max.
+    s = fp16(max|w_row| / fp8_max); v = float8(clamp(w/s, ±fp8_max)), the cast being torch's
+    (round to nearest even), so ŵ = v · s. The clamp saturates values the fp16 rounding of s pushed
+    past the max. Returns (v in the float8 dtype, out × in; s, out × 1).
     """
     dtype = FP8_DTYPES[fmt]
     fmax = torch.finfo(dtype).max
     x = w.float()
     scale = fp16_scale(x.abs().amax(dim=1, keepdim=True) / fmax)
-    return (x / scale).clamp(-fmax, fmax).to(dtype).float() * scale
+    return (x / scale).clamp(-fmax, fmax).to(dtype), scale
+
+
+def quantize_fp8(w: torch.Tensor, fmt: str) -> torch.Tensor:
+    values, scale = fp8_encode(w, fmt)
+    return values.float() * scale
 
 
 # -- FP4 E2M1 -------------------------------------------------------------------------------------
@@ -133,5 +150,10 @@ def nf4_encode(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize_nf4(w: torch.Tensor) -> torch.Tensor:
     indices, absmax = nf4_encode(w)
-    code = torch.tensor(NF4_CODE, device=w.device)
-    return (code[indices] * absmax).reshape(w.shape)
+    return nf4_decode(indices, absmax).reshape(w.shape)
+
+
+def nf4_decode(indices: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+    """The NF4 values of ``indices`` (blocks × 64) times their blocks' ``absmax``."""
+    code = torch.tensor(NF4_CODE, device=indices.device)
+    return code[indices] * absmax

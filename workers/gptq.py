@@ -114,12 +114,15 @@ def dampened_inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01) -> tuple[
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = None,
                   symmetric: bool = False, block_size: int = 128, percdamp: float = 0.01,
-                  mask: torch.Tensor | None = None) -> torch.Tensor:
+                  mask: torch.Tensor | None = None,
+                  grids: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
     """Ŵ: the weight ``W`` (d_row × d_col) quantized by GPTQ with Hessian ``H`` (d_col × d_col).
 
     ``group_size=None`` is one scale per output channel. ``mask`` (same shape as W, 1 = keep)
     forces pruned weights to zero while GPTQ compensates their error in the remaining columns
-    (SparseGPT with a fixed mask). Returns the dequantized weight in W's dtype.
+    (SparseGPT with a fixed mask). Returns the dequantized weight in W's dtype. ``grids``, if
+    given, receives the (scale, zero) of every group in column order (d_row × 1 each; one pair
+    for per-channel scales): the stored parts an export writes (``registry.IntHandler.encode``).
     """
     d_row, d_col = W.shape
     if group_size is not None and d_col % group_size:
@@ -137,6 +140,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
 
     if group_size is None:  # per channel: one scale per row, from the whole row
         scale, zero, q_min, q_max = grid_params(W, bits, symmetric)
+        if grids is not None:
+            grids.append((scale, zero))
     Q = torch.zeros_like(W)
     for i1 in range(0, d_col, block_size):
         i2 = min(i1 + block_size, d_col)
@@ -147,6 +152,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
         for i in range(i2 - i1):
             if group_size is not None and (i1 + i) % group_size == 0:
                 scale, zero, q_min, q_max = grid_params(W1[:, i:i + group_size], bits, symmetric)
+                if grids is not None:
+                    grids.append((scale, zero))
             w = W1[:, i]
             d = H_inv1[i, i]
             q = quant(w.unsqueeze(1), scale, zero, q_min, q_max).flatten()

@@ -6,10 +6,11 @@ full-precision reference once, compresses each (layer, option) at most once (the
 candidate by swapping only the layers whose option changed since the last candidate, so one
 evaluation costs about one forward pass plus the objective.
 
-GPTQ variants (``option.rounding == "gptq"``) and Wanda pruning need statistics of each layer's
-inputs: the Hessian H = 2XᵀX/n and the column norms ‖X_j‖. They are gathered once, on first need,
-by forward hooks during one pass of the full-precision model over the calibration batches
-(padding excluded); one Hessian per layer serves every GPTQ level of that layer.
+Each option is compressed by its format's handler (:mod:`.registry`). Handlers that need statistics
+of a layer's inputs (GPTQ: the Hessian H = 2XᵀX/n; Wanda: the column norms ‖X_j‖) say so; they are
+gathered once, on first need, by forward hooks during one pass of the full-precision model over
+the calibration batches (padding excluded); one Hessian per layer serves every GPTQ level of that
+layer.
 
 Multi-fidelity: ``Candidate.samples = N`` scores on the first N calibration samples, the same N for
 every candidate (common random numbers), so cheap screening compares candidates on equal terms.
@@ -31,12 +32,11 @@ from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
 from .errors import WorkerError
-from .gptq import HessianAccumulator, gptq_quantize
+from .gptq import HessianAccumulator
 from .layers import get_weight, quantizable_modules, set_weight_
 from .model_loading import load_model, load_tokenizer
 from .objectives import make_objective, slice_reference
-from .quantize import quantize_weight
-from .sparsity import prune_mask
+from .registry import ACT_NORM, HESSIAN, LayerInputs, handler_for, quantize_weight
 from .variant_cache import VariantCache
 
 Batch = dict[str, torch.Tensor]
@@ -188,19 +188,19 @@ class Worker:
         return self.input_stats[name].act_norm
 
     # -- variants -----------------------------------------------------------------------------
+    def layer_inputs(self, name: str, option: QuantOption) -> LayerInputs:
+        """The statistics of layer ``name``'s inputs that ``option``'s handler asks for."""
+        needs = handler_for(option).statistics(option)
+        if needs and not self.batches:
+            raise WorkerError(f"layer {name} uses {option.label}, which needs calibration "
+                              "inputs, and there are no calibration samples")
+        return LayerInputs(hessian=self.hessian(name) if HESSIAN in needs else None,
+                           act_norm=self.act_norm(name) if ACT_NORM in needs else None,
+                           gptq_percdamp=self.setup.gptq_percdamp,
+                           gptq_block_size=self.setup.gptq_block_size)
+
     def _compress(self, name: str, option: QuantOption) -> torch.Tensor:
-        w = self.original[name]
-        wanda = option.sparse and option.sparsity_method == "wanda"
-        act_norm = self.act_norm(name) if wanda else None
-        if option.format == "int" and option.rounding == "gptq":
-            mask = None
-            if option.sparse:  # prune as the option says, then GPTQ the survivors (SparseGPT-like)
-                mask = prune_mask(w, option.sparsity, option.sparsity_pattern,
-                                  option.sparsity_method, act_norm)
-            return gptq_quantize(w, self.hessian(name), option.bits, option.group_size,
-                                 option.symmetric, self.setup.gptq_block_size,
-                                 self.setup.gptq_percdamp, mask)
-        return quantize_weight(w, option, act_norm=act_norm)
+        return quantize_weight(self.original[name], option, inputs=self.layer_inputs(name, option))
 
     def variant(self, name: str, option: QuantOption) -> torch.Tensor:
         """The weight of layer ``name`` under ``option`` (device or host), computed once."""

@@ -16,7 +16,8 @@ from mpsearch.workers.formats import (
     quantize_fp8,
     round_e2m1,
 )
-from mpsearch.workers.quantize import CLIP_SHRINKS, quantize_weight
+from mpsearch.workers.quantize import CLIP_SHRINKS
+from mpsearch.workers.registry import quantize_weight
 
 FP16_TINY = 2.0**-14
 E2M1 = np.array(sorted({s * v for v in E2M1_GRID for s in (1, -1)}))

@@ -12,7 +12,7 @@ from mpsearch.workers.gptq import (
     hessian_error,
     output_error,
 )
-from mpsearch.workers.quantize import quantize_weight
+from mpsearch.workers.registry import quantize_weight
 
 
 def correlated_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mpsearch.spaces import QuantOption, parse_option
-from mpsearch.workers.quantize import quantize_weight
+from mpsearch.workers.registry import quantize_weight
 
 FP16_TINY = 2.0**-14  # smallest normal fp16 number
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mpsearch.spaces import parse_option
-from mpsearch.workers.quantize import quantize_dense, quantize_weight
+from mpsearch.workers.registry import quantize_dense, quantize_weight
 from mpsearch.workers.sparsity import prune_mask
 
 
