@@ -100,3 +100,18 @@ class LeaseRow(Base):
     acquired_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class StrategySwitchRow(Base):
+    """A change of strategy (``resume --searcher``): from trial ``from_trial`` on, the study's
+    candidates come from strategy ``name`` with ``params``; before it, from the spec's strategy
+    or the previous switch. Rows are only added (see :mod:`.strategies`)."""
+
+    __tablename__ = "mps_strategy_switch"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("mps_study.id"), index=True)
+    from_trial: Mapped[int]
+    name: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    switched_at: Mapped[datetime]
