@@ -1,6 +1,7 @@
 """Coordinator overhead: trials per second through the whole search loop with a no-op objective.
 
-Everything a real search does except the evaluation itself: the evolutionary searcher asks, each
+Everything a real search does except the evaluation itself, through the product's driver
+(``cluster/driver.py``) with Ray actors that answer at once: the evolutionary searcher asks, each
 trial is numbered and written (``running``) before dispatch, candidates go to Ray worker actors,
 results come back through ``ray.wait``, are written and told to the searcher, under the study's
 lease with its heartbeat. Stores: a SQLite file and PostgreSQL (a temporary database, dropped).
@@ -22,15 +23,12 @@ import uuid
 
 import ray
 
+from mpsearch.cluster.driver import drive
 from mpsearch.cluster.executor import RayExecutor
-from mpsearch.cluster.job import StoreRecorder
-from mpsearch.cluster.resume import RequeueSearcher, replay
 from mpsearch.cluster.spec import SPEC_VERSION
-from mpsearch.searcher import SearcherConfig, make_searcher, run_search
+from mpsearch.searcher import SearcherConfig
 from mpsearch.spaces import Budget, LayerInfo, LayerRule, build_space, parse_option
 from mpsearch.storage import TrialStore
-from mpsearch.storage.lease import StudyLease
-from mpsearch.storage.writer import TrialWriter
 from mpsearch.workers.worker import EvalOutcome
 
 PG_ADMIN = os.environ.get("MPSEARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -66,19 +64,21 @@ def one_run(url: str, workers: int, trials: int, depth: int, layers: int) -> flo
     study, _ = store.open_study(name, {"version": SPEC_VERSION}, {"n": name}, space, "noop",
                                 "noop", trials)
     config = SearcherConfig(name="evolutionary", params={"offspring": 32}, baselines=False)
-    with StudyLease(store, study.id, name) as lease:
-        searcher, rep = replay(lambda: make_searcher(config, space, budget, 0), [])
-        wrapped = RequeueSearcher(searcher, rep.owed)
-        writer = TrialWriter(store, study.id, 0)
-        recorder = StoreRecorder(writer, wrapped, lease)
-        executor = RayExecutor(None, space, workers, cpus=0.5, actor_cls=NoopActor, depth=depth,
-                               before_dispatch=recorder.flush)
-        start = time.perf_counter()
-        stats = run_search(wrapped, executor, recorder, trials, space, budget)
-        recorder.flush(final=True)
-        seconds = time.perf_counter() - start
-        executor.shutdown()
-        writer.close()
+    clock: list[float] = []  # the loop's span: actors up → final flush done
+
+    class TimedExecutor(RayExecutor):
+        def shutdown(self) -> None:
+            clock.append(time.perf_counter())
+            super().shutdown()
+
+    def make_executor(recorder):
+        executor = TimedExecutor(None, space, workers, cpus=0.5, actor_cls=NoopActor,
+                                 depth=depth, before_dispatch=recorder.flush)
+        clock.append(time.perf_counter())
+        return executor
+
+    stats = drive(store, study, config, budget, make_executor).stats
+    seconds = clock[1] - clock[0]
     assert stats.completed == trials and store.counts(name) == {"complete": trials}
     store.close()
     return trials / seconds

@@ -104,6 +104,19 @@ class RayExecutor:
         self.actors[index] = self._spawn(index)
         self.starting[self.actors[index].name.remote()] = index
 
+    # -- what a task is (a subclass sends other work to the same actors, e.g. profiling) --------
+    def _call(self, actor: Any, candidate: Any) -> ray.ObjectRef:
+        """Start the work of one submitted item on ``actor``."""
+        return actor.evaluate.remote(candidate)
+
+    def _outcome(self, label: str, result: Any) -> Any:
+        """What :meth:`collect` reports for a finished item (the actor returned ``label, result``)."""
+        return Outcome(result.objective, result.seconds, label, result.error, dict(result.extra))
+
+    def _failed(self, candidate: Any, reason: str) -> Any:
+        """What :meth:`collect` reports for an item that kept killing workers."""
+        return Outcome(None, 0.0, "", reason)
+
     # -- the Executor protocol ---------------------------------------------------------------
     @property
     def slots(self) -> int:
@@ -121,8 +134,8 @@ class RayExecutor:
             key, candidate, attempts = self.queued.pop(0)
             index = self.idle.pop()
             actor = self.actors[index]
-            self.running[actor.evaluate.remote(candidate)] = _Flight(key, candidate, index,
-                                                                     actor, attempts)
+            self.running[self._call(actor, candidate)] = _Flight(key, candidate, index, actor,
+                                                                 attempts)
 
     def collect(self) -> list[tuple[int, Outcome]]:
         """Block until at least one candidate has an outcome; return every one that has.
@@ -150,10 +163,8 @@ class RayExecutor:
                 if isinstance(value, RayActorError):
                     self._worker_died(flight, value, done)
                     continue
-                label, result = value
                 self.idle.append(flight.slot)
-                done.append((flight.key, Outcome(result.objective, result.seconds, label,
-                                                 result.error, dict(result.extra))))
+                done.append((flight.key, self._outcome(*value)))
             if not done:
                 self._dispatch()  # re-dispatched candidates, freshly started workers
         return done
@@ -187,8 +198,8 @@ class RayExecutor:
             self._replace(flight.slot, exc)
         attempts = flight.attempts + 1
         if attempts >= self.max_attempts:
-            done.append((flight.key, Outcome(
-                None, 0.0, "", f"worker died {attempts} times evaluating this candidate: "
+            done.append((flight.key, self._failed(
+                flight.candidate, f"worker died {attempts} times evaluating this candidate: "
                 f"{first_line(exc)}")))
         else:
             self.redispatched += 1

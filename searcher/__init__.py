@@ -3,7 +3,7 @@
 Importing this package loads neither torch, Ray nor a database driver.
 """
 
-from .base import Evaluation, SearchContext, Searcher, SearcherParams
+from .base import Evaluation, Needs, SearchContext, Searcher, SearcherParams
 from .dynamic_program import dp_frontier, solve_dp
 from .evolutionary import EvolutionarySearcher
 from .hybrid import HybridSearcher
@@ -14,7 +14,7 @@ from .optuna_search import OptunaSearcher
 from .population import PopulationEvolutionarySearcher
 from .profiling import ProfileMeasurer, normalize_profile
 from .random_search import RandomSearcher
-from .registry import SEARCHERS, SearcherConfig, make_searcher, searcher_class
+from .registry import SEARCHERS, SearcherConfig, make_searcher, searcher_class, searcher_needs
 from .sequential import SequentialSearcher
 from .uniform import UniformSearcher
 
@@ -27,6 +27,7 @@ __all__ = [
     "IntegerProgramSearcher",
     "Knapsack",
     "LoopStats",
+    "Needs",
     "OptunaSearcher",
     "Outcome",
     "PopulationEvolutionarySearcher",
@@ -48,6 +49,7 @@ __all__ = [
     "pareto_sweep",
     "run_search",
     "searcher_class",
+    "searcher_needs",
     "solve",
     "solve_dp",
     "solve_milp",

@@ -14,7 +14,9 @@ Contract (who calls what):
 Searchers see plain values only (the space, the budget, results): no torch, Ray or database.
 What a strategy may need from the job beyond that (the study's name, where an Optuna study is
 stored, a sensitivity profile read from the database) comes as a :class:`SearchContext` value,
-optional: every strategy runs without one.
+optional: every strategy runs without one. A strategy declares what it wants filled in on its
+class (:meth:`Searcher.needs`, a :class:`Needs`); the driver (``cluster/driver.py``) reads the
+declaration through the registry and provides it, without knowing strategy names.
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ class SearchContext:
     proxy: Mapping[tuple[Any, Any], float] | None = None
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What a strategy asks the driver to put into its :class:`SearchContext`.
+
+    ``profile``: the sensitivity profile already stored for the model and calibration data.
+    ``proxy``: the space's proxy errors (computed on a worker before the search starts).
+    ``storage``: a database URL where the strategy keeps its own state (an Optuna study).
+    """
+
+    profile: bool = False
+    proxy: bool = False
+    storage: bool = False
+
+
 class SearcherParams(BaseModel):
     """Base of each strategy's parameters; unknown names are refused."""
 
@@ -70,6 +86,8 @@ class Searcher(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[SearcherParams]] = SearcherParams
+    # What the driver must provide in the context (see :meth:`needs`); nothing by default.
+    NEEDS: ClassVar[Needs] = Needs()
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0,
                  params: SearcherParams | None = None,
@@ -79,6 +97,12 @@ class Searcher(ABC):
         self.seed = seed
         self.params = params if params is not None else self.Params()
         self.context = context if context is not None else SearchContext()
+
+    @classmethod
+    def needs(cls, params: SearcherParams) -> Needs:
+        """What this strategy, with ``params``, wants in its context: ``NEEDS`` unless a strategy
+        makes it depend on its parameters (a proxy only with ``proxy: true``)."""
+        return cls.NEEDS
 
     @abstractmethod
     def ask(self, n: int) -> list[Candidate]:

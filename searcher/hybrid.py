@@ -23,9 +23,16 @@ from pydantic import Field
 
 from mpsearch.spaces.space import Candidate
 
-from .base import Evaluation, Searcher
+from .base import Evaluation, Needs, Searcher, SearcherParams
 from .evolutionary import EvolutionaryParams, EvolutionarySearcher
-from .ip_searcher import IntegerProgramParams, ProfileParams, as_feasible, profile_measurer, solve_profile
+from .ip_searcher import (
+    IntegerProgramParams,
+    ProfileParams,
+    as_feasible,
+    profile_measurer,
+    profile_needs,
+    solve_profile,
+)
 from .levels import LevelMap
 from .profiling import loss_matrix
 
@@ -76,6 +83,10 @@ def corrected_loss(loss: np.ndarray, choices: np.ndarray, values: np.ndarray,
 class HybridSearcher(Searcher):
     name = "hybrid"
     Params = HybridParams
+
+    @classmethod
+    def needs(cls, params: SearcherParams) -> Needs:
+        return profile_needs(params)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -18,7 +18,7 @@ from pydantic import Field
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace
 
-from .base import Evaluation, SearchContext, Searcher, SearcherParams
+from .base import Evaluation, Needs, SearchContext, Searcher, SearcherParams
 from .dynamic_program import dp_frontier, solve_dp
 from .integer_program import Knapsack, Solution, pareto_sweep, solve
 from .levels import LevelMap, budget_bits_per_weight, repair_down
@@ -54,6 +54,11 @@ class ProfileParams(SearcherParams):
     # Measure one option per gene and scale the others by the proxy (``context.proxy``, which
     # the job runner computes on a worker): one probe per gene instead of one per option.
     proxy: bool = False
+
+
+def profile_needs(params: SearcherParams) -> Needs:
+    """A profile-driven strategy's needs: the stored profile, and proxies with ``proxy: true``."""
+    return Needs(profile=True, proxy=bool(getattr(params, "proxy", False)))
 
 
 def profile_measurer(space: SearchSpace, budget: Budget, p: ProfileParams, context: SearchContext,
@@ -116,6 +121,10 @@ def as_feasible(space: SearchSpace, budget: Budget, choices: Sequence[int], orig
 class IntegerProgramSearcher(Searcher):
     name = "integer-program"
     Params = IntegerProgramParams
+
+    @classmethod
+    def needs(cls, params: SearcherParams) -> Needs:
+        return profile_needs(params)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -42,7 +42,7 @@ from pydantic import Field
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Candidate
 
-from .base import Evaluation, Searcher, SearcherParams
+from .base import Evaluation, Needs, Searcher, SearcherParams
 from .levels import LevelMap, budget_window, repair_down
 
 _DRAWS_PER_SLOT = 20  # Optuna draws per proposal before giving up (pruned repeats and repairs)
@@ -63,6 +63,7 @@ class OptunaParams(SearcherParams):
 class OptunaSearcher(Searcher):
     name = "optuna"
     Params = OptunaParams
+    NEEDS = Needs(storage=True)  # its Optuna study, in a database beside the store
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, SearchSpace
 
-from .base import SearchContext, Searcher
+from .base import Needs, SearchContext, Searcher
 from .evolutionary import EvolutionarySearcher
 from .hybrid import HybridSearcher
 from .ip_searcher import IntegerProgramSearcher
@@ -54,6 +54,13 @@ def searcher_class(name: str) -> type[Searcher]:
     except KeyError:
         raise SpecError(f"searcher.name: unknown strategy {name!r}; valid: "
                         f"{', '.join(sorted(SEARCHERS))}") from None
+
+
+def searcher_needs(config: SearcherConfig) -> Needs:
+    """What the configured strategy declares it needs from the driver (its class's ``needs``);
+    the uniform baselines before it need nothing."""
+    cls = searcher_class(config.name)
+    return cls.needs(cls.Params(**config.params))
 
 
 def make_searcher(config: SearcherConfig, space: SearchSpace, budget: Budget,

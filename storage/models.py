@@ -15,6 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 RUNNING, COMPLETE, FAILED = "running", "complete", "failed"  # trial states
 FINISHED = "finished"  # a study that reached its evaluation budget
+STOPPED = "stopped"  # a study that ended short of its budget (too many failures, or exhausted)
 
 
 class Base(DeclarativeBase):

@@ -1,9 +1,10 @@
 """A search on a 2-node local Ray cluster with a failure injected; run as its own process.
 
 ``python multinode_scenario.py SCENARIO DB_URL EVALUATIONS`` starts a ``ray.cluster_utils.Cluster``
-(a head and one worker node, its own temp dir), runs the search loop with the real executor,
-recorder and store over a cheap deterministic actor, and injects ``SCENARIO`` mid-search:
-``kill-actor`` (SIGKILL one worker's process) or ``remove-node`` (the worker node disappears).
+(a head and one worker node, its own temp dir), runs a session of the product's driver
+(``cluster/driver.py``) with the real executor over a cheap deterministic actor, and injects
+``SCENARIO`` mid-search: ``kill-actor`` (SIGKILL one worker's process) or ``remove-node`` (the
+worker node disappears).
 It prints one JSON line: what the executor saw. The caller checks the database.
 
 A multi-node cluster cannot share a process with the test session's Ray instance, hence a script.
@@ -21,14 +22,11 @@ import time
 import ray
 from ray.cluster_utils import Cluster
 
+from mpsearch.cluster.driver import drive
 from mpsearch.cluster.executor import RayExecutor
-from mpsearch.cluster.job import StoreRecorder
-from mpsearch.cluster.resume import RequeueSearcher, replay
-from mpsearch.searcher import SearcherConfig, make_searcher, run_search
+from mpsearch.searcher import SearcherConfig
 from mpsearch.spaces import Budget, LayerInfo, LayerRule, build_space, parse_option
 from mpsearch.storage import TrialStore
-from mpsearch.storage.lease import StudyLease
-from mpsearch.storage.writer import TrialWriter
 
 OPTIONS = tuple(parse_option(o) for o in ("int2-g128-asym", "int3-g128-asym", "int4-g128-asym",
                                           "int8-g128-asym", "fp16"))
@@ -73,40 +71,40 @@ def main(scenario: str, url: str, evaluations: int) -> None:
     store = TrialStore(url)
     study, _ = store.open_study(scenario, {}, {}, space, "synthetic", "sum", evaluations)
     config = SearcherConfig(name="evolutionary", params={"offspring": 6})
-    with StudyLease(store, study.id, scenario) as lease:
-        searcher, rep = replay(lambda: make_searcher(config, space, budget, 0), [])
-        wrapped = RequeueSearcher(searcher, rep.owed)
-        writer = TrialWriter(store, study.id, 0)
-        recorder = StoreRecorder(writer, wrapped, lease)
+    seen: dict = {}
+    results, injected = 0, False
+    worker_node_id = worker_node.node_id[:8]
+    executor: RayExecutor | None = None
+
+    def make_executor(recorder):
+        nonlocal executor
         executor = RayExecutor(0.2, space, 3, cpus=1, actor_cls=SleepyActor,
                                before_dispatch=recorder.flush, start_timeout=60)
-        nodes_at_start = sorted({label.split("@")[1].split(":")[0] for label in executor.labels})
-        results, injected = 0, False
-        worker_node_id = worker_node.node_id[:8]
+        seen["nodes_at_start"] = sorted({label.split("@")[1].split(":")[0]
+                                         for label in executor.labels})
+        return executor
 
-        def inject(*_):
-            """Once a third of the results are in, hit a worker that is evaluating right now."""
-            nonlocal results, injected
-            results += 1
-            busy = [executor.actors[f.slot] for f in executor.running.values()
-                    if scenario == "kill-actor"
-                    or executor.labels[f.slot].split("@")[1].startswith(worker_node_id)]
-            if injected or results < evaluations // 3 or not busy:
-                return
-            injected = True
-            if scenario == "kill-actor":
-                os.kill(ray.get(busy[0].pid.remote()), signal.SIGKILL)
-            else:
-                cluster.remove_node(worker_node, allow_graceful=False)
+    def inject(*_):
+        """Once a third of the results are in, hit a worker that is evaluating right now."""
+        nonlocal results, injected
+        assert executor is not None
+        results += 1
+        busy = [executor.actors[f.slot] for f in executor.running.values()
+                if scenario == "kill-actor"
+                or executor.labels[f.slot].split("@")[1].startswith(worker_node_id)]
+        if injected or results < evaluations // 3 or not busy:
+            return
+        injected = True
+        if scenario == "kill-actor":
+            os.kill(ray.get(busy[0].pid.remote()), signal.SIGKILL)
+        else:
+            cluster.remove_node(worker_node, allow_graceful=False)
 
-        stats = run_search(wrapped, executor, recorder, evaluations, space, budget,
-                           on_result=inject)
-        recorder.flush(final=True)
-        writer.close()
-        print("RESULT", json.dumps({"completed": stats.completed, "failed": stats.failed,
-                          "replaced": executor.replaced, "redispatched": executor.redispatched,
-                          "nodes_at_start": nodes_at_start}), flush=True)
-        executor.shutdown()
+    result = drive(store, study, config, budget, make_executor, on_result=inject)
+    assert executor is not None
+    print("RESULT", json.dumps({"completed": result.stats.completed,
+                                "failed": result.stats.failed, "replaced": executor.replaced,
+                                "redispatched": executor.redispatched, **seen}), flush=True)
     ray.shutdown()
     cluster.shutdown()
 

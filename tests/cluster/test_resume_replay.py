@@ -1,6 +1,8 @@
 """Resume without Ray: replaying stored trials rebuilds the searcher; owed candidates are re-run.
 
-A driver "crashes" (an exception out of the loop) with evaluations in flight; resuming must end
+Each session is the product's driver (``cluster/driver.py``) over a synthetic executor. A driver
+"crashes" (it dies after some results: nothing more is written) with evaluations in flight and
+results it told the searcher but never committed; resuming must end
 with exactly the requested completed trials, no candidate evaluated twice, and the same best
 configuration as a run that was never interrupted.
 """
@@ -10,14 +12,12 @@ from collections import Counter
 
 import pytest
 
-from mpsearch.cluster.job import StoreRecorder
-from mpsearch.cluster.resume import RequeueSearcher, replay
-from mpsearch.searcher import SearcherConfig, make_searcher, run_search
+from mpsearch.cluster.driver import drive as run_session
+from mpsearch.searcher import SearcherConfig
 from mpsearch.searcher.loop import Outcome
 from mpsearch.spaces import Budget, LayerInfo, LayerRule, build_space, parse_option
 from mpsearch.storage import COMPLETE, TrialStore
 from mpsearch.storage.lease import LeaseLostError, StudyLease, StudyLeasedError
-from mpsearch.storage.writer import TrialWriter
 
 OPTIONS = tuple(parse_option(o) for o in ("int2-g128-asym", "int3-g128-asym", "int4-g128-asym",
                                           "int8-g128-asym", "fp16"))
@@ -54,6 +54,9 @@ class ShuffledExecutor:
     def submit(self, key, candidate):
         self.pending.append((key, candidate))
 
+    def shutdown(self):
+        self.pending = []
+
     def collect(self):
         if self.before_dispatch:
             self.before_dispatch()
@@ -68,36 +71,36 @@ class Crash(Exception):
 
 
 def drive(store, name, evaluations, order_seed, crash_after=None, extend=0):
-    """What run_job does, with a synthetic executor; ``crash_after`` results, raise."""
+    """A session of the product's driver over a synthetic executor; ``crash_after`` results, the
+    driver dies: nothing more reaches the database (the buffered tail is lost, as in a SIGKILL)."""
     config = SearcherConfig(name="evolutionary", params={"offspring": 6})
     study, _ = store.open_study(name, {"n": name}, {"n": name}, SPACE, "m", "o", evaluations)
-    with StudyLease(store, study.id, name) as lease:
-        store.mark_running_failed(study.id, "driver stopped")
-        if extend:
-            store.set_evaluations(study.id, study.evaluations + extend)
-        study = store.study(name)
-        searcher, rep = replay(lambda: make_searcher(config, SPACE, BUDGET, 0), store.trials(name))
-        wrapped = RequeueSearcher(searcher, rep.owed)
-        writer = TrialWriter(store, study.id, 0)
-        recorder = StoreRecorder(writer, wrapped, lease)
-        executor = ShuffledExecutor(3, order_seed, recorder.flush)
-        seen = 0
+    seen, dead = 0, False
 
-        def on_result(*_):
-            nonlocal seen
-            seen += 1
-            if crash_after is not None and seen >= crash_after:
+    def make_executor(recorder):
+        commit = recorder.writer.flush
+
+        def flush_unless_dead():
+            if dead:
                 raise Crash()
+            commit()
 
-        try:
-            run_search(wrapped, executor, recorder, study.evaluations - rep.completed, SPACE,
-                       BUDGET, on_result=on_result)
-        except Crash:
-            writer.close()  # the buffered turn is lost, as in a SIGKILL
-            return rep
-        recorder.flush(final=True)
-        writer.close()
-        return rep
+        recorder.writer.flush = flush_unless_dead
+        return ShuffledExecutor(3, order_seed, recorder.flush)
+
+    def on_result(*_):
+        nonlocal seen, dead
+        seen += 1
+        if crash_after is not None and seen >= crash_after:
+            dead = True
+            raise Crash()
+
+    try:
+        result = run_session(store, study, config, BUDGET, make_executor, extend=extend,
+                             on_result=on_result)
+    except Crash:
+        return None
+    return result
 
 
 def best(store, name):
@@ -110,8 +113,8 @@ def test_resume_matches_uninterrupted_run(store_url, crashes):
     drive(store, "clean", 40, order_seed=1)
     for i, at in enumerate(crashes):
         drive(store, "crashy", 40, order_seed=10 + i, crash_after=at)
-    rep = drive(store, "crashy", 40, order_seed=99)
-    assert rep.diverged is None
+    result = drive(store, "crashy", 40, order_seed=99)
+    assert result.replay_note is None
     trials = store.trials("crashy")
     complete = [t for t in trials if t.status == COMPLETE]
     assert len(complete) == 40

@@ -1,0 +1,193 @@
+"""The driver of a study session: lease → recover → replay → requeue → writer → loop → flush/close.
+
+This is the one recipe every way of running a search goes through: ``mpsearch run`` and
+``resume`` and a submitted job (via :func:`mpsearch.cluster.job.run_job`), the resume and fault
+tests and the benchmarks. Each caller brings its own executor (Ray actors in production, a
+function call in tests, no-op actors in the benchmark) through an :data:`ExecutorFactory`; the
+driver owns everything else:
+
+1. take the study's lease (:class:`~mpsearch.storage.lease.StudyLease`), so no second driver
+   writes its trials;
+2. mark the trials a dead driver left ``running`` as interrupted, add ``extend`` evaluations;
+3. build the strategy with what its class declares it needs (:meth:`Searcher.needs`: a stored
+   profile, proxy errors, a database for its own state) and replay the stored trials into it
+   (:mod:`.resume`); candidates it asked for and never got back are re-dispatched first;
+4. run the loop (:func:`~mpsearch.searcher.loop.run_search`) with a :class:`StoreRecorder` over the
+   buffered :class:`~mpsearch.storage.writer.TrialWriter`: the one write path of trials;
+5. flush what was learned, stop the executor, close the writer, set the study's status.
+
+**What survives a crash.** A result counts (is *acknowledged*) once the writer committed it. What
+the searcher was told but the writer had not committed yet is, after a crash, exactly like an
+evaluation in flight: the replay rebuilds the searcher to the last commit, and the trial is
+dispatched again. An exception out of the loop (a worker error, a lost lease, Ctrl-C) still
+flushes what was buffered before it propagates; only a killed process loses the uncommitted tail.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mpsearch.searcher.base import Needs, SearchContext, Searcher
+from mpsearch.searcher.loop import Executor, LoopStats, Outcome, run_search
+from mpsearch.searcher.registry import SearcherConfig, make_searcher, searcher_needs
+from mpsearch.spaces.space import Budget, Candidate, Cost
+from mpsearch.storage.lease import DEFAULT_TTL, StudyLease
+from mpsearch.storage.models import FINISHED, STOPPED
+from mpsearch.storage.optuna_mirror import optuna_storage_url
+from mpsearch.storage.profiles import ProfileKey, load_profile
+from mpsearch.storage.store import StudyRecord, TrialStore
+from mpsearch.storage.writer import TrialWriter
+
+from .resume import RequeueSearcher, replay
+
+
+class SessionExecutor(Executor, Protocol):
+    """An executor the driver can stop: the loop's :class:`Executor` plus ``shutdown``."""
+
+    def shutdown(self) -> None: ...
+
+
+# Builds the session's executor once the loop is about to run (nothing is started for a study
+# that already has its evaluations). It receives the recorder: an executor calls
+# ``recorder.flush`` before it dispatches and before it blocks on results.
+ExecutorFactory = Callable[["StoreRecorder"], SessionExecutor]
+
+
+class JobResources(Protocol):
+    """What the driver fetches for a strategy that declares a need beyond the space (see
+    :class:`~mpsearch.searcher.base.Needs`); a session without it (tests, benchmarks) runs
+    strategies that need nothing."""
+
+    def profile_key(self) -> ProfileKey:
+        """The key of the model's stored sensitivity profile (model, calibration, objective)."""
+        ...
+
+    def proxies(self) -> Mapping[tuple[str, str], float]:
+        """The space's proxy errors by (gene, option label), computed where a worker runs."""
+        ...
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """What a session did: the study afterwards, the loop's counts, what it resumed from."""
+
+    study: StudyRecord
+    stats: LoopStats
+    seconds: float
+    resumed_trials: int  # completed trials stored before this session
+    requeued: int = 0  # candidates a stopped driver left in flight, dispatched again
+    replay_note: str | None = None  # why the exact replay was abandoned, if it was
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` as plain JSON (a non-finite float becomes its string), for the state snapshot."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value) if isinstance(value, set | frozenset) else value
+        return [_json_safe(v) for v in items]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+class StoreRecorder:
+    """The loop's recorder: trials are numbered in memory and written by the writer.
+
+    ``flush`` runs (through the executor) before candidates are sent and before the driver blocks
+    on results; it checks the lease first, so a driver that lost its study writes nothing more.
+    """
+
+    def __init__(self, writer: TrialWriter, searcher: Searcher, lease: StudyLease | None = None,
+                 state_every: float = 1.0) -> None:
+        self.writer, self.searcher, self.lease = writer, searcher, lease
+        self.state_every = state_every
+        self._state_at = -math.inf
+
+    def start(self, candidate: Candidate, cost: Cost, feasible: bool) -> int:
+        retry = self.searcher.retry_of(candidate) if isinstance(
+            self.searcher, RequeueSearcher) else None
+        return self.writer.start(candidate, cost.avg_bits, cost.total_bytes, feasible, retry)
+
+    def finish(self, key: int, candidate: Candidate, outcome: Outcome) -> None:
+        self.writer.finish(key, outcome.objective, outcome.worker or None, outcome.error,
+                           outcome.seconds, outcome.extra)
+
+    def flush(self, final: bool = False) -> None:
+        if self.lease is not None:
+            self.lease.check()
+        now = time.monotonic()
+        if final or now - self._state_at >= self.state_every:
+            self.writer.set_state(_json_safe(self.searcher.state()))
+            self._state_at = now
+        self.writer.flush()
+
+
+def search_context(needs: Needs, study: StudyRecord, store: TrialStore,
+                   resources: JobResources | None) -> SearchContext:
+    """The context a strategy declared it needs; what a session cannot provide stays None (the
+    strategy then measures its profile itself, or says what it lacks)."""
+    storage = optuna_storage_url(store.url) if needs.storage else None
+    profile = None
+    if needs.profile and resources is not None:
+        rows = load_profile(store, resources.profile_key())
+        profile = {key: row.delta for key, row in rows.items() if row.delta is not None} or None
+    proxy = resources.proxies() if needs.proxy and resources is not None else None
+    return SearchContext(study=study.name, storage=storage, profile=profile, proxy=proxy)
+
+
+def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budget: Budget,
+          make_executor: ExecutorFactory, *, seed: int = 0,
+          resources: JobResources | None = None, extend: int = 0,
+          lease_ttl: float = DEFAULT_TTL,
+          on_start: Callable[[StudyRecord, int], None] | None = None,
+          on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None,
+          ) -> SessionResult:
+    """Run, continue or extend ``study`` (already opened in ``store``) until it has its completed
+    evaluations; see the module docstring for the steps and what survives a crash.
+
+    ``on_start(study, completed)`` is called once the stored trials are replayed, ``on_result``
+    after every result. Raises :class:`~mpsearch.storage.lease.StudyLeasedError` when another
+    driver holds the study, and whatever the executor or the store raise (after flushing).
+    """
+    start = time.perf_counter()
+    with StudyLease(store, study.id, study.name, ttl=lease_ttl) as lease:
+        store.mark_running_failed(study.id, "driver stopped before the result arrived")
+        if extend:
+            store.set_evaluations(study.id, study.evaluations + extend)
+        study = store.study(study.name)
+        context = search_context(searcher_needs(searcher), study, store, resources)
+        space = study.space
+        strategy, replayed = replay(
+            lambda: make_searcher(searcher, space, budget, seed, context),
+            store.trials(study.name))
+        if on_start is not None:
+            on_start(study, replayed.completed)
+        remaining = study.evaluations - replayed.completed
+        stats = LoopStats(stopped_because="the study already has its evaluations")
+        if remaining > 0:
+            wrapped = RequeueSearcher(strategy, replayed.owed)
+            writer = TrialWriter(store, study.id, seed)
+            recorder = StoreRecorder(writer, wrapped, lease)
+            try:
+                executor = make_executor(recorder)
+                try:
+                    stats = run_search(wrapped, executor, recorder, remaining, space, budget,
+                                       on_result=on_result)
+                finally:
+                    try:
+                        recorder.flush(final=True)
+                    finally:
+                        executor.shutdown()
+            finally:
+                writer.close()
+        done = replayed.completed + stats.completed
+        store.set_study_status(study.id, FINISHED if done >= study.evaluations else STOPPED)
+    return SessionResult(store.study(study.name), stats, time.perf_counter() - start,
+                         replayed.completed, len(replayed.owed), replayed.diverged)
