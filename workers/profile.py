@@ -11,7 +11,7 @@ no forward pass of the candidate:
 
 Pure functions of a :class:`~.worker.Worker`; the profile leaves the worker at full precision.
 Storage (so a second study reuses them) is :mod:`mpsearch.storage.profiles`; spreading the pairs
-over Ray workers is ``mpsearch profile`` (:mod:`mpsearch.cluster.cli.profile`).
+over Ray workers is ``mpsearch profile`` (:mod:`mpsearch.cluster.profiling`).
 """
 
 from __future__ import annotations

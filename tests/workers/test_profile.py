@@ -4,8 +4,8 @@ import pytest
 import torch
 import yaml
 
-from mpsearch.cluster.cli.profile import profile_key, run_profile
-from mpsearch.cluster.job import prepare, worker_setup
+from mpsearch.cluster.job import prepare, profile_key, worker_setup
+from mpsearch.cluster.profiling import run_profile
 from mpsearch.cluster.spec import parse_spec
 from mpsearch.spaces.options import QuantOption
 from mpsearch.storage.profiles import ProfileKey, calibration_fingerprint, load_profile, save_profile
