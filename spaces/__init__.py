@@ -1,7 +1,11 @@
 """What can be chosen per layer, and what a choice costs.
 
-Pure values and functions: importing this package loads neither torch nor Ray.
+Pure values and functions: importing this package loads neither torch nor Ray. The spec
+section (pydantic models, :mod:`.spec`) is imported on first use of one of its names, so a command
+that only reads stored trials does not build the models.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .errors import BudgetError, MpsearchError, SpecError
 from .options import QuantOption
@@ -15,7 +19,19 @@ from .space import (
     SearchSpace,
     build_space,
 )
-from .spec import BudgetConfig, LayerRuleConfig, SpaceConfig, parse_option
+
+if TYPE_CHECKING:
+    from .spec import BudgetConfig, LayerRuleConfig, SpaceConfig, parse_option
+
+_FROM_SPEC = ("BudgetConfig", "LayerRuleConfig", "SpaceConfig", "parse_option")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_SPEC:
+        from . import spec
+
+        return getattr(spec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Budget",

@@ -13,25 +13,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from .errors import StoreError
 from .store import StudyRecord, TrialRecord
 
+if TYPE_CHECKING:  # pyarrow is imported when a table is built, not by every user of the store
+    import pyarrow as pa
+
+# The fixed columns: name and pyarrow type factory (called when a table is built).
 _FIXED = [
-    ("number", pa.int64()), ("status", pa.string()), ("origin", pa.string()),
-    ("objective", pa.float64()), ("avg_bits", pa.float64()), ("total_bytes", pa.float64()),
-    ("feasible", pa.bool_()), ("samples", pa.int64()), ("seed", pa.int64()),
-    ("worker", pa.string()), ("error", pa.string()), ("eval_seconds", pa.float64()),
-    ("started_at", pa.timestamp("us")), ("finished_at", pa.timestamp("us")),
+    ("number", "int64"), ("status", "string"), ("origin", "string"),
+    ("objective", "float64"), ("avg_bits", "float64"), ("total_bytes", "float64"),
+    ("feasible", "bool_"), ("samples", "int64"), ("seed", "int64"),
+    ("worker", "string"), ("error", "string"), ("eval_seconds", "float64"),
+    ("started_at", "timestamp"), ("finished_at", "timestamp"),
 ]
 
 
 def trials_table(study: StudyRecord, trials: list[TrialRecord]) -> pa.Table:
+    import pyarrow as pa
+
     columns: dict[str, list] = {name: [getattr(t, name) for t in trials] for name, _ in _FIXED}
-    fields = [pa.field(name, typ) for name, typ in _FIXED]
+    fields = [pa.field(name, pa.timestamp("us") if typ == "timestamp" else getattr(pa, typ)())
+              for name, typ in _FIXED]
     columns["extra"] = [json.dumps(t.extra, sort_keys=True) if t.extra else None for t in trials]
     fields.append(pa.field("extra", pa.string()))
     columns["choices"] = [list(t.choices) for t in trials]
@@ -48,6 +53,8 @@ def trials_table(study: StudyRecord, trials: list[TrialRecord]) -> pa.Table:
 
 
 def write_parquet(study: StudyRecord, trials: list[TrialRecord], out: str | Path) -> Path:
+    import pyarrow.parquet as pq
+
     path = Path(out)
     table = trials_table(study, trials)
     try:

@@ -8,10 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mpsearch.storage.store import TrialStore
-
 from ..errors import ClusterError
-from .output import DEFAULT_DB, DbOption, err, fmt_obj, out
+from .output import DbOption, err, fmt_obj, open_store, out
 
 
 def submit(
@@ -43,13 +41,13 @@ def submit(
 
 def status(
     study: Annotated[str | None, typer.Option("--study", help="Only this study.")] = None,
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Progress of the studies in a store: trials done, best so far, whether a driver runs it."""
     from mpsearch.storage.progress import study_progress
 
-    store = TrialStore(db, create=False)
+    store = open_store(db)
     rows = study_progress(store, study)
     if as_json:
         out.print_json(json.dumps([{
@@ -90,7 +88,7 @@ def _find(state: object, key: str) -> object:
 
 def resume(
     study: Annotated[str, typer.Option("--study", help="Study to continue.")],
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     extend: Annotated[int, typer.Option(
         min=0, help="Add this many evaluations to the study's budget first.")] = 0,
     spec_path: Annotated[str | None, typer.Option(
@@ -107,7 +105,7 @@ def resume(
     from ..spec import load_spec, parse_spec
     from .run import run_with_progress
 
-    store = TrialStore(db, create=False)
+    store = open_store(db)
     record = store.study(study)
     spec = parse_spec(record.spec, f"the stored spec of study {study!r}")
     if spec_path is not None:

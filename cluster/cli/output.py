@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mpsearch.storage.store import DEFAULT_URL, StudyRecord, TrialRecord
+if TYPE_CHECKING:  # the store (SQLAlchemy) is imported by the commands that open it
+    from mpsearch.storage.queries import ResultStore
+    from mpsearch.storage.store import StudyRecord, TrialRecord
 
 # Rich wraps at 80 columns when not on a terminal; results tables read better wider.
 out = Console(width=None if Console().is_terminal else 140)
 err = Console(stderr=True)
 
-DbOption = Annotated[str, typer.Option(
+DbOption = Annotated[str | None, typer.Option(
     "--db", envvar="MPSEARCH_DB",
     help="SQLAlchemy URL or SQLite path of the store (default ./mpsearch.db).")]
 StudyOption = Annotated[str, typer.Option("--study", help="Study name.")]
-DEFAULT_DB = DEFAULT_URL
+
+
+def open_store(db: str | None) -> ResultStore:
+    """The existing store at ``db`` (``--db``; None: the default ./mpsearch.db), never created."""
+    from mpsearch.storage.config import DEFAULT_URL
+    from mpsearch.storage.queries import ResultStore
+
+    return ResultStore(DEFAULT_URL if db is None else db, create=False)
 
 
 def fmt_bytes(n: float) -> str:

@@ -8,27 +8,28 @@ filter or output path is a one-line error and the database is left as it was.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from mpsearch.spaces.errors import MpsearchError
-from mpsearch.storage.models import COMPLETE
-from mpsearch.storage.queries import Comparison, NoResultError, ResultStore
-from mpsearch.storage.store import StudyRecord, TrialRecord
 
 from .output import (
-    DEFAULT_DB,
     DbOption,
     StudyOption,
     err,
     fmt_bytes,
     fmt_obj,
+    open_store,
     out,
     results_table,
     trial_json,
 )
+
+if TYPE_CHECKING:
+    from mpsearch.storage.queries import Comparison
+    from mpsearch.storage.store import StudyRecord, TrialRecord
 
 MaxBits = Annotated[float | None, typer.Option(help="Only trials at most this avg bits.")]
 MaxBytes = Annotated[float | None, typer.Option(help="Only trials at most this size (bytes).")]
@@ -43,14 +44,16 @@ def _filters(max_bits: float | None, max_bytes: float | None) -> str:
 
 def best(
     study: StudyOption,
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     top: Annotated[int, typer.Option(help="How many configurations.")] = 5,
     max_bits: MaxBits = None,
     max_bytes: MaxBytes = None,
     as_json: AsJson = False,
 ) -> None:
     """The best stored configurations of a study (feasible, completed, lowest objective)."""
-    store = ResultStore(db, create=False)
+    from mpsearch.storage.queries import NoResultError
+
+    store = open_store(db)
     record = store.study(study)
     rows = store.best(study, top=top, max_bits=max_bits, max_bytes=max_bytes)
     if not rows:
@@ -64,7 +67,7 @@ def best(
 
 def pareto(
     study: StudyOption,
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     max_bits: MaxBits = None,
     max_bytes: MaxBytes = None,
     feasible_only: Annotated[bool, typer.Option(
@@ -72,7 +75,9 @@ def pareto(
     as_json: AsJson = False,
 ) -> None:
     """Completed trials not dominated in objective and effective bits, cheapest first."""
-    store = ResultStore(db, create=False)
+    from mpsearch.storage.queries import NoResultError
+
+    store = open_store(db)
     record = store.study(study)
     front = store.pareto(study, max_bits=max_bits, max_bytes=max_bytes, feasible_only=feasible_only)
     if not front:
@@ -100,14 +105,16 @@ def _pareto_table(study: StudyRecord, front: list[TrialRecord]) -> Table:
 
 def compare(
     studies: Annotated[list[str], typer.Option("--study", help="A study; give two or more.")],
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     max_bits: MaxBits = None,
     max_bytes: MaxBytes = None,
     top: Annotated[int, typer.Option(help="Best configurations per study.")] = 1,
     as_json: AsJson = False,
 ) -> None:
     """Studies side by side under one budget (the given one, else the first study's)."""
-    store = ResultStore(db, create=False)
+    from mpsearch.storage.queries import NoResultError
+
+    store = open_store(db)
     result = store.compare(studies, max_bits=max_bits, max_bytes=max_bytes, top=top)
     if not any(col.best for col in result.columns):
         raise NoResultError(f"no study has a completed trial within {result.budget.describe()}")
@@ -161,12 +168,12 @@ def _comparison_table(result: Comparison) -> Table:
 def trials(
     study: StudyOption,
     out_path: Annotated[str, typer.Option("--out", help="Parquet file to write.")],
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
 ) -> None:
     """Export every trial of a study to Parquet (one row per trial, a column per layer)."""
     from mpsearch.storage.export import write_parquet
 
-    store = ResultStore(db, create=False)
+    store = open_store(db)
     record = store.study(study)
     rows = store.trials(study)
     path = write_parquet(record, rows, out_path)
@@ -176,13 +183,15 @@ def trials(
 def export(
     study: StudyOption,
     out_path: Annotated[str, typer.Option("--out", help="Plan JSON file to write.")],
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     trial: Annotated[int | None, typer.Option(help="Trial number (default: the best).")] = None,
 ) -> None:
     """Write one trial's per-layer plan (options, effective bits, provenance) as JSON."""
+    from mpsearch.storage.models import COMPLETE
     from mpsearch.storage.plan import build_plan, write_plan
+    from mpsearch.storage.queries import NoResultError
 
-    store = ResultStore(db, create=False)
+    store = open_store(db)
     record = store.study(study)
     if trial is None:
         top = store.best(study, top=1)
@@ -241,11 +250,11 @@ def _scoring_setup(prov: dict, model: str):
 def report(
     study: StudyOption,
     out_path: Annotated[str, typer.Option("--out", help="HTML file to write.")],
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
 ) -> None:
     """One self-contained HTML page: Pareto front, best configuration, progress per strategy."""
     from mpsearch.storage.report import write_report
 
-    store = ResultStore(db, create=False)
+    store = open_store(db)
     path = write_report(store, study, out_path)
     err.print(f"wrote the report of study {study} to {path}")

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mpsearch.storage.store import StudyRecord, TrialStore
-
 from .output import err, fmt_obj, out, results_table
 
 if TYPE_CHECKING:
+    from mpsearch.storage.store import StudyRecord, TrialStore
+
     from ..spec import JobSpec
 
 
@@ -23,6 +23,7 @@ def run(
 ) -> None:
     """Run a search job (or continue the study it names) and show the best configurations."""
     from mpsearch.cluster.spec import load_spec
+    from mpsearch.storage.store import TrialStore
 
     spec = load_spec(spec_path)
     run_with_progress(spec, TrialStore(spec.storage.url), address, top)

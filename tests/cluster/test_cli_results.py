@@ -168,3 +168,33 @@ def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     assert (tmp_path / "ckpt" / "mpsearch_plan.json").is_file()
     again = invoke("apply", tmp_path / "plan.json", "--out", tmp_path / "ckpt")
     assert "not an empty directory" in str(again.exception)
+
+
+# Libraries a command that only reads the store has no use for (each costs 0.1-2 s to import).
+HEAVY = ("torch", "ray", "transformers", "optuna", "plotly", "pyarrow")
+_RUN_AND_LIST_IMPORTS = """
+import json, sys
+from mpsearch.cluster.cli import app
+try:
+    app(sys.argv[2:])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+heavy = [m for m in json.loads(sys.argv[1]) if m in sys.modules]
+print("\\nimported:", json.dumps(heavy))
+"""
+
+
+@pytest.mark.parametrize("args, shows", [
+    (("--help",), "pareto"),
+    (("best", "--study", "s"), "int2-g128-asym"),
+    (("status",), "5/10"),
+    (("pareto", "--study", "s", "--json"), "int2-g128-asym"),
+])
+def test_read_only_commands_import_no_heavy_library(db, tmp_path, args, shows):
+    # No --db: the default ./mpsearch.db, here a copy of the constructed store.
+    (tmp_path / "mpsearch.db").write_bytes((tmp_path / "r.db").read_bytes())
+    proc = subprocess.run([sys.executable, "-c", _RUN_AND_LIST_IMPORTS, json.dumps(HEAVY), *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert shows in proc.stdout  # it did its work (read the study)
+    assert proc.stdout.rsplit("imported:", 1)[1].strip() == "[]"
