@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mpsearch.searcher.registry import SearcherConfig
-from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.errors import SpecError, validation_message
 from mpsearch.spaces.spec import BudgetConfig, SpaceConfig
 from mpsearch.storage.config import StorageConfig
 from mpsearch.workers.config import CalibrationConfig, ModelConfig, ObjectiveName, WorkersConfig
@@ -55,11 +55,7 @@ class JobSpec(BaseModel):
 def format_validation_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown field"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
+    msg = validation_message(err, JobSpec)
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{source}: field '{field}': {msg}{more}"
 

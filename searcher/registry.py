@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.errors import SpecError, validation_message
 from mpsearch.spaces.space import Budget, SearchSpace
 
 from .base import Needs, SearchContext, Searcher
@@ -44,7 +44,8 @@ class SearcherConfig(BaseModel):
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"])
             valid = ", ".join(cls.Params.model_fields) or "(none)"
-            raise SpecError(f"searcher.params.{field}: {err['msg']} (parameters of "
+            msg = validation_message(err, cls.Params)
+            raise SpecError(f"searcher.params.{field}: {msg} (parameters of "
                             f"{self.name!r}: {valid})") from None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from mpsearch.spaces.errors import MpsearchError
@@ -57,3 +57,23 @@ def translating(url: str, action: str) -> Iterator[None]:
             if password:
                 reason = reason.replace(str(password), "***")
         raise StoreError(f"database {masked}: cannot {action}: {reason}") from None
+
+
+# The package that provides each DBAPI driver SQLAlchemy may ask for (psycopg ships with mpsearch).
+_DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+                    "asyncpg": "asyncpg", "pymysql": "pymysql", "mysqldb": "mysqlclient"}
+
+
+@contextmanager
+def loading_driver(url: str) -> Iterator[None]:
+    """Around ``create_engine``: a DBAPI driver that is not installed becomes a one-line
+    :class:`StoreError` naming the package to install (not an ``ImportError`` traceback)."""
+    try:
+        yield
+    except ImportError as exc:
+        parsed: URL = make_url(url)
+        driver = parsed.get_driver_name()
+        package = _DRIVER_PACKAGES.get(driver, driver)
+        raise StoreError(f"database {mask_url(url)}: the {parsed.get_backend_name()} driver "
+                         f"{driver!r} is not installed ({exc}); install it: pip install "
+                         f"'{package}'") from None

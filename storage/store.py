@@ -32,7 +32,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from mpsearch.spaces.space import Candidate, SearchSpace
 
 from .config import DEFAULT_URL
-from .errors import StoreError, StudyConflictError, StudyNotFoundError, mask_url, translating
+from .errors import (
+    StoreError,
+    StudyConflictError,
+    StudyNotFoundError,
+    loading_driver,
+    mask_url,
+    translating,
+)
 from .models import COMPLETE, FAILED, RUNNING, Base, StudyRow, TrialRow
 
 BASELINE_ORIGIN = "uniform"  # the origin the uniform-baseline strategy gives its trials
@@ -155,7 +162,8 @@ class TrialStore:
                     and database != ":memory:" and not Path(database).exists()):
                 raise StoreError(f"no mpsearch store at {mask_url(self.url)}: the file does not "
                                  "exist (pass --db, or run a search first)")
-            self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
+            with loading_driver(self.url):
+                self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             with self.engine.connect() as conn:

@@ -32,3 +32,10 @@ def test_every_example_spec_is_valid():
     for path in examples:
         spec = load_spec(path)
         spec.searcher.check()  # strategy name and parameters
+
+
+def test_the_quick_start_install_ships_the_postgresql_driver():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("psycopg[binary]") for d in project["dependencies"])

@@ -34,10 +34,14 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
     """Run (continue, extend) a study with a live progress bar, then print its best results."""
     from mpsearch.cluster.job import run_job
 
+    # ``doing`` says what happens before the first result: preparing the job (model layers,
+    # calibration texts), then starting the workers (Ray, loading the model in each).
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
-                        TimeElapsedColumn(), console=err)
-    task = progress.add_task(spec.study, total=spec.evaluations, best="—")
+                        TimeElapsedColumn(), TextColumn("{task.fields[doing]}"), console=err)
+    task = progress.add_task(spec.study, total=spec.evaluations, best="—",
+                             doing="preparing the job…")
+    progress.start()
     already, stored_best = 0, None  # what the study held before this run
 
     def on_start(study: StudyRecord, done: int) -> None:
@@ -47,13 +51,13 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
             err.print(f"study {study.name}: continuing from {done} stored trials")
             best = store.best(study.name, top=1)
             stored_best = best[0].objective if best else None
-        progress.update(task, completed=done, total=study.evaluations, best=fmt_obj(stored_best))
-        progress.start()
+        progress.update(task, completed=done, total=study.evaluations, best=fmt_obj(stored_best),
+                        doing="starting workers…")
 
     def on_result(stats, _candidate, _outcome) -> None:
         known = [b for b in (stored_best, stats.best) if b is not None]
         progress.update(task, completed=already + stats.completed,
-                        best=fmt_obj(min(known) if known else None))
+                        best=fmt_obj(min(known) if known else None), doing="")
 
     try:
         result = run_job(spec, store, address, on_start=on_start, on_result=on_result,

@@ -47,3 +47,19 @@ def test_status_resume_bad_input(tmp_path):
     res = cli("status", "--db", secret)
     one_line_error(res, "***")
     assert "hunter2" not in res.stderr
+
+
+# Runs the CLI as an install without psycopg would (an import of it fails).
+_WITHOUT_PSYCOPG = ("import sys; sys.modules['psycopg'] = None; "
+                    "from mpsearch.cluster.cli import main; sys.argv[0] = 'mpsearch'; main()")
+
+
+def test_a_database_driver_that_is_not_installed_is_one_line_naming_the_package():
+    url = "postgresql+psycopg://me:sekret@127.0.0.1:5432/none"
+    res = subprocess.run([sys.executable, "-c", _WITHOUT_PSYCOPG, "status", "--db", url],
+                         capture_output=True, text=True, timeout=120)
+    one_line_error(res, "postgresql+psycopg://me:***@127.0.0.1:5432/none",
+                   "driver 'psycopg' is not installed", "pip install 'psycopg[binary]'")
+    assert "sekret" not in res.stderr
+    one_line_error(cli("best", "--study", "s", "--db", "postgresql+pg8000://me@127.0.0.1/none"),
+                   "driver 'pg8000' is not installed", "pip install 'pg8000'")

@@ -1,0 +1,46 @@
+"""The progress bar of ``mpsearch run`` says what it is doing before the first result arrives."""
+
+import io
+import time
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+import mpsearch.cluster.cli.run as cli_run
+import mpsearch.cluster.job as job
+
+
+class Stop(Exception):
+    pass
+
+
+def wait_for(buffer: io.StringIO, text: str, timeout: float = 10.0) -> str:
+    """The console's output once it shows ``text`` (the bar redraws ten times a second)."""
+    deadline = time.monotonic() + timeout
+    while text not in buffer.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return buffer.getvalue()
+
+
+def test_bar_shows_the_setup_phase_until_the_first_result(monkeypatch):
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli_run, "err", Console(file=buffer, force_terminal=True, width=200))
+    seen = {}
+
+    def fake_run_job(spec, store, address, on_start, on_result, extend):
+        seen["preparing"] = "preparing the job…" in wait_for(buffer, "preparing the job…")
+        on_start(SimpleNamespace(name=spec.study, evaluations=spec.evaluations), 0)
+        seen["starting"] = "starting workers…" in wait_for(buffer, "starting workers…")
+        buffer.truncate(0)
+        buffer.seek(0)
+        on_result(SimpleNamespace(completed=1, best=0.5), None, None)
+        after = wait_for(buffer, "1/10")
+        seen["after"] = "1/10" in after and "starting workers…" not in after.rsplit("1/10", 1)[1]
+        raise Stop
+
+    monkeypatch.setattr(job, "run_job", fake_run_job)
+    spec = SimpleNamespace(study="s", evaluations=10)
+    with pytest.raises(Stop):
+        cli_run.run_with_progress(spec, store=None, address=None, top=1)
+    assert seen == {"preparing": True, "starting": True, "after": True}
