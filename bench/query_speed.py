@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, Gene, LayerInfo, SearchSpace
-from mpsearch.storage import Store
+from mpsearch.storage import TrialStore
 from mpsearch.storage.models import COMPLETE, FAILED, RUNNING, TrialRow
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -73,7 +73,7 @@ def trial_rows(study_id: int, space: SearchSpace, n: int, seed: int) -> list[dic
 
 def fill(url: str, n: int, seed: int) -> float:
     """Create the study and bulk-insert ``n`` trials; returns the seconds the inserts took."""
-    store = Store(url)
+    store = TrialStore(url)
     space = minilm_space()
     spec = {"study": "bench", "budget": {"avg_bits": BUDGET}}
     study, _ = store.open_study("bench", spec, spec, space, "minilm", "embedding_distortion", n)
@@ -102,7 +102,7 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
 
 def bench(label: str, url: str, n: int, repeat: int, seed: int) -> None:
     seconds = fill(url, n, seed)
-    store = Store(url, create=False)
+    store = TrialStore(url, create=False)
     queries: dict[str, Callable[[], object]] = {
         "best (top 5)": lambda: store.best("bench", top=5),
         "best (top 5, max_bits 3.5)": lambda: store.best("bench", top=5, max_bits=3.5),

@@ -161,19 +161,19 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
         store.mark_running_failed(study.id, "driver stopped before the result arrived")
         if extend:
             store.set_evaluations(study.id, study.evaluations + extend)
-        study = store.study(study.name)
+        study = store.study(study.id)
         context = search_context(searcher_needs(searcher), study, store, resources)
         space = study.space
         strategy, replayed = replay(
             lambda: make_searcher(searcher, space, budget, seed, context),
-            store.trials(study.name))
+            store.trials(study.id))
         if on_start is not None:
             on_start(study, replayed.completed)
         remaining = study.evaluations - replayed.completed
         stats = LoopStats(stopped_because="the study already has its evaluations")
         if remaining > 0:
             wrapped = RequeueSearcher(strategy, replayed.owed)
-            writer = TrialWriter(store, study.id, seed)
+            writer = store.writer(study.id, seed)
             recorder = StoreRecorder(writer, wrapped, lease)
             try:
                 executor = make_executor(recorder)
@@ -189,5 +189,5 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
                 writer.close()
         done = replayed.completed + stats.completed
         store.set_study_status(study.id, FINISHED if done >= study.evaluations else STOPPED)
-    return SessionResult(store.study(study.name), stats, time.perf_counter() - start,
+    return SessionResult(store.study(study.id), stats, time.perf_counter() - start,
                          replayed.completed, len(replayed.owed), replayed.diverged)

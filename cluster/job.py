@@ -20,7 +20,7 @@ from mpsearch.spaces.space import Budget, Candidate, SearchSpace, build_space
 from mpsearch.storage.errors import StudyConflictError
 from mpsearch.storage.lease import DEFAULT_TTL
 from mpsearch.storage.profiles import ProfileKey, calibration_fingerprint
-from mpsearch.storage.store import StudyRecord, TrialStore
+from mpsearch.storage.store import CalibrationRecord, StudyRecord, TrialStore
 from mpsearch.workers.calibration import load_texts
 from mpsearch.workers.model_loading import ModelInfo, inspect_model
 from mpsearch.workers.worker import WorkerSetup
@@ -136,11 +136,13 @@ def open_job_study(job: PreparedJob, store: TrialStore) -> StudyRecord:
     spec = job.spec
     # The identity includes what the calibration source produced: the built-in corpus follows the
     # Python version, and a study must not continue on other samples than it started with.
-    identity = {**spec.identity(),
-                "calibration_fingerprint": calibration_fingerprint(job.texts,
-                                                                   spec.calibration.seq_len)}
-    study, created = store.open_study(spec.study, spec.model_dump(mode="json"), identity,
-                                      job.space, job.model.path, job.objective, spec.evaluations)
+    fingerprint = calibration_fingerprint(job.texts, spec.calibration.seq_len)
+    identity = {**spec.identity(), "calibration_fingerprint": fingerprint}
+    calibration = CalibrationRecord(**spec.calibration.model_dump(), fingerprint=fingerprint)
+    study, created = store.open_study(
+        spec.study, spec.model_dump(mode="json"), identity, job.space, job.model.path,
+        job.objective, spec.evaluations, budget=job.budget, kind=spec.model.kind,
+        dtype=spec.model.dtype, calibration=calibration)
     if not created:
         _check_space(study, job.space)
     return study

@@ -4,22 +4,19 @@ from .config import StorageConfig
 from .errors import StoreError, StudyConflictError, StudyNotFoundError, mask_url
 from .export import trials_table, write_parquet
 from .models import COMPLETE, FAILED, RUNNING
-from .queries import Comparison, NoResultError, ResultStore, StudyColumn, pareto_front
+from .queries import Comparison, NoResultError, StudyColumn, pareto_front
+from .records import CalibrationRecord
 from .store import DEFAULT_URL, StudyRecord, TrialRecord, TrialStore, normalize_url
-
-# Shorter name used in the docs: ``from mpsearch.storage import Store``; the writer's API plus the
-# read-side queries (best, trial, pareto, compare).
-Store = ResultStore
+from .writer import TrialWriter
 
 __all__ = [
     "COMPLETE",
+    "CalibrationRecord",
     "Comparison",
     "DEFAULT_URL",
     "FAILED",
     "NoResultError",
     "RUNNING",
-    "ResultStore",
-    "Store",
     "StorageConfig",
     "StoreError",
     "StudyColumn",
@@ -28,6 +25,7 @@ __all__ = [
     "StudyRecord",
     "TrialRecord",
     "TrialStore",
+    "TrialWriter",
     "mask_url",
     "normalize_url",
     "pareto_front",

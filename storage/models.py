@@ -41,6 +41,20 @@ class StudyRow(Base):
     # A snapshot of the searcher's ``state()`` (generation, parent, ...) written with the trials,
     # for ``mpsearch status``. Resume rebuilds the searcher by replaying the trials instead.
     searcher_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # What later commands need (plans, checkpoints, budgets, comparisons), typed, written at
+    # creation so nothing reads the spec JSON back. Nullable only because stores made before
+    # these columns gain them empty; the store fills them from the stored spec once, on opening.
+    budget_avg_bits: Mapped[float | None]
+    budget_total_bytes: Mapped[float | None]
+    model_kind: Mapped[str | None] = mapped_column(String(20))  # as the spec says: auto, causal-lm
+    dtype: Mapped[str | None] = mapped_column(String(20))
+    calibration_source: Mapped[str | None] = mapped_column(Text)  # None: the study has no data
+    calibration_text_field: Mapped[str | None] = mapped_column(String(200))
+    calibration_samples: Mapped[int | None]
+    calibration_seq_len: Mapped[int | None]
+    calibration_offset: Mapped[int | None]
+    calibration_batch_size: Mapped[int | None]
+    calibration_fingerprint: Mapped[str | None] = mapped_column(String(64))  # of the texts scored
 
     trials: Mapped[list[TrialRow]] = relationship(back_populates="study")
 

@@ -19,7 +19,7 @@ from typing import Any
 from mpsearch.spaces.errors import MpsearchError
 from mpsearch.spaces.options import QuantOption
 
-from .store import StudyRecord, TrialRecord
+from .records import CalibrationRecord, StudyRecord, TrialRecord
 
 PLAN_FORMAT = "mpsearch-plan"
 PLAN_VERSION = 1
@@ -39,7 +39,6 @@ def mpsearch_version() -> str:
 
 def build_plan(study: StudyRecord, trial: TrialRecord) -> dict[str, Any]:
     """The plan of ``trial`` (a JSON-able dict; see ``docs/storage.md`` for every key)."""
-    model_spec = study.spec.get("model") or {}
     layers = []
     for gene, choice in zip(study.space.genes, trial.choices, strict=True):
         option = gene.options[choice]
@@ -57,16 +56,30 @@ def build_plan(study: StudyRecord, trial: TrialRecord) -> dict[str, Any]:
             "objective_name": study.objective, "objective": trial.objective,
             "samples": trial.samples,  # scored on the first N calibration samples; null = all
             "avg_bits": trial.avg_bits, "total_bytes": trial.total_bytes,
-            "feasible": trial.feasible, "budget": study.spec.get("budget"),
-            "model": study.model, "model_kind": model_spec.get("kind", "auto"),
-            "dtype": model_spec.get("dtype", "float32"),
-            "calibration": study.spec.get("calibration"),
+            "feasible": trial.feasible,
+            "budget": {"avg_bits": study.budget.avg_bits,
+                       "total_bytes": study.budget.total_bytes},
+            "model": study.model, "model_kind": study.kind, "dtype": study.dtype,
+            "calibration": None if study.calibration is None else study.calibration.section(),
             "spec_hash": study.spec_hash, "mpsearch_version": mpsearch_version(),
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
         "unsearched_bits": study.space.unsearched_bits,
         "layers": layers,
     }
+
+
+@dataclass(frozen=True)
+class ScoringSource:
+    """What a plan says its objective was measured against: enough to score a checkpoint the
+    same way (``mpsearch apply --verify``)."""
+
+    model: str
+    kind: str
+    dtype: str
+    objective: str
+    calibration: CalibrationRecord | None
+    samples: int | None  # scored on the first N calibration samples; None = all
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,21 @@ class Plan:
     @property
     def provenance(self) -> dict[str, Any]:
         return self.data["provenance"]
+
+    @property
+    def scoring(self) -> ScoringSource:
+        """The provenance as typed values (the defaults are those of a plan that omits them)."""
+        p = self.provenance
+        section = p.get("calibration")
+        calibration = None
+        if isinstance(section, dict):
+            try:
+                calibration = CalibrationRecord(**section)
+            except TypeError as exc:
+                raise PlanError(f"{self.source}: provenance.calibration: {exc}") from None
+        return ScoringSource(str(p.get("model")), p.get("model_kind", "auto"),
+                             p.get("dtype", "float32"), str(p.get("objective_name")),
+                             calibration, p.get("samples"))
 
     @property
     def options(self) -> dict[str, QuantOption]:

@@ -1,8 +1,8 @@
 """Read-side queries over stored trials: one trial, the Pareto front, studies compared.
 
-:class:`ResultStore` is the :class:`TrialStore` plus these queries (``best`` is inherited); it is
-what ``from mpsearch.storage import Store`` gives. Every query is one or two indexed SELECTs and
-never writes. The rules all of them share:
+They are methods of :class:`~mpsearch.storage.store.TrialStore` (through :class:`StudyQueries`,
+kept here so the store's module stays about connections, studies and writes). Every query is one
+or two indexed SELECTs and never writes. The rules all of them share:
 
 - only ``complete`` trials are results; ``running`` and ``failed`` ones are never returned;
 - ties are broken by trial number (lower first), so every answer is deterministic;
@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Float, and_, column, func, select, values
+from sqlalchemy.orm import Session
 
 from mpsearch.spaces.space import Budget
 
 from .errors import StoreError, TrialNotFoundError, translating
 from .models import COMPLETE, TrialRow
-from .store import StudyRecord, TrialRecord, TrialStore, _trial, budget_clauses
+from .records import StudyKey, StudyRecord, TrialRecord, _trial, budget_clauses
 
 _CHUNK = 1000  # values per IN list: drivers cap the bound parameters of one statement
 
@@ -73,16 +75,19 @@ def pareto_front(levels: Iterable[tuple[float, float]]) -> list[tuple[float, flo
 
 
 def study_budget(study: StudyRecord) -> Budget:
-    """The budget stored in a study's spec (no bound for a spec without one)."""
-    section = study.spec.get("budget") or {}
-    return Budget(section.get("avg_bits"), section.get("total_bytes"))
+    """The budget a study was created with (no bound for a study stored without one)."""
+    return study.budget
+
+
+def _calibration(study: StudyRecord) -> dict[str, Any] | None:
+    return None if study.calibration is None else study.calibration.section()
 
 
 def _differences(studies: Sequence[StudyRecord]) -> tuple[str, ...]:
     first = studies[0]
     notes = []
     for label, value in (("model", lambda s: s.model), ("objective", lambda s: s.objective),
-                         ("calibration", lambda s: s.spec.get("calibration"))):
+                         ("calibration", _calibration)):
         other = [s.name for s in studies[1:] if value(s) != value(first)]
         if other:
             notes.append(f"{', '.join(other)} differ from {first.name} in {label}: "
@@ -90,13 +95,25 @@ def _differences(studies: Sequence[StudyRecord]) -> tuple[str, ...]:
     return tuple(notes)
 
 
-class ResultStore(TrialStore):
-    """The store with the read-side queries: ``best`` (inherited), ``trial``, ``pareto``, ``compare``."""
+class StudyQueries:
+    """The read-side queries of :class:`~mpsearch.storage.store.TrialStore` (which provides the
+    connection and the study lookup declared here)."""
 
-    def trial(self, study: str, number: int) -> TrialRecord:
+    url: str
+
+    def _session(self) -> Session:
+        raise NotImplementedError
+
+    def _study_id(self, s: Session, study: StudyKey) -> int:
+        raise NotImplementedError
+
+    def study(self, study: StudyKey) -> StudyRecord:
+        raise NotImplementedError
+
+    def trial(self, study: StudyKey, number: int) -> TrialRecord:
         """Trial ``number`` of ``study``, whatever its status; :class:`TrialNotFoundError` if none."""
-        study_id = self.study(study).id
         with translating(self.url, "read trial"), self._session() as s:
+            study_id = self._study_id(s, study)
             row = s.scalar(select(TrialRow).where(TrialRow.study_id == study_id,
                                                   TrialRow.number == number))
             if row is None:
@@ -106,7 +123,7 @@ class ResultStore(TrialStore):
                 raise TrialNotFoundError(f"study {study!r} has no trial {number}; {span}")
             return _trial(row)
 
-    def pareto(self, study: str, max_bits: float | None = None, max_bytes: float | None = None,
+    def pareto(self, study: StudyKey, max_bits: float | None = None, max_bytes: float | None = None,
                feasible_only: bool = False) -> list[TrialRecord]:
         """Completed trials not dominated in (objective, avg_bits), cheapest first.
 
@@ -115,12 +132,12 @@ class ResultStore(TrialStore):
         ``feasible`` flag tells them apart. Of trials with equal bits and objective, the lowest
         numbered is returned.
         """
-        study_id = self.study(study).id
-        where = [TrialRow.study_id == study_id, TrialRow.status == COMPLETE,
-                 *budget_clauses(max_bits, max_bytes)]
-        if feasible_only:
-            where.append(TrialRow.feasible.is_(True))
         with translating(self.url, "query the Pareto front"), self._session() as s:
+            study_id = self._study_id(s, study)
+            where = [TrialRow.study_id == study_id, TrialRow.status == COMPLETE,
+                     *budget_clauses(max_bits, max_bytes)]
+            if feasible_only:
+                where.append(TrialRow.feasible.is_(True))
             # Only each cost level's lowest objective can be on the front: the database groups
             # over the covering index ix_mps_trial_pareto, Python scans the (few) levels.
             levels = s.execute(select(TrialRow.avg_bits, func.min(TrialRow.objective))
@@ -147,7 +164,7 @@ class ResultStore(TrialStore):
                                            TrialRow.number.in_(chunk))))
             return [rows[chosen[bits]] for bits in front]
 
-    def compare(self, studies: Sequence[str], max_bits: float | None = None,
+    def compare(self, studies: Sequence[StudyKey], max_bits: float | None = None,
                 max_bytes: float | None = None, top: int = 1) -> Comparison:
         """The best ``top`` trials of each study under one budget, side by side.
 

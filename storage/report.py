@@ -23,8 +23,8 @@ from sqlalchemy import inspect, select
 from .errors import StoreError, translating
 from .models import COMPLETE
 from .profiles import ProfileRow
-from .queries import NoResultError, ResultStore, study_budget
-from .store import BASELINE_ORIGIN, StudyRecord, TrialRecord
+from .queries import NoResultError, study_budget
+from .store import BASELINE_ORIGIN, StudyRecord, TrialRecord, TrialStore
 
 # Layer names like ``encoder.layer.3.attention.self.query``: block 3, part ``attention.self.query``.
 _BLOCK = re.compile(r"^(?P<stem>.*?)\.(?P<block>\d+)\.(?P<part>.+)$")
@@ -32,7 +32,7 @@ _BLOCK = re.compile(r"^(?P<stem>.*?)\.(?P<block>\d+)\.(?P<part>.+)$")
 Sensitivity = Mapping[tuple[str, str], float]  # (gene name, option label) -> objective delta
 
 
-def load_sensitivity(store: ResultStore, study: StudyRecord) -> Sensitivity | None:
+def load_sensitivity(store: TrialStore, study: StudyRecord) -> Sensitivity | None:
     """The stored sensitivity profile of ``study``'s model and objective, as objective deltas.
 
     Profiles (:mod:`.profiles`) are keyed by a fingerprint of the calibration texts, which only a
@@ -190,7 +190,7 @@ table.summary th{text-align:left;padding:2px 16px 2px 0;color:#555;font-weight:6
 section{margin:24px 0}"""
 
 
-def report_html(store: ResultStore, study_name: str) -> str:
+def report_html(store: TrialStore, study_name: str) -> str:
     """The report page of ``study_name`` as one HTML string."""
     study = store.study(study_name)
     done = store.trials(study_name, COMPLETE)
@@ -227,7 +227,7 @@ def _floored(t: TrialRecord, floor: float) -> TrialRecord:
     return t if t.objective is None or t.objective > 0 else replace(t, objective=floor)
 
 
-def write_report(store: ResultStore, study: str, out: str | Path) -> Path:
+def write_report(store: TrialStore, study: str, out: str | Path) -> Path:
     path = Path(out)
     page = report_html(store, study)
     try:

@@ -1,21 +1,22 @@
-"""The store API: create or reopen studies, record trials as they run, query the best ones.
+"""The store API: one class, :class:`TrialStore`, for studies, their trials and every query.
 
 Any SQLAlchemy URL works; a bare path or the default is a SQLite file. SQLite is opened in WAL
-mode, so ``mpsearch best`` in a second shell reads committed trials while a search writes. Every
-trial is committed on its own, so a crash loses at most the evaluations in flight.
+mode, so ``mpsearch best`` in a second shell reads committed trials while a search writes.
+
+A study is opened (or created) by name once; every later call may name it by its id (the
+record's ``id``), which costs no lookup. Trials are written through one path, the buffered
+:class:`~mpsearch.storage.writer.TrialWriter` (:meth:`TrialStore.writer`): the search driver
+keeps one for its run; :meth:`TrialStore.start_trial`/:meth:`finish_trial` write one trial through
+a writer of their own, for callers that record trials one at a time. The read-side queries
+(``trial``, ``pareto``, ``compare``) live in :mod:`.queries` and are methods of the same class.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     create_engine,
@@ -24,12 +25,13 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mpsearch.spaces.space import Candidate, SearchSpace
+from mpsearch.spaces.space import Budget, Candidate, SearchSpace
 
 from .config import DEFAULT_URL
 from .errors import (
@@ -41,62 +43,29 @@ from .errors import (
     translating,
 )
 from .models import COMPLETE, FAILED, RUNNING, Base, StudyRow, TrialRow
+from .queries import StudyQueries
+from .records import (
+    BASELINE_ORIGIN,
+    FILTER_TOL,
+    CalibrationRecord,
+    StudyKey,
+    StudyRecord,
+    TrialRecord,
+    _now,
+    _study,
+    _trial,
+    budget_clauses,
+    legacy_columns,
+    spec_hash,
+    typed_columns,
+)
+from .writer import TrialWriter
 
-BASELINE_ORIGIN = "uniform"  # the origin the uniform-baseline strategy gives its trials
+__all__ = ["BASELINE_ORIGIN", "DEFAULT_URL", "FILTER_TOL", "CalibrationRecord", "StudyKey",
+           "StudyRecord", "TrialRecord", "TrialStore", "budget_clauses", "normalize_url",
+           "spec_hash"]
+
 _NUMBER_RETRIES = 20  # concurrent start_trial calls on one study: attempts before giving up
-# Budget filters admit a trial this far over the bound: avg_bits is a float quotient, and the
-# feasibility flag written with each trial allows the same slack (``Budget.admits``).
-FILTER_TOL = 1e-9
-
-
-@dataclass(frozen=True)
-class StudyRecord:
-    id: int
-    name: str
-    spec: dict[str, Any]
-    spec_hash: str
-    space: SearchSpace
-    model: str
-    objective: str
-    evaluations: int
-    status: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    number: int
-    status: str
-    origin: str
-    choices: tuple[int, ...]
-    samples: int | None
-    objective: float | None
-    avg_bits: float
-    total_bytes: float
-    feasible: bool
-    seed: int
-    worker: str | None
-    error: str | None
-    eval_seconds: float | None
-    started_at: datetime
-    finished_at: datetime | None
-    # Resume bookkeeping (see the columns of TrialRow).
-    told_after: int | None = None
-    interrupted: bool = False
-    retry_of: int | None = None
-    extra: dict[str, float] | None = None
-
-    @property
-    def candidate(self) -> Candidate:
-        return Candidate(self.choices, self.samples, self.origin)
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -112,18 +81,6 @@ def normalize_url(url: str) -> str:
     return url if "://" in url else f"sqlite:///{url}"
 
 
-def _study(row: StudyRow) -> StudyRecord:
-    return StudyRecord(row.id, row.name, row.spec, row.spec_hash, SearchSpace.from_dict(row.space),
-                       row.model, row.objective, row.evaluations, row.status, row.created_at)
-
-
-def _trial(row: TrialRow) -> TrialRecord:
-    return TrialRecord(row.number, row.status, row.origin, tuple(row.choices), row.samples,
-                       row.objective, row.avg_bits, row.total_bytes, row.feasible, row.seed,
-                       row.worker, row.error, row.eval_seconds, row.started_at, row.finished_at,
-                       row.told_after, bool(row.interrupted), row.retry_of, row.extra)
-
-
 def _add_missing_columns(conn: Connection) -> None:
     """Add nullable columns that newer models declare to tables an older version created."""
     have = inspect(conn)
@@ -137,21 +94,18 @@ def _add_missing_columns(conn: Connection) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {col.name} {kind}'))
 
 
-def budget_clauses(max_bits: float | None = None, max_bytes: float | None = None,
-                   origin: str | None = None) -> list[ColumnElement[bool]]:
-    """WHERE clauses for the optional filters every query shares (bounds allow ``FILTER_TOL``)."""
-    clauses: list[ColumnElement[bool]] = []
-    if max_bits is not None:
-        clauses.append(TrialRow.avg_bits <= max_bits + FILTER_TOL)
-    if max_bytes is not None:
-        clauses.append(TrialRow.total_bytes <= max_bytes + FILTER_TOL)
-    if origin is not None:
-        clauses.append(TrialRow.origin == origin)
-    return clauses
+def _upgrade(conn: Connection) -> None:
+    """Bring a store an older version wrote up to date: its missing columns, and the typed study
+    columns of studies stored before them (filled from their stored spec, once)."""
+    _add_missing_columns(conn)
+    old = conn.execute(select(StudyRow.id, StudyRow.spec).where(StudyRow.model_kind.is_(None)))
+    for study_id, spec in old.all():
+        conn.execute(update(StudyRow).where(StudyRow.id == study_id)
+                     .values(**legacy_columns(spec or {})))
 
 
-class TrialStore:
-    """Studies and trials in one SQL database."""
+class TrialStore(StudyQueries):
+    """Studies and trials in one SQL database: the one store API (see the module docstring)."""
 
     def __init__(self, url: str = DEFAULT_URL, create: bool = True) -> None:
         self.url = normalize_url(url)
@@ -173,7 +127,7 @@ class TrialStore:
                     raise StoreError(f"no mpsearch store at {mask_url(self.url)}: it has no "
                                      f"{StudyRow.__tablename__} table (pass --db, or run a search)")
                 else:  # a store written by an older version: add its missing nullable columns
-                    _add_missing_columns(conn)
+                    _upgrade(conn)
                     conn.commit()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -184,7 +138,7 @@ class TrialStore:
             try:
                 Base.metadata.create_all(self.engine)
                 with self.engine.begin() as conn:
-                    _add_missing_columns(conn)
+                    _upgrade(conn)
                 return
             except (IntegrityError, ProgrammingError, OperationalError):
                 if attempt:
@@ -202,13 +156,16 @@ class TrialStore:
 
     # -- studies -----------------------------------------------------------------------------
     def open_study(self, name: str, spec: dict[str, Any], identity: dict[str, Any],
-                   space: SearchSpace, model: str, objective: str,
-                   evaluations: int) -> tuple[StudyRecord, bool]:
+                   space: SearchSpace, model: str, objective: str, evaluations: int, *,
+                   budget: Budget | None = None, kind: str = "auto", dtype: str = "float32",
+                   calibration: CalibrationRecord | None = None) -> tuple[StudyRecord, bool]:
         """The study ``name``, created if new; returns (study, created).
 
         ``identity`` is the part of the spec that defines what the study searches; an existing
         study must have the same, otherwise :class:`StudyConflictError`. A rerun may raise the
-        evaluation budget.
+        evaluation budget. ``budget``, ``kind``, ``dtype`` and ``calibration`` are stored as typed
+        columns at creation, for the commands that later read the study (plans, checkpoints,
+        comparisons); ``spec`` is kept as written, for ``resume``.
         """
         digest = spec_hash(identity)
         with translating(self.url, f"open study {name!r}"), self._session() as s, s.begin():
@@ -224,18 +181,33 @@ class TrialStore:
             now = _now()
             row = StudyRow(name=name, spec=spec, spec_hash=digest, space=space.to_dict(),
                            model=model, objective=objective, evaluations=evaluations,
-                           status=RUNNING, created_at=now, updated_at=now)
+                           status=RUNNING, created_at=now, updated_at=now,
+                           **typed_columns(budget or Budget(), kind, dtype, calibration))
             s.add(row)
             s.flush()
             return _study(row), True
 
-    def study(self, name: str) -> StudyRecord:
-        with translating(self.url, f"read study {name!r}"), self._session() as s:
-            row = s.scalar(select(StudyRow).where(StudyRow.name == name))
+    def _study_id(self, s: Session, study: StudyKey) -> int:
+        """The id of ``study`` (an id is taken as given; a name is looked up, not decoded)."""
+        if isinstance(study, int):
+            return study
+        found = s.scalar(select(StudyRow.id).where(StudyRow.name == study))
+        if found is None:
+            self._not_found(s, study)
+        return found
+
+    def _not_found(self, s: Session, study: StudyKey) -> Any:
+        known = s.scalars(select(StudyRow.name).order_by(StudyRow.name).limit(10)).all()
+        hint = f"; studies here: {', '.join(known)}" if known else "; the database is empty"
+        raise StudyNotFoundError(f"no study {study!r} in {self.masked_url}{hint}")
+
+    def study(self, study: StudyKey) -> StudyRecord:
+        """The study named ``study`` (or of that id); :class:`StudyNotFoundError` if none."""
+        with translating(self.url, f"read study {study!r}"), self._session() as s:
+            where = StudyRow.id == study if isinstance(study, int) else StudyRow.name == study
+            row = s.scalar(select(StudyRow).where(where))
             if row is None:
-                known = s.scalars(select(StudyRow.name).order_by(StudyRow.name).limit(10)).all()
-                hint = f"; studies here: {', '.join(known)}" if known else "; the database is empty"
-                raise StudyNotFoundError(f"no study {name!r} in {self.masked_url}{hint}")
+                self._not_found(s, study)
             return _study(row)
 
     def studies(self) -> list[StudyRecord]:
@@ -248,32 +220,39 @@ class TrialStore:
             assert row is not None
             row.status, row.updated_at = status, _now()
 
-    # -- trials ------------------------------------------------------------------------------
+    def set_evaluations(self, study_id: int, evaluations: int) -> None:
+        """Set the evaluation budget of a study (``resume --extend``); it runs again."""
+        with translating(self.url, "update study"), self._session() as s, s.begin():
+            row = s.get(StudyRow, study_id)
+            assert row is not None
+            row.evaluations, row.status, row.updated_at = evaluations, RUNNING, _now()
+
+    # -- writing trials: the one path ----------------------------------------------------------
+    def writer(self, study_id: int, seed: int = 0, **options: Any) -> TrialWriter:
+        """The buffered writer of ``study_id``'s trials (the caller should hold its lease; see
+        :class:`~mpsearch.storage.writer.TrialWriter` for numbering and commits)."""
+        return TrialWriter(self, study_id, seed, **options)
+
     def start_trial(self, study_id: int, candidate: Candidate, avg_bits: float,
                     total_bytes: float, feasible: bool, seed: int) -> int:
-        """Record a dispatched trial; returns its number within the study.
+        """Record one dispatched trial through a writer of its own; returns its number.
 
-        The number is max(number) + 1; two writers racing for the same number meet the unique
-        (study, number) constraint, and the loser retries with the next one. (The search driver
-        does not come here per trial: it holds the study's lease and numbers trials in memory,
-        see :class:`mpsearch.storage.writer.TrialWriter`.)
+        The number is max(number) + 1; two callers racing for the same number meet the unique
+        (study, number) constraint, and the loser retries with the next one. (A search driver
+        holds the study's lease and keeps one :meth:`writer` for its run instead.)
         """
         number = -1
         for attempt in range(_NUMBER_RETRIES):
+            writer = self.writer(study_id, seed)
             try:
-                with translating(self.url, "record trial"), self._session() as s, s.begin():
-                    last = s.scalar(select(func.max(TrialRow.number))
-                                    .where(TrialRow.study_id == study_id))
-                    number = 0 if last is None else last + 1
-                    s.add(TrialRow(study_id=study_id, number=number, status=RUNNING,
-                                   origin=candidate.origin, choices=list(candidate.choices),
-                                   samples=candidate.samples, objective=None, avg_bits=avg_bits,
-                                   total_bytes=total_bytes, feasible=feasible, seed=seed,
-                                   started_at=_now()))
+                number = writer.start(candidate, avg_bits, total_bytes, feasible)
+                writer.flush()
                 return number
             except StoreError:
                 if attempt == _NUMBER_RETRIES - 1 or not self._number_taken(study_id, number):
                     raise
+            finally:
+                writer.close()
         raise AssertionError("unreachable")
 
     def _number_taken(self, study_id: int, number: int) -> bool:
@@ -283,54 +262,13 @@ class TrialStore:
 
     def finish_trial(self, study_id: int, number: int, objective: float | None,
                      worker: str | None, error: str | None, eval_seconds: float | None) -> None:
-        with translating(self.url, "record trial result"), self._session() as s, s.begin():
-            row = s.scalar(select(TrialRow).where(TrialRow.study_id == study_id,
-                                                  TrialRow.number == number))
-            if row is None:
-                raise StoreError(f"trial {number} of study {study_id} vanished")
-            row.status = COMPLETE if objective is not None else FAILED
-            row.objective, row.worker, row.error = objective, worker, error
-            row.eval_seconds, row.finished_at = eval_seconds, _now()
-
-    def trials(self, study: str, status: str | None = None) -> list[TrialRecord]:
-        study_id = self.study(study).id
-        with translating(self.url, "read trials"), self._session() as s:
-            q = select(TrialRow).where(TrialRow.study_id == study_id)
-            if status is not None:
-                q = q.where(TrialRow.status == status)
-            return [_trial(r) for r in s.scalars(q.order_by(TrialRow.number))]
-
-    def counts(self, study: str) -> dict[str, int]:
-        study_id = self.study(study).id
-        with translating(self.url, "count trials"), self._session() as s:
-            rows = s.execute(select(TrialRow.status, func.count()).where(
-                TrialRow.study_id == study_id).group_by(TrialRow.status)).all()
-            return {status: n for status, n in rows}
-
-    def best(self, study: str, top: int = 5, max_bits: float | None = None,
-             max_bytes: float | None = None, origin: str | None = None) -> list[TrialRecord]:
-        """The ``top`` completed, budget-feasible trials of lowest objective.
-
-        Ties are broken by trial number, so the answer is deterministic. Optional filters tighten
-        the budget further (``max_bits``, ``max_bytes``) or keep one strategy's trials.
-        """
-        study_id = self.study(study).id
-        with translating(self.url, "query best trials"), self._session() as s:
-            q = select(TrialRow).where(TrialRow.study_id == study_id,
-                                       TrialRow.status == COMPLETE, TrialRow.feasible.is_(True))
-            q = q.where(*budget_clauses(max_bits, max_bytes, origin))
-            q = q.order_by(TrialRow.objective, TrialRow.number).limit(top)
-            return [_trial(r) for r in s.scalars(q)]
-
-    def baselines(self, study: str) -> list[TrialRecord]:
-        """Completed uniform-baseline trials, cheapest first (a handful of rows, read by SQL)."""
-        study_id = self.study(study).id
-        with translating(self.url, "read baselines"), self._session() as s:
-            q = (select(TrialRow)
-                 .where(TrialRow.study_id == study_id, TrialRow.status == COMPLETE,
-                        TrialRow.origin == BASELINE_ORIGIN)
-                 .order_by(TrialRow.avg_bits, TrialRow.number))
-            return [_trial(r) for r in s.scalars(q)]
+        """Record the result of trial ``number`` through a writer of its own."""
+        writer = self.writer(study_id)
+        try:
+            writer.finish(number, objective, worker, error, eval_seconds)
+            writer.flush()
+        finally:
+            writer.close()
 
     def mark_running_failed(self, study_id: int, reason: str) -> int:
         """Mark trials left ``running`` (by a driver that died) as failed; returns how many."""
@@ -342,10 +280,39 @@ class TrialStore:
                 row.interrupted = True
             return len(rows)
 
-    def set_evaluations(self, study_id: int, evaluations: int) -> None:
-        """Set the evaluation budget of a study (``resume --extend``); it runs again."""
-        with translating(self.url, "update study"), self._session() as s, s.begin():
-            row = s.get(StudyRow, study_id)
-            assert row is not None
-            row.evaluations, row.status, row.updated_at = evaluations, RUNNING, _now()
+    # -- reading trials ------------------------------------------------------------------------
+    def trials(self, study: StudyKey, status: str | None = None) -> list[TrialRecord]:
+        with translating(self.url, "read trials"), self._session() as s:
+            q = select(TrialRow).where(TrialRow.study_id == self._study_id(s, study))
+            if status is not None:
+                q = q.where(TrialRow.status == status)
+            return [_trial(r) for r in s.scalars(q.order_by(TrialRow.number))]
 
+    def counts(self, study: StudyKey) -> dict[str, int]:
+        with translating(self.url, "count trials"), self._session() as s:
+            rows = s.execute(select(TrialRow.status, func.count()).where(
+                TrialRow.study_id == self._study_id(s, study)).group_by(TrialRow.status)).all()
+            return {status: n for status, n in rows}
+
+    def best(self, study: StudyKey, top: int = 5, max_bits: float | None = None,
+             max_bytes: float | None = None, origin: str | None = None) -> list[TrialRecord]:
+        """The ``top`` completed, budget-feasible trials of lowest objective.
+
+        Ties are broken by trial number, so the answer is deterministic. Optional filters tighten
+        the budget further (``max_bits``, ``max_bytes``) or keep one strategy's trials.
+        """
+        with translating(self.url, "query best trials"), self._session() as s:
+            q = select(TrialRow).where(TrialRow.study_id == self._study_id(s, study),
+                                       TrialRow.status == COMPLETE, TrialRow.feasible.is_(True))
+            q = q.where(*budget_clauses(max_bits, max_bytes, origin))
+            q = q.order_by(TrialRow.objective, TrialRow.number).limit(top)
+            return [_trial(r) for r in s.scalars(q)]
+
+    def baselines(self, study: StudyKey) -> list[TrialRecord]:
+        """Completed uniform-baseline trials, cheapest first (a handful of rows, read by SQL)."""
+        with translating(self.url, "read baselines"), self._session() as s:
+            q = (select(TrialRow)
+                 .where(TrialRow.study_id == self._study_id(s, study),
+                        TrialRow.status == COMPLETE, TrialRow.origin == BASELINE_ORIGIN)
+                 .order_by(TrialRow.avg_bits, TrialRow.number))
+            return [_trial(r) for r in s.scalars(q)]

@@ -15,7 +15,7 @@ One connection is kept for the whole run (no pool checkout or ping per transacti
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
@@ -23,7 +23,9 @@ from mpsearch.spaces.space import Candidate
 
 from .errors import translating
 from .models import COMPLETE, FAILED, RUNNING, StudyRow, TrialRow
-from .store import TrialStore
+
+if TYPE_CHECKING:
+    from .store import TrialStore
 
 _trials = TrialRow.__table__
 _update_result = (

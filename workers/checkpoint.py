@@ -19,7 +19,7 @@ from torch import nn
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, Gene, LayerInfo, SearchSpace
 
-from .config import ModelConfig
+from .config import CalibrationConfig, ModelConfig
 from .errors import WorkerError
 from .layers import oriented_shape, quantizable_modules
 from .model_loading import inspect_model, load_model, load_tokenizer
@@ -121,13 +121,14 @@ def write_checkpoint(model: str, options: Mapping[str, QuantOption], out_dir: st
     return out
 
 
-def scoring_setup(model: str, kind: str, objective: str, calibration: Mapping[str, Any],
+def scoring_setup(model: str, kind: str, objective: str,
+                  calibration: CalibrationConfig | Mapping[str, Any],
                   dtype: str = "float32") -> WorkerSetup:
-    """The worker setup that scores against ``model`` on the calibration section of a spec."""
+    """The worker setup that scores against ``model`` on a spec's calibration section."""
     from .calibration import load_texts
-    from .config import CalibrationConfig
 
-    cfg = CalibrationConfig(**calibration)
+    cfg = calibration if isinstance(calibration, CalibrationConfig) else \
+        CalibrationConfig(**calibration)
     info = inspect_model(ModelConfig(name=model, kind=kind))  # type: ignore[arg-type]
     return WorkerSetup(model_path=info.path, kind=info.kind, objective=objective,
                        texts=tuple(load_texts(cfg)), seq_len=cfg.seq_len,

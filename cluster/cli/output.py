@@ -9,8 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:  # the store (SQLAlchemy) is imported by the commands that open it
-    from mpsearch.storage.queries import ResultStore
-    from mpsearch.storage.store import StudyRecord, TrialRecord
+    from mpsearch.storage.store import StudyRecord, TrialRecord, TrialStore
 
 # Rich wraps at 80 columns when not on a terminal; results tables read better wider.
 out = Console(width=None if Console().is_terminal else 140)
@@ -22,12 +21,12 @@ DbOption = Annotated[str | None, typer.Option(
 StudyOption = Annotated[str, typer.Option("--study", help="Study name.")]
 
 
-def open_store(db: str | None) -> ResultStore:
+def open_store(db: str | None) -> TrialStore:
     """The existing store at ``db`` (``--db``; None: the default ./mpsearch.db), never created."""
     from mpsearch.storage.config import DEFAULT_URL
-    from mpsearch.storage.queries import ResultStore
+    from mpsearch.storage.store import TrialStore
 
-    return ResultStore(DEFAULT_URL if db is None else db, create=False)
+    return TrialStore(DEFAULT_URL if db is None else db, create=False)
 
 
 def fmt_bytes(n: float) -> str:

@@ -28,8 +28,10 @@ from .output import (
 )
 
 if TYPE_CHECKING:
+    from mpsearch.storage.plan import ScoringSource
     from mpsearch.storage.queries import Comparison
     from mpsearch.storage.store import StudyRecord, TrialRecord
+    from mpsearch.workers.worker import WorkerSetup
 
 MaxBits = Annotated[float | None, typer.Option(help="Only trials at most this avg bits.")]
 MaxBytes = Annotated[float | None, typer.Option(help="Only trials at most this size (bytes).")]
@@ -223,28 +225,30 @@ def apply(
     from mpsearch.workers.checkpoint import needs_calibration, rescore_checkpoint, write_checkpoint
 
     plan = read_plan(plan_path)
-    prov = plan.provenance
+    prov, scoring = plan.provenance, plan.scoring
     source = model or prov.get("model")
     if not source:
         raise MpsearchError(f"{plan_path}: the plan names no model; pass --model PATH")
     calibrated = any(needs_calibration(o) for o in plan.options.values())
-    setup = _scoring_setup(prov, source) if calibrated and prov.get("calibration") else None
-    path = write_checkpoint(source, plan.options, out_dir, kind=prov.get("model_kind", "auto"),
-                            dtype=prov.get("dtype", "float32"), plan=plan.data, setup=setup)
+    setup = _scoring_setup(scoring, source) if calibrated and scoring.calibration else None
+    path = write_checkpoint(source, plan.options, out_dir, kind=scoring.kind, dtype=scoring.dtype,
+                            plan=plan.data, setup=setup)
     err.print(f"wrote a checkpoint of {source} with {len(plan.options)} quantized layers "
               f"(trial {prov.get('trial')} of study {prov.get('study')}) to {path}")
     if verify:
-        if not prov.get("calibration"):
+        if scoring.calibration is None:
             raise MpsearchError(f"{plan_path}: the plan records no calibration; cannot --verify")
-        value = rescore_checkpoint(path, setup or _scoring_setup(prov, source), prov.get("samples"))
+        value = rescore_checkpoint(path, setup or _scoring_setup(scoring, source), scoring.samples)
         err.print(f"re-scored objective {fmt_obj(value)}; stored {fmt_obj(prov.get('objective'))}")
 
 
-def _scoring_setup(prov: dict, model: str):
+def _scoring_setup(scoring: ScoringSource, model: str) -> WorkerSetup:
     from mpsearch.workers.checkpoint import scoring_setup
+    from mpsearch.workers.config import CalibrationConfig
 
-    return scoring_setup(model, prov.get("model_kind", "auto"), prov["objective_name"],
-                         prov["calibration"], prov.get("dtype", "float32"))
+    assert scoring.calibration is not None
+    return scoring_setup(model, scoring.kind, scoring.objective,
+                         CalibrationConfig(**scoring.calibration.section()), scoring.dtype)
 
 
 def report(

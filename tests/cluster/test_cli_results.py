@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mpsearch.cluster.cli import app
-from mpsearch.spaces import Candidate, Gene, LayerInfo, SearchSpace, parse_option
+from mpsearch.spaces import Budget, Candidate, Gene, LayerInfo, SearchSpace, parse_option
 from mpsearch.spaces.errors import MpsearchError
 from mpsearch.spaces.space import LayerRule, build_space
-from mpsearch.storage import Store
+from mpsearch.storage import CalibrationRecord, TrialStore
 from mpsearch.workers.checkpoint import scoring_setup
 from mpsearch.workers.config import ModelConfig
 from mpsearch.workers.model_loading import inspect_model
@@ -28,7 +28,9 @@ TRIALS = [((1, 1), 0.30, "uniform"), ((0, 2), 0.10, "random"), ((3, 3), 0.0, "un
 
 
 def record(store, name, space, spec, trials, model="m", objective="kl"):
-    study, _ = store.open_study(name, spec, spec, space, model, objective, 10)
+    study, _ = store.open_study(name, spec, spec, space, model, objective, 10,
+                                budget=Budget(spec["budget"]["avg_bits"]),
+                                calibration=CalibrationRecord(**spec["calibration"]))
     for choices, value, origin in trials:
         candidate = Candidate(tuple(choices), origin=origin)
         cost = space.cost(candidate)
@@ -41,7 +43,7 @@ def record(store, name, space, spec, trials, model="m", objective="kl"):
 @pytest.fixture
 def db(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    store = Store(url)
+    store = TrialStore(url)
     spec = {"budget": {"avg_bits": 6.25}, "calibration": {"samples": 4}}
     record(store, "s", SPACE, spec, TRIALS)
     record(store, "t", SPACE, spec, [((1, 2), 0.05, "random"), ((0, 1), 0.4, "random")])
@@ -156,7 +158,7 @@ def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     url = f"sqlite:///{tmp_path / 'tiny.db'}"
     spec = {"model": {"name": tiny_llama_path, "kind": "auto", "dtype": "float32"},
             "calibration": calibration, "budget": {"avg_bits": 16}}
-    store = Store(url)
+    store = TrialStore(url)
     record(store, "tiny", space, spec, [(choices, value, "random")], model=info.path)
     store.close()
 

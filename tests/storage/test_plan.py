@@ -11,9 +11,9 @@ import random
 import pytest
 import torch
 
-from mpsearch.spaces import Candidate, parse_option
+from mpsearch.spaces import Budget, Candidate, parse_option
 from mpsearch.spaces.space import LayerRule, build_space
-from mpsearch.storage import Store
+from mpsearch.storage import CalibrationRecord, TrialStore
 from mpsearch.storage.plan import PLAN_FORMAT, PlanError, build_plan, read_plan, write_plan
 from mpsearch.workers.checkpoint import (
     PLAN_FILE,
@@ -34,7 +34,7 @@ WEIGHT_ONLY = ("int2-g32-asym", "int4-g32-sym", "int8-ch-sym", "nf4", "int4-g32-
 CALIBRATED = ("int3-g32-asym-gptq", "int4-g32-asym+2:4-wanda", "int8-ch-sym")
 
 
-def scored_study(store: Store, model_path: str, labels: tuple[str, ...], seed: int = 0):
+def scored_study(store: TrialStore, model_path: str, labels: tuple[str, ...], seed: int = 0):
     """A study with one trial scored by a worker: returns (study, trial, worker)."""
     info = inspect_model(ModelConfig(name=model_path))
     options = tuple(parse_option(label) for label in labels)
@@ -51,7 +51,8 @@ def scored_study(store: Store, model_path: str, labels: tuple[str, ...], seed: i
     assert outcome.objective is not None and outcome.objective > 0, outcome
     spec = {"study": "tiny", "model": {"name": model_path, "kind": "auto", "dtype": "float32"},
             "calibration": CALIBRATION, "budget": {"avg_bits": 16.0}}
-    study, _ = store.open_study("tiny", spec, spec, space, info.path, "kl", 10)
+    study, _ = store.open_study("tiny", spec, spec, space, info.path, "kl", 10,
+                                budget=Budget(16.0), calibration=CalibrationRecord(**CALIBRATION))
     cost = space.cost(candidate)
     number = store.start_trial(study.id, candidate, cost.avg_bits, cost.total_bytes, True, 0)
     store.finish_trial(study.id, number, outcome.objective, "w0", None, outcome.seconds)
@@ -103,7 +104,7 @@ def test_bad_plan_files_are_one_line_errors(tmp_path, content, match):
 @pytest.mark.parametrize("labels", [WEIGHT_ONLY, CALIBRATED], ids=["weights-only", "calibrated"])
 def test_export_apply_rescore_reproduces_the_stored_objective(store_url, tiny_llama_path, tmp_path,
                                                               labels):
-    store = Store(store_url)
+    store = TrialStore(store_url)
     study, trial, worker = scored_study(store, tiny_llama_path, labels)
     plan = read_plan(write_plan(build_plan(study, trial), tmp_path / "plan.json"))
     prov = plan.provenance

@@ -86,12 +86,15 @@ def test_a_second_connection_reads_committed_trials_while_one_writes(store_url):
     study, _ = open_study(writer)
     add(writer, study, (1, 1), 0.3)
     reader = TrialStore(store_url, create=False)
-    with writer.engine.connect() as conn:  # an open write transaction on the side
+    from sqlalchemy import create_engine, text
+
+    side = create_engine(store_url)  # another client of the database, not the store's engine
+    with side.connect() as conn:  # an open write transaction on the side
         trans = conn.begin()
-        from sqlalchemy import text
         conn.execute(text("UPDATE mps_study SET status = 'x' WHERE id = :i"), {"i": study.id})
         assert [t.number for t in reader.best("s")] == [0]
         trans.rollback()
+    side.dispose()
 
 
 def test_unreachable_database_is_one_line_with_password_masked():
@@ -111,13 +114,81 @@ def test_reading_a_missing_store_does_not_create_it(tmp_path):
 
 
 def test_a_store_from_an_older_schema_is_upgraded_for_reading(store_url):
-    from sqlalchemy import text
+    from sqlalchemy import create_engine, text
 
+    store = TrialStore(store_url)
+    spec = {**SPEC, "model": {"kind": "causal-lm", "dtype": "bfloat16"},
+            "calibration": {"source": "docs.txt", "samples": 8, "seq_len": 32, "offset": 5}}
+    study, _ = open_study(store, spec=spec)
+    add(store, study, (1, 1), 0.3)
+    store.close()
+    old = create_engine(store_url)  # as an older mpsearch left it: no searcher_state column, no
+    with old.begin() as conn:  # typed study columns
+        conn.execute(text("ALTER TABLE mps_study DROP COLUMN searcher_state"))
+        for column in ("budget_avg_bits", "model_kind", "dtype", "calibration_source",
+                       "calibration_samples", "calibration_seq_len", "calibration_offset"):
+            conn.execute(text(f"ALTER TABLE mps_study DROP COLUMN {column}"))
+    old.dispose()
+    reader = TrialStore(store_url, create=False)
+    assert [t.objective for t in reader.best("s")] == [0.3]
+    record = reader.study("s")  # the typed columns, filled once from the stored spec
+    assert record.budget.avg_bits == 4.25 and record.budget.total_bytes is None
+    assert (record.kind, record.dtype) == ("causal-lm", "bfloat16")
+    assert record.calibration is not None
+    assert (record.calibration.source, record.calibration.samples, record.calibration.seq_len,
+            record.calibration.offset) == ("docs.txt", 8, 32, 5)
+
+
+def test_typed_study_columns_are_written_at_creation(store_url):
+    from mpsearch.spaces import Budget
+    from mpsearch.storage import CalibrationRecord
+
+    store = TrialStore(store_url)
+    calibration = CalibrationRecord("a.jsonl", "body", 16, 48, 3, 8, "f" * 64)
+    study, _ = store.open_study("typed", {"budget": {"avg_bits": 1.0}}, {"x": 1}, SPACE, "model",
+                                "kl", 5, budget=Budget(3.5, 1e6), kind="encoder",
+                                dtype="float16", calibration=calibration)
+    again = TrialStore(store_url, create=False).study("typed")
+    for record in (study, again):  # the typed arguments, not the spec dict's budget
+        assert record.budget == Budget(3.5, 1e6)
+        assert (record.kind, record.dtype, record.calibration) == ("encoder", "float16",
+                                                                   calibration)
+    assert again.calibration is not None and again.calibration.section() == {
+        "source": "a.jsonl", "text_field": "body", "samples": 16, "seq_len": 48, "offset": 3,
+        "batch_size": 8}
+
+
+def test_an_opened_study_is_named_by_its_id(store_url):
     store = TrialStore(store_url)
     study, _ = open_study(store)
     add(store, study, (1, 1), 0.3)
-    with store.engine.begin() as conn:  # as an older mpsearch left it: no searcher_state column
-        conn.execute(text("ALTER TABLE mps_study DROP COLUMN searcher_state"))
-    store.close()
-    reader = TrialStore(store_url, create=False)
-    assert [t.objective for t in reader.best("s")] == [0.3]
+    add(store, study, (0, 2), 0.1)
+    assert store.study(study.id) == store.study("s")
+    assert [t.number for t in store.trials(study.id)] == [0, 1]
+    assert store.counts(study.id) == store.counts("s") == {COMPLETE: 2}
+    assert [t.number for t in store.best(study.id, top=1)] == [1]
+    assert store.trial(study.id, 0).objective == 0.3
+    assert [t.number for t in store.pareto(study.id)] == [t.number for t in store.pareto("s")]
+    with pytest.raises(StudyNotFoundError, match="no study 999"):
+        store.study(999)
+
+
+def test_start_and_finish_write_through_the_buffered_writer(store_url):
+    """``start_trial``/``finish_trial`` are the writer's path: the result records, as the
+    driver's do, how many trials had been dispatched when it was told (resume relies on it)."""
+    store = TrialStore(store_url)
+    study, _ = open_study(store)
+    first = add(store, study, (1, 1), "running")
+    add(store, study, (0, 2), 0.1)
+    store.finish_trial(study.id, first, 0.5, "w1", None, 0.2)
+    by_number = {t.number: t for t in store.trials("s")}
+    assert (by_number[0].status, by_number[0].objective, by_number[0].worker) == (
+        COMPLETE, 0.5, "w1")
+    assert (by_number[0].told_after, by_number[1].told_after) == (2, 2)
+    writer = store.writer(study.id, seed=7)
+    number = writer.start(Candidate((2, 2)), 1.0, 2.0, True)
+    assert number == 2 and store.counts("s") == {COMPLETE: 2}  # buffered until the flush
+    writer.finish(number, 0.05, "w0", None, 0.1)
+    writer.flush()
+    writer.close()
+    assert store.trial("s", 2).seed == 7 and store.best("s", top=1)[0].number == 2
