@@ -33,7 +33,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -165,6 +165,19 @@ class FormatHandler(ABC):
         enc = self.encode_dense(dense, option, inputs)
         return Encoded(option, enc.values, enc.scale, enc.zero_point, enc.global_scale, keep)
 
+    # -- exporting ----------------------------------------------------------------------------
+    def compressed_tensors_args(self, option: QuantOption,
+                                in_features: int) -> dict[str, Any] | None:
+        """The compressed-tensors ``QuantizationArgs`` (as keyword arguments) that store
+        ``option``'s weights exactly; None: the layer stays dense (unquantized). Raises
+        :class:`FormatError` (the reason, without the layer) if the format cannot hold it."""
+        raise FormatError(f"compressed-tensors has no {option.format} format")
+
+    def refuse_sparsity(self, option: QuantOption, target: str) -> None:
+        if option.sparse:
+            raise FormatError(f"{target} stores no sparsity with a quantized format "
+                              f"({option.label} prunes); drop the sparsity from the space")
+
     @abstractmethod
     def encode_dense(self, w: torch.Tensor, option: QuantOption, inputs: LayerInputs) -> Encoded:
         """The stored parts of ``w`` in ``option``'s number format (no mask applied)."""
@@ -188,6 +201,11 @@ class Fp16Handler(FormatHandler):
     def quantize_dense(self, w: torch.Tensor, option: QuantOption,
                        inputs: LayerInputs) -> torch.Tensor:
         return w.to(torch.float16)
+
+    def compressed_tensors_args(self, option: QuantOption,
+                                in_features: int) -> dict[str, Any] | None:
+        self.refuse_sparsity(option, "compressed-tensors")
+        return None  # dense: the fp16-rounded weight in the checkpoint's dtype
 
 
 class IntHandler(FormatHandler):
@@ -234,6 +252,21 @@ class IntHandler(FormatHandler):
         return Encoded(option, codes.reshape(w.shape), scale,
                        None if option.symmetric else zero, mask=keep)
 
+    def compressed_tensors_args(self, option: QuantOption,
+                                in_features: int) -> dict[str, Any] | None:
+        """Symmetric: the ``group`` (or ``channel``) strategy. Asymmetric: the ``block`` strategy
+        with blocks of 1 × group, the same numbers: with compressed-tensors 0.20.1 and
+        transformers 5.24 a ``group`` checkpoint with zero points does not load (the packed
+        zero point [out·b/32, groups] meets the [out, groups] parameter transformers creates),
+        while ``block`` stores the zero points unpacked (int8) and loads."""
+        self.refuse_sparsity(option, "compressed-tensors")
+        if option.symmetric:
+            strategy = {"strategy": "channel"} if option.group_size is None else \
+                {"strategy": "group", "group_size": option.group_size}
+        else:
+            strategy = {"strategy": "block", "block_structure": [1, option.group_for(in_features)]}
+        return {"num_bits": option.bits, "type": "int", "symmetric": option.symmetric, **strategy}
+
     @staticmethod
     def _range(option: QuantOption) -> tuple[None, None, int, int]:
         if option.symmetric:
@@ -271,6 +304,13 @@ class Fp8Handler(FormatHandler):
     def decode(self, enc: Encoded) -> torch.Tensor:
         assert enc.scale is not None
         return enc.values.float() * enc.scale
+
+    def compressed_tensors_args(self, option: QuantOption,
+                                in_features: int) -> dict[str, Any] | None:
+        self.refuse_sparsity(option, "compressed-tensors")
+        if option.format != "fp8_e4m3":
+            raise FormatError("compressed-tensors stores FP8 as E4M3 only")
+        return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel"}
 
 
 class Nvfp4Handler(FormatHandler):

@@ -1,0 +1,206 @@
+"""Exporting a plan as a compressed-tensors checkpoint (the format vLLM and transformers load),
+holding exactly the integers, scales and zero points the trial was scored with.
+
+The plan is applied the one way (:func:`.checkpoint.plan_worker`); each layer's stored parts come
+from its format's handler (:mod:`.registry`: ``encode``, checked to rebuild the scored weight
+bit for bit) and its compressed-tensors arguments from the same handler
+(``compressed_tensors_args``). One config group per distinct option, targeting the layers' module
+names (never class names), so no two groups overlap. compressed-tensors lays out the tensors
+(``weight_packed``, ``weight_scale``, ``weight_zero_point``, ``weight_shape``); the codes are then
+overwritten with mpsearch's own, so nothing is re-rounded. The codes use compressed-tensors'
+signed convention: asymmetric q_ct = q − 2^(b−1) and z_ct = z − 2^(b−1), so q_ct − z_ct = q − z
+(the zero-point sign convention that makes checkpoints "load fine but produce garbage" when
+missed); symmetric codes are signed in both.
+
+A plain ``AutoModel*.from_pretrained(DIR)`` loads the result (transformers decompresses it on the
+first forward pass). Sentence-transformers files (``modules.json``, pooling, normalize) are
+copied beside it, so ``SentenceTransformer(DIR)`` keeps its modules. Options the format cannot
+hold (NF4, FP8 E5M2, pruning, GPT-2's Conv1D layers, which compressed-tensors does not quantize)
+are refused before anything is written, naming the layer and the option.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpsearch.spaces.options import QuantOption
+
+from .checkpoint import PLAN_FILE, CheckpointError, _planned_modules, _prepare_out, plan_worker
+from .layers import oriented_shape
+from .registry import Encoded, FormatError, handler_for
+from .worker import WorkerSetup
+
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
+
+
+class ExportError(CheckpointError):
+    """A plan cannot be exported in the requested format."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export went and how large its weights are on disk."""
+
+    path: Path
+    weight_bytes: int  # of the weight files (safetensors), the format's metadata included
+    groups: dict[str, list[str]]  # config group → option label and module names
+
+
+def compressed_tensors_schemes(model: nn.Module, options: Mapping[str, QuantOption]
+                               ) -> dict[str, dict[str, Any] | None]:
+    """Layer name → compressed-tensors ``QuantizationArgs`` keywords (None: dense), or
+    :class:`ExportError` naming the first layer and option the format cannot hold."""
+    modules = _planned_modules(model, options)
+    schemes: dict[str, dict[str, Any] | None] = {}
+    for name, option in options.items():
+        module = modules[name]
+        try:
+            args = handler_for(option).compressed_tensors_args(option, oriented_shape(module)[1])
+        except FormatError as exc:
+            raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
+                              f"compressed-tensors: {exc}") from None
+        if args is not None and not isinstance(module, nn.Linear):
+            raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
+                              f"compressed-tensors: it quantizes nn.Linear layers only, and this "
+                              f"is a {type(module).__name__} (GPT-2's Conv1D); export GGUF instead")
+        schemes[name] = args
+    return schemes
+
+
+def _config_groups(options: Mapping[str, QuantOption],
+                   schemes: Mapping[str, dict[str, Any] | None]) -> dict[str, tuple[str, list[str]]]:
+    """group name → (option label, module names), one group per distinct quantized option."""
+    by_label: dict[str, list[str]] = {}
+    for name, option in options.items():
+        if schemes[name] is not None:
+            by_label.setdefault(option.label, []).append(name)
+    return {f"group_{i}": (label, names) for i, (label, names) in enumerate(by_label.items())}
+
+
+def _signed(codes: torch.Tensor, option: QuantOption) -> torch.Tensor:
+    """compressed-tensors' int8 codes: symmetric codes are signed already; asymmetric ones
+    (unsigned, as their zero points) shift down by 2^(b−1)."""
+    return (codes - (0 if option.symmetric else 2 ** (option.bits - 1))).to(torch.int8)
+
+
+def _store_parts_(module: nn.Module, enc: Encoded, dtype: torch.dtype) -> None:
+    """Overwrite the compressed module's tensors with ``enc``'s (after compress_model)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    option = enc.option
+    assert enc.scale is not None
+    with torch.no_grad():
+        module.weight_scale.data = enc.scale.to(dtype).reshape(module.weight_scale.shape).clone()
+        if option.format == "int":
+            packed = pack_to_int32(_signed(enc.values, option), option.bits)
+            assert packed.shape == module.weight_packed.shape
+            module.weight_packed.data = packed
+            if enc.zero_point is not None:
+                zp = _signed(enc.zero_point, option)
+                assert zp.shape == module.weight_zero_point.shape
+                module.weight_zero_point.data = zp
+        else:  # FP8 E4M3: the float8 values as they are
+            module.weight.data = enc.values.clone()
+
+
+def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOption],
+                              out_dir: str | Path, plan: Mapping[str, Any] | None = None
+                              ) -> ExportResult:
+    """Apply ``options`` on ``setup`` and write a compressed-tensors checkpoint to ``out_dir``.
+
+    ``setup`` is the trial's scoring setup (its dtype is the checkpoint's; GPTQ and Wanda use its
+    calibration texts). Raises :class:`ExportError` (nothing written) for an option the format
+    cannot hold, :class:`CheckpointError` for an unwritable ``out_dir`` or a plan naming layers
+    the model lacks.
+    """
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        apply_quantization_config,
+    )
+    from transformers import AutoTokenizer
+
+    schemes = compressed_tensors_schemes(_shapes_model(setup), options)
+    out = _prepare_out(out_dir)
+    try:
+        worker = plan_worker(setup, options)
+        model = worker.model.cpu()
+        dtype = next(model.parameters()).dtype
+        encoded: dict[str, Encoded] = {}
+        for name, option in options.items():
+            if schemes[name] is None:
+                continue
+            enc = handler_for(option).encode(worker.original[name], option,
+                                              worker.layer_inputs(name, option))
+            scored = worker.variant(name, option)
+            assert torch.equal(enc.dequantize(scored.dtype).to(scored.device), scored), name
+            encoded[name] = enc
+        groups = _config_groups(options, schemes)
+        config = QuantizationConfig(
+            config_groups={group: QuantizationScheme(
+                targets=names, weights=QuantizationArgs(**schemes[names[0]]))  # type: ignore[arg-type]
+                for group, (_, names) in groups.items()},
+            quantization_status="frozen")
+        apply_quantization_config(model, config)
+        compressor = ModelCompressor.from_pretrained_model(model)
+        compressor.compress_model(model)
+        modules = dict(model.named_modules())
+        for name, enc in encoded.items():
+            _store_parts_(modules[name], enc, dtype)
+        _copy_side_files(setup.model_path, out)
+        model.save_pretrained(out)
+        compressor.update_config(str(out))
+        AutoTokenizer.from_pretrained(setup.model_path).save_pretrained(out)
+        if plan is not None:
+            (out / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint to {out}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return ExportResult(out, weight_bytes(out),
+                        {g: [label, *names] for g, (label, names) in groups.items()})
+
+
+def _shapes_model(setup: WorkerSetup) -> nn.Module:
+    """The model on the meta device: its module types and shapes, without its weights."""
+    from transformers import AutoConfig
+
+    from .model_loading import _auto_class
+
+    config = AutoConfig.from_pretrained(setup.model_path)
+    with torch.device("meta"):
+        return _auto_class(setup.kind).from_config(config)
+
+
+def _copy_side_files(source: str, out: Path) -> None:
+    """Everything in the model directory but its weights and config: sentence-transformers'
+    modules (``modules.json``, ``1_Pooling/``, ``2_Normalize/``), READMEs, tokenizer files."""
+    src = Path(source)
+    if not src.is_dir():
+        return
+    for item in src.iterdir():
+        if item.name == "config.json" or item.name.endswith(WEIGHT_FILES) or \
+                item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, out / item.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, out / item.name)
+
+
+def weight_bytes(directory: str | Path) -> int:
+    """Bytes of the weight files in ``directory`` (what the cost model's total_bytes predicts)."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*.safetensors"))
+
