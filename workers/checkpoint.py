@@ -140,10 +140,10 @@ def rescore_checkpoint(checkpoint: str | Path, setup: WorkerSetup,
     """The objective of ``checkpoint`` against the full-precision ``setup.model_path``.
 
     Scored by a :class:`Worker` exactly as a trial is: the worker computes its reference from the
-    original model on ``setup.texts``, then scores with the checkpoint's weights loaded in.
+    original model on ``setup.texts``, then scores the checkpoint as ``from_pretrained`` loads it
+    (dense, or packed formats such as compressed-tensors, which decompress on the first forward).
     """
     worker = Worker(setup, SearchSpace(()))  # no searched layer: only the reference is needed
-    quantized = load_model(str(checkpoint), setup.kind, setup.dtype, setup.device)
-    worker.model.load_state_dict(quantized.state_dict())
+    worker.model = load_model(str(checkpoint), setup.kind, setup.dtype, setup.device)
     load_tokenizer(str(checkpoint))  # the checkpoint's tokenizer must load too
     return worker.score(samples)

@@ -175,8 +175,8 @@ class FormatHandler(ABC):
 
     def refuse_sparsity(self, option: QuantOption, target: str) -> None:
         if option.sparse:
-            raise FormatError(f"{target} stores no sparsity with a quantized format "
-                              f"({option.label} prunes); drop the sparsity from the space")
+            raise FormatError(f"it prunes, and {target} stores no pruned weights; drop the "
+                              "sparsity from the space")
 
     @abstractmethod
     def encode_dense(self, w: torch.Tensor, option: QuantOption, inputs: LayerInputs) -> Encoded:

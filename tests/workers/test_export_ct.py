@@ -1,0 +1,124 @@
+"""compressed-tensors export round trip: a mixed plan scored by a worker, exported, loaded by plain
+``AutoModel*.from_pretrained`` in a fresh process (no mpsearch import there), re-scored: the
+trial's objective to 1e-4 relative, and the weights on disk against the cost model's total_bytes.
+"""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mpsearch.spaces import Candidate, parse_option
+from mpsearch.spaces.space import LayerRule, build_space
+from mpsearch.workers.checkpoint import CheckpointError, scoring_setup
+from mpsearch.workers.config import ModelConfig
+from mpsearch.workers.export_ct import ExportError, export_compressed_tensors
+from mpsearch.workers.model_loading import inspect_model
+from mpsearch.workers.worker import Worker
+
+CALIBRATION = {"source": "stdlib-docs", "samples": 4, "seq_len": 24, "batch_size": 2}
+MIXED = ("int4-g32-asym", "int3-ch-sym-gptq", "fp8_e4m3", "int8-ch-asym-clip", "int4-g32-sym",
+         "fp16")
+
+# Runs in a fresh interpreter: transformers only, the way a user loads the export.
+LOADER = textwrap.dedent("""
+    import sys, torch
+    from transformers import AutoModel, AutoModelForCausalLM
+    path, kind, batches, out = sys.argv[1:5]
+    assert not any(m.startswith("mpsearch") for m in sys.modules)
+    model = (AutoModelForCausalLM if kind == "causal-lm" else AutoModel).from_pretrained(path)
+    with torch.inference_mode():
+        outputs = [model(**b) for b in torch.load(batches)]
+    main = [o.logits if kind == "causal-lm" else o.last_hidden_state for o in outputs]
+    assert not any(m.startswith("mpsearch") for m in sys.modules)
+    torch.save(main, out)
+""")
+
+
+def scored_trial(model_path: str, objective: str, dtype: str, labels=MIXED, pattern=r"\.\d+\."):
+    """A worker, a candidate using every option of ``labels``, its objective and its cost."""
+    info = inspect_model(ModelConfig(name=model_path))
+    options = tuple(parse_option(label) for label in labels)
+    space = build_space(info.layers, [LayerRule(pattern, options)],
+                        total_params=info.total_params)
+    setup = scoring_setup(model_path, "auto", objective, CALIBRATION, dtype)
+    worker = Worker(setup, space)
+    candidate = Candidate(tuple(i % len(options) for i in range(len(space.genes))))
+    outcome = worker.evaluate(candidate)
+    assert outcome.objective is not None and outcome.objective > 0, outcome
+    return worker, space.decode(candidate), outcome.objective, space.cost(candidate)
+
+
+def rescore_in_fresh_process(worker: Worker, export_dir, tmp_path) -> float:
+    """The objective of ``export_dir`` as a fresh transformers process computes the outputs."""
+    torch.save(worker.batches, tmp_path / "batches.pt")
+    (tmp_path / "loader.py").write_text(LOADER)
+    run = subprocess.run([sys.executable, str(tmp_path / "loader.py"), str(export_dir),
+                          worker.setup.kind, str(tmp_path / "batches.pt"), str(tmp_path / "out.pt")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    total, count = 0.0, 0.0
+    for batch, ref, out in zip(worker.batches, worker.reference, torch.load(tmp_path / "out.pt"),
+                               strict=True):
+        output = SimpleNamespace(logits=out, last_hidden_state=out)
+        (s, n), _ = worker.objective.score(ref, output, batch)
+        total, count = total + float(s), count + float(n)
+    return total / count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, objective, dtype", [
+    ("tiny_llama_path", "kl", "float16"),
+    ("tiny_llama_path", "kl", "float32"),
+    ("minilm_path", "embedding_distortion", "float16"),
+])
+def test_export_loads_in_a_fresh_process_and_reproduces_the_trial(request, tmp_path, model,
+                                                                  objective, dtype):
+    worker, options, stored, cost = scored_trial(request.getfixturevalue(model), objective, dtype)
+    assert len({o.label for o in options.values()}) >= 3
+    result = export_compressed_tensors(worker.setup, options, tmp_path / "ct",
+                                       plan={"provenance": {"objective": stored}})
+    config = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    targets = [t for g in config["config_groups"].values() for t in g["targets"]]
+    assert len(targets) == len(set(targets))  # non-overlapping module names, no class names
+    assert set(targets) == {n for n, o in options.items() if o.label != "fp16"}
+    assert len(config["config_groups"]) == len(set(MIXED)) - 1  # one group per quantized option
+
+    source = Path(worker.setup.model_path)
+    for side in ("modules.json", "1_Pooling", "sentence_bert_config.json"):  # MiniLM's modules
+        assert (tmp_path / "ct" / side).exists() == (source / side).exists(), side
+
+    value = rescore_in_fresh_process(worker, tmp_path / "ct", tmp_path)
+    assert value == pytest.approx(stored, rel=1e-4)
+    if dtype == "float16":  # the cost model charges unsearched weights at 16 bits
+        print(f"on disk {result.weight_bytes} bytes; cost model {cost.total_bytes:.0f} bytes")
+        assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
+
+
+def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_path,
+                                                                     tiny_gpt2_path, tmp_path):
+    setup = scoring_setup(tiny_llama_path, "auto", "kl", CALIBRATION)
+    layer = "model.layers.0.mlp.up_proj"
+    for label, why in (("nf4", "compressed-tensors has no nf4 format"),
+                       ("fp8_e5m2", "compressed-tensors stores FP8 as E4M3 only"),
+                       ("int4-g32-asym+2:4", "it prunes")):
+        with pytest.raises(ExportError, match=re.escape(f"layer {layer}: option {label} cannot be "
+                                                        "exported to compressed-tensors: ") + why):
+            export_compressed_tensors(setup, {layer: parse_option(label)}, tmp_path / label)
+        assert not (tmp_path / label).exists()  # refused before anything is written
+    gpt2 = scoring_setup(tiny_gpt2_path, "auto", "kl", CALIBRATION)
+    with pytest.raises(ExportError, match="transformer.h.0.mlp.c_fc: .*Conv1D"):
+        export_compressed_tensors(gpt2, {"transformer.h.0.mlp.c_fc": parse_option("int4-g32-sym")},
+                                  tmp_path / "gpt2")
+    with pytest.raises(CheckpointError, match="no quantizable layer 'nope'"):
+        export_compressed_tensors(setup, {"nope": parse_option("int4-g32-sym")}, tmp_path / "x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("")
+    with pytest.raises(CheckpointError, match="not an empty directory"):
+        export_compressed_tensors(setup, {layer: parse_option("int4-g32-sym")}, tmp_path / "full")
