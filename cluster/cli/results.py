@@ -1,5 +1,5 @@
 """Reading results back: ``best``, ``pareto``, ``compare``, ``trials`` (Parquet), ``export`` (plan),
-``apply`` (checkpoint) and ``report`` (HTML).
+``apply`` (checkpoint: dense or compressed-tensors) and ``report`` (HTML).
 
 Every command here only reads the store (opened with ``create=False``); a bad study, trial,
 filter or output path is a one-line error and the database is left as it was.
@@ -182,17 +182,27 @@ def trials(
     err.print(f"wrote {len(rows)} trials of study {study} to {path}")
 
 
+PLAN, DENSE, COMPRESSED_TENSORS, GGUF = "plan", "dense", "compressed-tensors", "gguf"
+FormatOption = Annotated[str, typer.Option(
+    "--format", help="plan (JSON), dense (dequantized weights) or compressed-tensors (packed).")]
+VerifyOption = Annotated[bool, typer.Option(
+    help="Re-score the checkpoint on the plan's calibration; print both objectives and sizes.")]
+
+
 def export(
     study: StudyOption,
-    out_path: Annotated[str, typer.Option("--out", help="Plan JSON file to write.")],
+    out_path: Annotated[str, typer.Option("--out", help="Plan file or checkpoint directory.")],
     db: DbOption = None,
     trial: Annotated[int | None, typer.Option(help="Trial number (default: the best).")] = None,
+    format: FormatOption = PLAN,
+    verify: VerifyOption = False,
 ) -> None:
-    """Write one trial's per-layer plan (options, effective bits, provenance) as JSON."""
+    """Write one trial as a plan (JSON: options, effective bits, provenance) or a checkpoint."""
     from mpsearch.storage.models import COMPLETE
-    from mpsearch.storage.plan import build_plan, write_plan
+    from mpsearch.storage.plan import Plan, build_plan, write_plan
     from mpsearch.storage.queries import NoResultError
 
+    _check_format(format, (PLAN, DENSE, COMPRESSED_TENSORS))
     store = open_store(db)
     record = store.study(study)
     if trial is None:
@@ -206,7 +216,15 @@ def export(
         if chosen.status != COMPLETE:
             raise NoResultError(f"trial {trial} of study {study!r} is {chosen.status}, not "
                                 "complete; export a completed trial")
-    path = write_plan(build_plan(record, chosen), out_path)
+    if format != PLAN and not chosen.feasible:
+        raise NoResultError(f"trial {chosen.number} of study {study!r} is over the budget "
+                            "(infeasible); export a feasible trial")
+    data = build_plan(record, chosen)
+    if format != PLAN:
+        _write_checkpoint(Plan(data, f"trial {chosen.number} of study {study}"), format, out_path,
+                          None, verify)
+        return
+    path = write_plan(data, out_path)
     err.print(f"wrote the plan of trial {chosen.number} of study {study} (objective "
               f"{fmt_obj(chosen.objective)}, {chosen.avg_bits:.4f} avg bits) to {path}")
 
@@ -216,30 +234,62 @@ def apply(
     out_dir: Annotated[str, typer.Option("--out", help="New directory for the checkpoint.")],
     model: Annotated[str | None, typer.Option(
         help="Model directory or id (default: the plan's model).")] = None,
-    verify: Annotated[bool, typer.Option(
-        help="Re-score the checkpoint on the plan's calibration and print both objectives.")]
-    = False,
+    format: FormatOption = DENSE,
+    verify: VerifyOption = False,
 ) -> None:
-    """Write a checkpoint with the plan's quantized weights (loads with from_pretrained)."""
+    """Write a checkpoint of the plan's quantized weights (loads with from_pretrained)."""
     from mpsearch.storage.plan import read_plan
-    from mpsearch.workers.checkpoint import needs_calibration, rescore_checkpoint, write_checkpoint
 
-    plan = read_plan(plan_path)
+    _check_format(format, (DENSE, COMPRESSED_TENSORS))
+    _write_checkpoint(read_plan(plan_path), format, out_dir, model, verify)
+
+
+def _check_format(format: str, valid: tuple[str, ...]) -> None:
+    if format == GGUF:
+        raise MpsearchError("--format gguf is not implemented yet; use compressed-tensors")
+    if format not in valid:
+        raise MpsearchError(f"--format {format!r} is not one of {', '.join(valid)}")
+
+
+def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify: bool) -> None:
+    """The plan's checkpoint in ``format`` (dense or compressed-tensors), re-scored if asked."""
+    from mpsearch.workers.checkpoint import (
+        needs_calibration,
+        rescore_checkpoint,
+        weights_only_setup,
+        write_checkpoint,
+    )
+    from mpsearch.workers.export_ct import export_compressed_tensors, weight_bytes
+    from mpsearch.workers.model_loading import inspect_model
+
     prov, scoring = plan.provenance, plan.scoring
     source = model or prov.get("model")
     if not source:
-        raise MpsearchError(f"{plan_path}: the plan names no model; pass --model PATH")
+        raise MpsearchError(f"{plan.source}: the plan names no model; pass --model PATH")
+    if verify and scoring.calibration is None:
+        raise MpsearchError(f"{plan.source}: the plan records no calibration; cannot --verify")
     calibrated = any(needs_calibration(o) for o in plan.options.values())
-    setup = _scoring_setup(scoring, source) if calibrated and scoring.calibration else None
-    path = write_checkpoint(source, plan.options, out_dir, kind=scoring.kind, dtype=scoring.dtype,
-                            plan=plan.data, setup=setup)
-    err.print(f"wrote a checkpoint of {source} with {len(plan.options)} quantized layers "
+    setup = _scoring_setup(scoring, source) if scoring.calibration and (calibrated or verify) \
+        else None
+    if format == COMPRESSED_TENSORS:
+        if setup is None:
+            from mpsearch.workers.config import ModelConfig
+
+            info = inspect_model(ModelConfig(name=source, kind=scoring.kind))  # type: ignore[arg-type]
+            setup = weights_only_setup(info.path, info.kind, scoring.dtype)
+        path = export_compressed_tensors(setup, plan.options, out_dir, plan=plan.data).path
+    else:
+        path = write_checkpoint(source, plan.options, out_dir, kind=scoring.kind,
+                                dtype=scoring.dtype, plan=plan.data, setup=setup)
+    on_disk, predicted = weight_bytes(path), prov.get("total_bytes")
+    err.print(f"wrote a {format} checkpoint of {source} with {len(plan.options)} quantized layers "
               f"(trial {prov.get('trial')} of study {prov.get('study')}) to {path}")
     if verify:
-        if scoring.calibration is None:
-            raise MpsearchError(f"{plan_path}: the plan records no calibration; cannot --verify")
-        value = rescore_checkpoint(path, setup or _scoring_setup(scoring, source), scoring.samples)
-        err.print(f"re-scored objective {fmt_obj(value)}; stored {fmt_obj(prov.get('objective'))}")
+        assert setup is not None
+        value = rescore_checkpoint(path, setup, scoring.samples)
+        cost = f"{predicted:.0f}" if isinstance(predicted, int | float) else "unknown"
+        err.print(f"re-scored objective {fmt_obj(value)}; stored {fmt_obj(prov.get('objective'))}; "
+                  f"on disk {on_disk} bytes; cost model {cost} bytes")
 
 
 def _scoring_setup(scoring: ScoringSource, model: str) -> WorkerSetup:

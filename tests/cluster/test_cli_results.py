@@ -120,6 +120,12 @@ def dump(url: str) -> list[str]:
     (("export", "--study", "s", "--out", "{tmp}/no/dir/p.json"), "cannot write plan"),
     (("report", "--study", "s", "--out", "{tmp}/no/dir/r.html"), "cannot write report"),
     (("apply", "{tmp}/missing.json", "--out", "{tmp}/ckpt"), "cannot read plan"),
+    (("export", "--study", "s", "--format", "gguf", "--out", "{tmp}/m.gguf"), "not implemented"),
+    (("export", "--study", "s", "--format", "onnx", "--out", "{tmp}/m"), "is not one of plan"),
+    (("export", "--study", "s", "--trial", 2, "--format", "compressed-tensors", "--out",
+      "{tmp}/ct"), "over the budget (infeasible)"),
+    (("export", "--study", "s", "--trial", 3, "--format", "compressed-tensors", "--out",
+      "{tmp}/ct"), "is failed, not complete"),
 ])
 def test_bad_input_is_one_line_error_and_leaves_the_database(db, tmp_path, args, match):
     before = dump(db)
@@ -170,6 +176,14 @@ def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     assert (tmp_path / "ckpt" / "mpsearch_plan.json").is_file()
     again = invoke("apply", tmp_path / "plan.json", "--out", tmp_path / "ckpt")
     assert "not an empty directory" in str(again.exception)
+
+    # packed: the same trial as compressed-tensors, straight from the store and from the plan
+    packed = ok("export", "--study", "tiny", "--db", url, "--format", "compressed-tensors",
+                "--out", tmp_path / "ct", "--verify")
+    assert f"re-scored objective {value:.6f}; stored {value:.6f}; on disk " in packed.stderr
+    assert "quantization_config" in (tmp_path / "ct" / "config.json").read_text()
+    ok("apply", tmp_path / "plan.json", "--format", "compressed-tensors", "--out", tmp_path / "ct2")
+    assert (tmp_path / "ct2" / "mpsearch_plan.json").is_file()
 
 
 # Libraries a command that only reads the store has no use for (each costs 0.1-2 s to import).
