@@ -8,7 +8,6 @@ worker actors as its executor. A study that already has trials continues where i
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -42,15 +41,8 @@ class PreparedJob:
 def resolve_objective(spec: JobSpec, kind: str) -> str:
     if spec.objective == "auto":
         return "kl" if kind == "causal-lm" else "embedding_distortion"
-    if ":" in spec.objective:  # a user objective: it must import here as on the workers
-        module, _, name = spec.objective.partition(":")
-        try:
-            found = getattr(importlib.import_module(module), name, None)
-        except ImportError as exc:
-            raise SpecError(f"objective: cannot import module {module!r}: {exc}") from None
-        if not callable(found):
-            raise SpecError(f"objective: module {module!r} has no function {name!r}")
-        return spec.objective
+    if spec.objective not in ("kl", "embedding_distortion"):
+        return spec.objective  # a user objective, validated with the spec (objective_registry)
     if spec.objective == "kl" and kind != "causal-lm":
         raise SpecError(f"objective: 'kl' needs a causal LM, but model {spec.model.name!r} is an "
                         "encoder; use embedding_distortion or auto")
@@ -60,6 +52,7 @@ def resolve_objective(spec: JobSpec, kind: str) -> str:
 def prepare(spec: JobSpec) -> PreparedJob:
     """Resolve the model, build and check the space: no worker is started here."""
     info = inspect_model(spec.model)
+    info.check_seq_len(spec.calibration.seq_len, spec.model.name)
     space = build_space(info.layers, spec.space.rules(), spec.space.tie, info.total_params,
                         spec.space.unsearched_bits)
     budget = spec.budget.to_budget()
@@ -152,7 +145,8 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
             on_start: Callable[[StudyRecord, int], None] | None = None,
             on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None, *,
             extend: int = 0, lease_ttl: float = DEFAULT_TTL,
-            executor_options: dict[str, Any] | None = None) -> SessionResult:
+            executor_options: dict[str, Any] | None = None,
+            job: PreparedJob | None = None) -> SessionResult:
     """Run, continue or extend the study of ``spec`` until it has its completed evaluations.
 
     The spec's part: check everything before a worker starts, open the study, say how workers
@@ -162,7 +156,7 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
     from .executor import RayExecutor
 
     start = time.perf_counter()
-    job = prepare(spec)
+    job = job or prepare(spec)  # the CLI prepares first: nothing is stored before it passes
     study = open_job_study(job, store)
     w = spec.workers
 

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mpsearch.searcher.registry import SearcherConfig
 from mpsearch.spaces.errors import SpecError, validation_message
+from mpsearch.spaces.files import read_text_file
+from mpsearch.spaces.limits import MAX_EVALUATIONS, MAX_SEED, non_finite_field
 from mpsearch.spaces.spec import BudgetConfig, SpaceConfig
 from mpsearch.storage.config import StorageConfig
 from mpsearch.workers.config import CalibrationConfig, ModelConfig, ObjectiveName, WorkersConfig
@@ -36,13 +38,21 @@ class JobSpec(BaseModel):
     objective: ObjectiveName = "auto"
     # KL on the full-precision model's top-k tokens only (k/V of the reference's memory, a lower
     # bound of the full KL); None keeps the whole vocabulary.
-    kl_top_k: int | None = Field(default=None, ge=1)
+    kl_top_k: int | None = Field(default=None, ge=1, le=10_000_000)
     searcher: SearcherConfig = Field(default_factory=SearcherConfig)
     # Completed evaluations to run (uniform baselines included; failed ones are not counted).
-    evaluations: int = Field(default=200, ge=1)
+    evaluations: int = Field(default=200, ge=1, le=MAX_EVALUATIONS)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        field = non_finite_field(data)
+        if field is not None:  # YAML's 1e309 or .inf: no budget, and not JSON
+            raise ValueError(f"{field} is not a finite number")
+        return data
 
     def identity(self) -> dict[str, Any]:
         """The parts that define what a study searches: a rerun must keep them unchanged.
@@ -63,6 +73,10 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 def parse_spec(data: Any, source: str = "spec") -> JobSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a job spec is a mapping of fields, got {type(data).__name__}")
+    field = non_finite_field(data)
+    if field is not None:
+        raise SpecError(f"{source}: field '{field}': not a finite number (YAML reads 1e309 and "
+                        ".inf as infinity); give a finite value")
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -73,10 +87,7 @@ def parse_spec(data: Any, source: str = "spec") -> JobSpec:
 
 def load_spec(path: str | Path) -> JobSpec:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read job spec: {exc.strerror or exc}") from None
+    text = read_text_file(path, "job spec", SpecError)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -84,4 +95,6 @@ def load_spec(path: str | Path) -> JobSpec:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise SpecError(f"{path}:{where}: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: the YAML is nested too deeply") from None
     return parse_spec(data, str(path))

@@ -7,13 +7,13 @@ a candidate holds one option index per gene, and every layer of the gene takes t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BudgetError, SpecError
 from .options import QuantOption
+from .patterns import TimedPattern
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,8 @@ class SearchSpace:
 
 @dataclass(frozen=True)
 class LayerRule:
-    """Layers whose name matches ``pattern`` (``re.search``) may take ``options``."""
+    """Layers whose name matches ``pattern`` (``re.search``, under the time limit of
+    :mod:`.patterns`) may take ``options``."""
 
     pattern: str
     options: tuple[QuantOption, ...]
@@ -241,7 +242,7 @@ def build_space(
     ``layer\\.(\\d+)\\.attention\\.self\\.(?:query|key|value)`` q/k/v are tied within each block, and
     a pattern without groups ties every layer it matches.
     """
-    compiled = [(rule, _compile(rule.pattern, "space.layers")) for rule in rules]
+    compiled = [(rule, TimedPattern(rule.pattern, "space.layers")) for rule in rules]
     chosen: dict[str, tuple[LayerInfo, tuple[QuantOption, ...]]] = {}
     for rule, regex in compiled:
         matched = [layer for layer in layers if regex.search(layer.name)]
@@ -263,7 +264,7 @@ def build_space(
     order = [layer.name for layer in layers if layer.name in chosen]
     group_of: dict[str, str] = {}
     for pattern in ties:
-        regex = _compile(pattern, "space.tie")
+        regex = TimedPattern(pattern, "space.tie")
         hits = [name for name in order if regex.search(name)]
         if not hits:
             raise SpecError(f"space.tie: pattern '{pattern}' matches no searched layer")
@@ -289,10 +290,3 @@ def build_space(
     searched = sum(gene.numel for gene in genes)
     unsearched = 0 if total_params is None else max(total_params - searched, 0)
     return SearchSpace(tuple(genes), unsearched, unsearched_bits)
-
-
-def _compile(pattern: str, where: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise SpecError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from .limits import MAX_BITS
 from .options import QuantOption
 from .space import Budget, LayerRule
 
@@ -65,7 +66,7 @@ class SpaceConfig(BaseModel):
     # Tie patterns; the layers a pattern matches share one choice per value of its capture groups.
     tie: list[str] = Field(default_factory=list)
     # Parameters not searched (embeddings, norms, heads) count in total_bytes at this many bits.
-    unsearched_bits: float = Field(default=16.0, gt=0)
+    unsearched_bits: float = Field(default=16.0, gt=0, le=MAX_BITS)
 
     def rules(self) -> list[LayerRule]:
         return [rule.to_rule() for rule in self.layers]
@@ -74,8 +75,10 @@ class SpaceConfig(BaseModel):
 class BudgetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    avg_bits: float | None = Field(default=None, gt=0, description="average effective bits")
-    total_bytes: float | None = Field(default=None, gt=0, description="whole-model bytes")
+    avg_bits: float | None = Field(default=None, gt=0, le=MAX_BITS, allow_inf_nan=False,
+                                   description="average effective bits")
+    total_bytes: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                      description="whole-model bytes")
 
     @model_validator(mode="after")
     def _one_bound(self) -> BudgetConfig:

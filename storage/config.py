@@ -6,10 +6,20 @@ Kept free of SQLAlchemy so a spec can be validated (and a job submitted) without
 from __future__ import annotations
 
 import os
+import re
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_serializer, field_validator, model_validator
 
 DEFAULT_URL = "sqlite:///mpsearch.db"
+# scheme://user:PASSWORD@ as SQLAlchemy's make_url reads it (the password ends at the first "@")
+_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)(?P<password>[^@]*)(?=@)")
+
+
+def mask_password(url: str) -> str:
+    """``url`` with the password (if any) replaced by ``***`` (storage.errors.mask_url's rule,
+    without SQLAlchemy)."""
+    return _PASSWORD.sub(lambda m: m["head"] + "***", url, count=1)
 
 
 class StorageConfig(BaseModel):
@@ -17,7 +27,10 @@ class StorageConfig(BaseModel):
 
     # Any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; or ``env:NAME`` to read it from
     # the environment variable NAME where the job runs (keeps a password out of the spec file).
+    # ``url`` is the resolved URL; written out (the stored spec, exports) it is the ``env:NAME``
+    # reference it came from, or the URL with its password masked: a secret is never stored.
     url: str = DEFAULT_URL
+    _reference: str | None = PrivateAttr(default=None)
 
     @field_validator("url")
     @classmethod
@@ -29,3 +42,16 @@ class StorageConfig(BaseModel):
         if not value:
             raise ValueError(f"environment variable {name} (named by {url!r}) is not set")
         return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_reference(cls, data: Any, handler: Any) -> Any:
+        config = handler(data)
+        raw = data.get("url") if isinstance(data, dict) else None
+        if isinstance(raw, str) and raw.startswith("env:"):
+            config._reference = raw
+        return config
+
+    @field_serializer("url")
+    def _without_secret(self, url: str) -> str:
+        return self._reference or mask_password(url)

@@ -34,7 +34,7 @@ def mask_url(url: str) -> str:
     """``url`` with its password replaced by ``***``."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparseable database URL>"
 
 
@@ -49,6 +49,15 @@ def translating(url: str, action: str) -> Iterator[None]:
     """Turn any SQLAlchemy error inside the block into a one-line :class:`StoreError`."""
     try:
         yield
+    except ImportError as exc:  # create_engine imports the URL's driver (psycopg, ...) here
+        module = (exc.name or "").partition(".")[0] or "its driver"
+        extra = "'mpsearch[postgres]'" if module == "psycopg" else module
+        raise StoreError(f"database {mask_url(url)}: cannot {action}: the database driver "
+                         f"{module!r} is not installed (pip install {extra})") from None
+    except ValueError as exc:
+        if action != "connect":
+            raise  # only parsing a URL and opening it raise ValueError for the user's input
+        raise StoreError(f"database {mask_url(url)}: not a usable database URL: {exc}") from None
     except SQLAlchemyError as exc:
         masked = mask_url(url)
         reason = _reason(exc)

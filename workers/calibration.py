@@ -15,6 +15,8 @@ import random
 import re
 from pathlib import Path
 
+from mpsearch.spaces.files import read_text_file
+
 from .config import CalibrationConfig
 from .errors import WorkerError
 
@@ -95,19 +97,20 @@ def stdlib_texts() -> tuple[str, ...]:
 
 
 def _file_texts(path: Path, text_field: str) -> list[str]:
+    content = read_text_file(path, "calibration file", WorkerError)
     if path.suffix == ".jsonl":
         texts = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
                 texts.append(str(record[text_field]))
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
                 raise WorkerError(f"calibration.source: {path}:{lineno} is not a JSON object with "
                                   f"a {text_field!r} field") from None
         return texts
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in content.splitlines() if line.strip()]
 
 
 def load_texts(cfg: CalibrationConfig) -> list[str]:

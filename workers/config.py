@@ -6,25 +6,18 @@ Kept free of torch so the spec can be validated (and a job submitted) without lo
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from mpsearch.spaces.limits import MAX_SAMPLES, MAX_SEQ_LEN, MAX_WORKERS
+
+from .objective_registry import check_objective
+
 ModelKind = Literal["auto", "causal-lm", "encoder"]
-BUILTIN_OBJECTIVES = ("auto", "kl", "embedding_distortion")
-_USER_OBJECTIVE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
-
-def _check_objective(value: str) -> str:
-    if value in BUILTIN_OBJECTIVES or _USER_OBJECTIVE.fullmatch(value):
-        return value
-    raise ValueError(f"use one of {', '.join(BUILTIN_OBJECTIVES)}, or 'module:function' for a "
-                     f"user objective; got {value!r}")
-
-
-# A built-in objective, or a user objective "module:function" (see workers/objectives.py).
-ObjectiveName = Annotated[str, AfterValidator(_check_objective)]
+# A built-in objective, a registered one, or a function in a .py file (see objective_registry.py).
+ObjectiveName = Annotated[str, AfterValidator(check_objective)]
 
 
 class ModelConfig(BaseModel):
@@ -50,23 +43,24 @@ class CalibrationConfig(BaseModel):
     text_field: str = "text"
     # 32 samples of up to 64 tokens: about 0.3 s per MiniLM evaluation on one CPU core, small
     # enough for hundreds of evaluations in minutes, large enough to rank configurations.
-    samples: int = Field(default=32, ge=1)
-    seq_len: int = Field(default=64, ge=2)
+    samples: int = Field(default=32, ge=1, le=MAX_SAMPLES)
+    # At most the model's maximum positions too (checked when the model is known).
+    seq_len: int = Field(default=64, ge=2, le=MAX_SEQ_LEN)
     # Skip this many samples first: a held-out set is the same source at another offset.
-    offset: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=32, ge=1)
+    offset: int = Field(default=0, ge=0, le=MAX_SAMPLES)
+    batch_size: int = Field(default=32, ge=1, le=MAX_SAMPLES)
 
 
 class WorkersConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    count: int = Field(default=2, ge=1)
-    cpus: float = Field(default=1.0, gt=0)
+    count: int = Field(default=2, ge=1, le=MAX_WORKERS)
+    cpus: float = Field(default=1.0, gt=0, le=1024)
     # Whole or fractional GPUs per worker; 0 runs on CPU.
-    gpus: float = Field(default=0.0, ge=0)
+    gpus: float = Field(default=0.0, ge=0, le=64)
     # Bytes of compressed variants each worker keeps on its GPU; the rest waits in pinned host
     # memory. None: as many as fit beside the model and its activations.
-    cache_device_bytes: int | None = Field(default=None, ge=0)
+    cache_device_bytes: int | None = Field(default=None, ge=0, le=2**60)
     # Candidates each worker holds at once. 2 hides the driver↔worker round trip behind the
     # evaluation in progress (4 % instead of 13 % overhead on a 120 ms GPU evaluation); 1 keeps
     # the fewest evaluations in flight.

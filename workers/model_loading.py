@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import LayerInfo
 
 from .config import ModelConfig
@@ -32,6 +33,15 @@ class ModelInfo:
     kind: str  # "causal-lm" or "encoder"
     layers: tuple[LayerInfo, ...]
     total_params: int
+    # Longest input in tokens (the config's position embeddings); None when the config says none.
+    max_positions: int | None = None
+
+    def check_seq_len(self, seq_len: int, name: str) -> None:
+        """SpecError when calibration samples of ``seq_len`` tokens cannot go through the model."""
+        if self.max_positions is not None and seq_len > self.max_positions:
+            raise SpecError(f"calibration.seq_len: {seq_len} tokens is more than model "
+                            f"{name!r} takes ({self.max_positions} positions); "
+                            f"give at most {self.max_positions}")
 
 
 def resolve_model_path(name: str) -> str:
@@ -86,7 +96,17 @@ def inspect_model(cfg: ModelConfig) -> ModelInfo:
     with torch.device("meta"):
         model = _auto_class(kind).from_config(config)
     total = sum(p.numel() for p in model.parameters())
-    return ModelInfo(path, kind, tuple(discover_layers(model)), total)
+    return ModelInfo(path, kind, tuple(discover_layers(model)), total, max_positions(config))
+
+
+def max_positions(config) -> int | None:
+    """The longest input the config allows (``max_position_embeddings`` or GPT-2's
+    ``n_positions``); rotary models list theirs too. None when it names none."""
+    for attr in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def load_model(path: str, kind: str, dtype: str, device: str) -> nn.Module:

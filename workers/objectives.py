@@ -15,23 +15,24 @@ GPU evaluation synchronizes once.
   any other token" — exact as k → vocabulary, a lower bound of the full KL otherwise, and k/V of
   its memory. Perplexity of the candidate on the calibration tokens is reported as an extra.
 - ``embedding_distortion``: 1 − cosine of mean-pooled embeddings (encoders).
-- ``module:function``: a user objective. ``function(reference, output, batch)`` gets the
+- a user objective (an entry point of group ``mpsearch.objectives``, or
+  ``path/to/file.py:function``; :mod:`.objective_registry` says which names a spec may give).
+  ``function(reference, output, batch)`` gets the
   full-precision model's main output tensor (``logits`` for causal LMs, ``last_hidden_state`` for
   encoders; batch × seq × …), the candidate's on the same batch, and the batch (``input_ids``,
   ``attention_mask``); it returns the batch's mean loss as a float or 0-d tensor. Batches are
-  averaged weighted by their number of samples. The module must be importable on every worker.
+  averaged weighted by their number of samples. The package or file must exist on every worker.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .errors import WorkerError
+from .objective_registry import load_user_objective
 from .scoring import embedding_distortion, mean_pool
 
 Batch = dict[str, torch.Tensor]
@@ -133,7 +134,7 @@ def main_output(output: Any) -> torch.Tensor:
 class UserObjective(Objective):
     def __init__(self, path: str) -> None:
         self.name = path
-        self.fn = load_function(path)
+        self.fn = load_user_objective(path)
 
     def reference(self, output: Any, batch: Batch) -> Any:
         return main_output(output).detach().clone()
@@ -144,27 +145,11 @@ class UserObjective(Objective):
         return (value.reshape(()) * n, torch.tensor(n, dtype=torch.float64)), {}
 
 
-def load_function(path: str) -> Callable[..., Any]:
-    """The function named by ``module:function`` (WorkerError naming the path if it is none)."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise WorkerError(f"objective {path!r}: a user objective is written 'module:function'")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise WorkerError(f"objective {path!r} cannot be loaded: {exc}") from None
-    if not callable(fn):
-        raise WorkerError(f"objective {path!r} is not a function")
-    return fn
-
-
 def make_objective(name: str, top_k: int | None = None) -> Objective:
-    """The objective called ``name``: ``kl``, ``embedding_distortion`` or ``module:function``."""
+    """The objective called ``name``: ``kl``, ``embedding_distortion``, or a user objective (a
+    registered name or ``path/to/file.py:function``, see :mod:`.objective_registry`)."""
     if name == "kl":
         return KLObjective(top_k)
     if name == "embedding_distortion":
         return EmbeddingObjective()
-    if ":" in name:
-        return UserObjective(name)
-    raise WorkerError(f"objective {name!r} is unknown; valid: kl, embedding_distortion, or a "
-                      "user objective 'module:function'")
+    return UserObjective(name)  # validated at spec time (objective_registry.check_objective)

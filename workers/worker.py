@@ -48,7 +48,7 @@ class WorkerSetup:
 
     model_path: str
     kind: str  # "causal-lm" or "encoder"
-    # "kl", "embedding_distortion", or a user objective "module:function" (see .objectives)
+    # "kl", "embedding_distortion", or a user objective (see .objective_registry)
     objective: str
     texts: tuple[str, ...]
     seq_len: int

@@ -107,7 +107,9 @@ def resume(
 
     store = open_store(db)
     record = store.study(study)
-    spec = parse_spec(record.spec, f"the stored spec of study {study!r}")
+    # the stored URL is masked (or an env: reference): this store is where the study lives
+    record_spec = {**record.spec, "storage": {"url": store.url}}
+    spec = parse_spec(record_spec, f"the stored spec of study {study!r}")
     if spec_path is not None:
         given = load_spec(spec_path)
         if given.study != study:

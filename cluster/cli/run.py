@@ -12,6 +12,7 @@ from .output import err, fmt_obj, out, results_table
 if TYPE_CHECKING:
     from mpsearch.storage.store import StudyRecord, TrialStore
 
+    from ..job import PreparedJob
     from ..spec import JobSpec
 
 
@@ -22,15 +23,17 @@ def run(
     top: Annotated[int, typer.Option(help="Best configurations to show at the end.")] = 5,
 ) -> None:
     """Run a search job (or continue the study it names) and show the best configurations."""
+    from mpsearch.cluster.job import prepare
     from mpsearch.cluster.spec import load_spec
     from mpsearch.storage.store import TrialStore
 
     spec = load_spec(spec_path)
-    run_with_progress(spec, TrialStore(spec.storage.url), address, top)
+    job = prepare(spec)  # spec, model, space, budget, calibration: before the store is created
+    run_with_progress(spec, TrialStore(spec.storage.url), address, top, job=job)
 
 
 def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top: int,
-                      extend: int = 0) -> None:
+                      extend: int = 0, job: PreparedJob | None = None) -> None:
     """Run (continue, extend) a study with a live progress bar, then print its best results."""
     from mpsearch.cluster.job import run_job
 
@@ -61,9 +64,10 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
 
     try:
         result = run_job(spec, store, address, on_start=on_start, on_result=on_result,
-                         extend=extend)
+                         extend=extend, job=job)
     finally:
-        progress.stop()
+        if progress.live.is_started:  # stopping a bar never shown prints a blank line
+            progress.stop()
     stats = result.stats
     if result.requeued:
         err.print(f"re-dispatched {result.requeued} evaluations a stopped driver left in flight")

@@ -115,24 +115,25 @@ def test_causal_lm_reports_perplexity_and_top_k_kl(tiny_llama_path):
     assert topk.reference[0][0].shape[-1] == 64  # the reference keeps top-k values and indices
 
 
-def test_user_objective_is_a_dotted_function(tiny_llama_path, tmp_path, monkeypatch):
-    (tmp_path / "my_objective.py").write_text(
+def test_user_objective_is_a_function_in_a_file(tiny_llama_path, tmp_path):
+    path = tmp_path / "my_objective.py"
+    path.write_text(
         "calls = []\n"
         "def mse(reference, output, batch):\n"
         "    calls.append(set(batch))\n"
         "    return ((reference.float() - output.float()) ** 2).mean()\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    worker, space, _ = make(tiny_llama_path, "my_objective:mse")
+    worker, space, _ = make(tiny_llama_path, f"{path}:mse")
     assert worker.evaluate(uniform(space, "fp16")).objective < 1e-6
     assert worker.evaluate(uniform(space, "int3-g32-asym")).objective > 1e-6
-    assert {"input_ids", "attention_mask"} <= sys.modules["my_objective"].calls[-1]
+    module = sys.modules[worker.objective.fn.__module__]
+    assert {"input_ids", "attention_mask"} <= module.calls[-1]
 
 
-def test_unknown_objective_is_refused_by_name(tiny_llama_path):
+def test_user_objective_file_missing_on_the_worker_is_named(tiny_llama_path, tmp_path):
     from mpsearch.workers.errors import WorkerError
 
-    with pytest.raises(WorkerError, match="no_such_module_xyz"):
-        make(tiny_llama_path, "no_such_module_xyz:f")
+    with pytest.raises(WorkerError, match="gone.py:f.*no such file"):
+        make(tiny_llama_path, f"{tmp_path / 'gone.py'}:f")
 
 
 def test_evaluation_is_finite_and_cache_grows_once_per_variant(tiny_gpt2_path):
