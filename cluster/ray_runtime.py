@@ -39,10 +39,3 @@ def connect(address: str | None = None, num_cpus: int | None = None,
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ClusterError(f"cannot connect to Ray at {address or 'local'}: {first}") from None
         raise
-
-
-def shutdown() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

@@ -124,11 +124,9 @@ class Searcher(ABC):
         return False
 
     def state(self) -> dict[str, Any]:
-        """JSON-able state beyond the told results, for resuming (optional)."""
+        """JSON-able state beyond the told results (optional): stored with the study for
+        ``mpsearch status`` to show; resume replays the told results instead of reading it."""
         return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
-        """Restore what ``state`` returned (optional)."""
 
     def feasible(self, candidate: Candidate) -> bool:
         return self.space.feasible(candidate, self.budget)

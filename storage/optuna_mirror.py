@@ -1,7 +1,11 @@
 """Every study as an Optuna study: the mirror that optuna-dashboard and ``optuna.load_study`` open.
 
-**Where.** Optuna's RDB storage and the store both manage an ``alembic_version`` table, so they
-never share a schema: beside a SQLite store ``foo.db`` the mirror is the file ``foo.optuna.db``;
+**Where.** Optuna's RDB storage creates unprefixed tables (``studies``, ``trials``,
+``trial_params``, ..., ``version_info``) and an ``alembic_version`` table stamped with its own
+migration revision (``optuna/storages/_rdb/storage.py``, ``_init_alembic``); the store's tables are
+``mps_*`` and it uses no Alembic. The mirror gets a schema of its own, so Optuna never meets another
+application's ``alembic_version`` in the user's database and the mirror can be dropped whole (it is
+rebuilt): beside a SQLite store ``foo.db`` the mirror is the file ``foo.optuna.db``;
 in PostgreSQL it is the schema ``optuna`` of the same database (``options=-csearch_path=optuna``
 on the URL, the schema created if missing). ``optuna-dashboard sqlite:///foo.optuna.db`` opens it.
 

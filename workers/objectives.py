@@ -85,7 +85,7 @@ class KLObjective(Objective):
         logq = torch.log_softmax(output.logits.float(), dim=-1)[:, :-1]  # once, for KL and NLL
         if isinstance(ref, tuple):
             kl = topk_kl(ref[0][:, :-1], ref[1][:, :-1], logq)
-        else:  # as scoring.next_token_kl, sharing logq with the perplexity below
+        else:  # KL(P_fp ‖ P_candidate), clamped: equal distributions can round to -1e-8
             logp = ref[:, :-1]
             kl = (logp.exp() * (logp - logq)).sum(dim=-1).clamp(min=0)
         nll = -logq.gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)

@@ -1,7 +1,8 @@
-"""How far a compressed model's outputs are from the full-precision model's (lower is better).
+"""How far a compressed encoder's embeddings are from the full-precision model's (lower is better).
 
-Both objectives compare against a reference computed once per worker from the full-precision
-model on the same batch, so one evaluation costs one forward pass of the candidate.
+The reference embeddings are computed once per worker from the full-precision model on the same
+batch, so one evaluation costs one forward pass of the candidate. The causal-LM objective (KL of
+next-token distributions) lives with its scorer in :mod:`mpsearch.workers.objectives`.
 """
 
 from __future__ import annotations
@@ -19,18 +20,3 @@ def embedding_distortion(reference: torch.Tensor, embeddings: torch.Tensor) -> t
     """Per sample, 1 − cosine(reference, candidate) of the pooled embeddings."""
     cos = torch.nn.functional.cosine_similarity(reference.float(), embeddings.float(), dim=-1)
     return 1.0 - cos
-
-
-def next_token_kl(ref_logprobs: torch.Tensor, logits: torch.Tensor,
-                  mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed KL(P_fp ‖ P_candidate) of next-token distributions over valid positions, and their count.
-
-    ``ref_logprobs`` and ``logits`` are (batch × seq × vocab); position t predicts token t+1, so the
-    last position and padding are excluded.
-    """
-    logq = torch.log_softmax(logits.float(), dim=-1)[:, :-1]
-    logp = ref_logprobs[:, :-1].float()
-    # KL ≥ 0; identical distributions can round to -1e-8, which would read as "better than fp".
-    kl = (logp.exp() * (logp - logq)).sum(dim=-1).clamp(min=0)  # batch × (seq-1)
-    valid = (mask[:, 1:] * mask[:, :-1]).to(kl.dtype)
-    return (kl * valid).sum(), valid.sum()

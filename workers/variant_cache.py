@@ -96,9 +96,3 @@ class VariantCache:
             if event is not None:
                 torch.cuda.current_stream(self.device).wait_event(event)
         return wait_for_copy
-
-    def settle(self) -> None:
-        """Make the compute stream wait for every copy still pending (before a non-forward use)."""
-        for event in self._pending.values():
-            torch.cuda.current_stream(self.device).wait_event(event)
-        self._pending.clear()

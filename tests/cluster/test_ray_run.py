@@ -49,7 +49,7 @@ def test_optuna_study_lives_beside_the_store_and_resume_continues_it(ray_session
                      searcher={"name": "optuna", "params": {"sampler": "tpe", "startup_trials": 4}})
     store = TrialStore(spec.storage.url)
     run_job(spec, store)
-    # Optuna's own RDB storage, in its own file (Optuna and Alembic both claim alembic_version)
+    # Optuna's own RDB storage, in its own file (its tables and its alembic_version apart)
     study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{tmp_path / 'm.optuna.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) >= 12 - 3  # the searcher's own trials (the 3 baselines are added as known)
