@@ -40,6 +40,12 @@ LAYOUTS: dict[str, Layout] = {
     "nvfp4": Layout(4, 16, 8),  # E2M1 values, an FP8-E4M3 scale per 16 (+ one fp32 per tensor)
     "mxfp4": Layout(4, 32, 8),  # E2M1 values, an E8M0 power-of-two scale per 32 (OCP MX v1.0)
     "nf4": Layout(4, 64, SCALE_BITS),  # QLoRA NormalFloat-4 codes, an fp16 absmax per 64
+    # GGUF's (llama.cpp's) legacy block formats, 32 weights a block, as ggml-quants.c lays them:
+    "q4_0": Layout(4, 32, SCALE_BITS),  # 4-bit codes, an fp16 scale d: 18 bytes per 32 (4.5 bits)
+    "q4_1": Layout(4, 32, 2 * SCALE_BITS),  # 4-bit codes, fp16 scale d and minimum m (5.0 bits)
+    "q5_0": Layout(5, 32, SCALE_BITS),  # 5-bit codes (low nibble + high bit), fp16 d (5.5 bits)
+    "q5_1": Layout(5, 32, 2 * SCALE_BITS),  # 5-bit codes, fp16 d and m (6.0 bits)
+    "q8_0": Layout(8, 32, SCALE_BITS),  # int8 codes, an fp16 scale d: 34 bytes per 32 (8.5 bits)
 }
 FORMATS = ("int", *LAYOUTS)
 

@@ -157,3 +157,49 @@ def nf4_decode(indices: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
     """The NF4 values of ``indices`` (blocks × 64) times their blocks' ``absmax``."""
     code = torch.tensor(NF4_CODE, device=indices.device)
     return code[indices] * absmax
+
+
+# -- GGUF legacy block formats (ggml-quants.c; gguf-py's gguf/quants.py is the reference) --------
+GGUF_BLOCK = _block("q8_0")
+
+
+def _away(x: torch.Tensor) -> torch.Tensor:
+    """Round half away from zero (C's roundf, which ggml uses)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def _inverse(d: torch.Tensor) -> torch.Tensor:
+    return torch.where(d == 0, torch.zeros_like(d), 1 / torch.where(d == 0, torch.ones_like(d), d))
+
+
+def gguf_encode(w: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``q4_0``/``q4_1``/``q5_0``/``q5_1``/``q8_0`` per block of 32, exactly as ggml quantizes.
+
+    Returns (codes q, blocks × 32, float; d, blocks × 1, the fp16-rounded scale; m, the
+    fp16-rounded minimum of the ``_1`` formats, else None), with ŵ = d·q + m (``_1``) or
+    d·(q − 2^(b−1)) (``_0``; q8_0 stores signed codes, ŵ = d·q). Codes are computed from the
+    float32 scale and the stored scale is its fp16 rounding, as ggml does.
+    """
+    blocks = as_blocks(w, GGUF_BLOCK)
+    if fmt == "q8_0":
+        d = blocks.abs().amax(dim=1, keepdim=True) / 127
+        return _away(blocks * _inverse(d)), d.half().float(), None
+    if fmt in ("q4_0", "q5_0"):
+        half = 8 if fmt == "q4_0" else 16
+        imax = blocks.abs().argmax(dim=1, keepdim=True)
+        d = blocks.gather(1, imax) / -half
+        q = torch.trunc(blocks * _inverse(d) + (half + 0.5)).clamp(0, 2 * half - 1)
+        return q, d.half().float(), None
+    top = 15 if fmt == "q4_1" else 31
+    lo, hi = blocks.amin(dim=1, keepdim=True), blocks.amax(dim=1, keepdim=True)
+    d = (hi - lo) / top
+    q = torch.trunc((blocks - lo) * _inverse(d) + 0.5).clamp(0, top)
+    return q, d.half().float(), lo.half().float()
+
+
+def gguf_decode(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, fmt: str) -> torch.Tensor:
+    """The weights (blocks × 32) that ``gguf_encode``'s parts stand for, as ggml dequantizes."""
+    if m is not None:
+        return d * q + m
+    offset = {"q4_0": 8, "q5_0": 16, "q8_0": 0}[fmt]
+    return d * (q - offset)

@@ -42,11 +42,14 @@ from mpsearch.spaces.options import FORMATS, QuantOption
 from .errors import WorkerError
 from .formats import (
     FP8_DTYPES,
+    GGUF_BLOCK,
     MXFP4_BLOCK,
     NF4_BLOCK,
     NVFP4_BLOCK,
     as_blocks,
     fp8_encode,
+    gguf_decode,
+    gguf_encode,
     mxfp4_encode,
     nf4_decode,
     nf4_encode,
@@ -359,9 +362,30 @@ class Nf4Handler(FormatHandler):
         return nf4_decode(blocks, enc.scale.reshape(-1, 1)).reshape(enc.values.shape)
 
 
+class GgufHandler(FormatHandler):
+    """GGUF's legacy block formats (``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``q8_0``): codes per
+    block of 32 with an fp16 scale (and minimum, ``_1``), bit for bit as llama.cpp quantizes.
+    ``Encoded.values`` are the codes, ``scale`` d and ``zero_point`` the minimum m (``_1``)."""
+
+    formats = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+
+    def encode_dense(self, w: torch.Tensor, option: QuantOption, inputs: LayerInputs) -> Encoded:
+        q, d, m = gguf_encode(w, option.format)
+        rows = w.shape[0]
+        return Encoded(option, q.reshape(w.shape), d.reshape(rows, -1),
+                       None if m is None else m.reshape(rows, -1))
+
+    def decode(self, enc: Encoded) -> torch.Tensor:
+        assert enc.scale is not None
+        m = None if enc.zero_point is None else enc.zero_point.reshape(-1, 1)
+        q = as_blocks(enc.values, GGUF_BLOCK)
+        return gguf_decode(q, enc.scale.reshape(-1, 1), m, enc.option.format).reshape(
+            enc.values.shape)
+
+
 HANDLERS: dict[str, FormatHandler] = {
     fmt: handler() for handler in (Fp16Handler, IntHandler, Fp8Handler, Nvfp4Handler,
-                                   Mxfp4Handler, Nf4Handler)
+                                   Mxfp4Handler, Nf4Handler, GgufHandler)
     for fmt in handler.formats
 }
 assert set(HANDLERS) == set(FORMATS), "every format of spaces.options has exactly one handler"

@@ -18,7 +18,8 @@ from mpsearch.workers.registry import (
 
 LABELS = ["fp16", "int4-g32-asym", "int3-ch-sym", "int4-g64-asym-clip", "int8-ch-asym",
           "fp8_e4m3", "fp8_e5m2", "nvfp4", "mxfp4", "nf4", "int4-g32-asym+2:4", "nf4+s30",
-          "mxfp4+s50-wanda", "int4-g32-asym-gptq", "int3-ch-sym-gptq", "int4-g64-sym-gptq+2:4-wanda"]
+          "mxfp4+s50-wanda", "int4-g32-asym-gptq", "int3-ch-sym-gptq", "int4-g64-sym-gptq+2:4-wanda",
+          "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_0+2:4"]
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,18 @@ def test_cost_comes_from_the_options_table():
     for label in LABELS:
         option = parse_option(label)
         assert handler_for(option).effective_bits(option, 128) == option.effective_bits(128)
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"])
+def test_gguf_block_formats_match_gguf_quantizer_bit_for_bit(layer, fmt):
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    w, _ = layer
+    option = parse_option(fmt)
+    kind = GGMLQuantizationType[fmt.upper()]
+    reference = quants.dequantize(quants.quantize(w.numpy(), kind), kind)
+    got = handler_for(option).quantize(w, option)
+    np.testing.assert_array_equal(got.numpy(), reference)
+    bits = {"q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "q8_0": 34}[fmt] * 8 / 32
+    assert option.effective_bits(128) == bits  # ggml's block bytes per 32 weights
