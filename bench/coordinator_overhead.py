@@ -73,7 +73,8 @@ def one_run(url: str, workers: int, trials: int, depth: int, layers: int) -> flo
 
     def make_executor(recorder):
         executor = TimedExecutor(None, space, workers, cpus=0.5, actor_cls=NoopActor,
-                                 depth=depth, before_dispatch=recorder.flush)
+                                 depth=depth, before_dispatch=recorder.flush,
+                                 flush_due=recorder.due_in)
         clock.append(time.perf_counter())
         return executor
 

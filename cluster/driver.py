@@ -16,7 +16,8 @@ driver owns everything else:
    buffered :class:`~mpsearch.storage.writer.TrialWriter`: the one write path of trials;
 5. flush what was learned, stop the executor, close the writer, set the study's status.
 
-**What survives a crash.** A result counts (is *acknowledged*) once the writer committed it. What
+**What survives a crash.** A result counts (is *acknowledged*) once the writer committed it; the
+writer commits in groups, at most ``window`` (50 ms) after a result (``storage/writer.py``). What
 the searcher was told but the writer had not committed yet is, after a crash, exactly like an
 evaluation in flight: the replay rebuilds the searcher to the last commit, and the trial is
 dispatched again. An exception out of the loop (a worker error, a lost lease, Ctrl-C) still
@@ -53,7 +54,8 @@ class SessionExecutor(Executor, Protocol):
 
 # Builds the session's executor once the loop is about to run (nothing is started for a study
 # that already has its evaluations). It receives the recorder: an executor calls
-# ``recorder.flush`` before it dispatches and before it blocks on results.
+# ``recorder.flush`` before it dispatches and before it blocks on results, and while it blocks
+# wakes after ``recorder.due_in()`` seconds to call it again (see ``RayExecutor``).
 ExecutorFactory = Callable[["StoreRecorder"], SessionExecutor]
 
 
@@ -101,7 +103,9 @@ class StoreRecorder:
     """The loop's recorder: trials are numbered in memory and written by the writer.
 
     ``flush`` runs (through the executor) before candidates are sent and before the driver blocks
-    on results; it checks the lease first, so a driver that lost its study writes nothing more.
+    on results, and commits when the writer's group is due; an executor that waits calls it again
+    after ``due_in`` seconds. It checks the lease first, so a driver that lost its study writes
+    nothing more. ``flush(final=True)`` commits whatever is buffered.
     """
 
     def __init__(self, writer: TrialWriter, searcher: Searcher, lease: StudyLease | None = None,
@@ -126,7 +130,14 @@ class StoreRecorder:
         if final or now - self._state_at >= self.state_every:
             self.writer.set_state(_json_safe(self.searcher.state()))
             self._state_at = now
-        self.writer.flush()
+        if final:
+            self.writer.flush()
+        else:
+            self.writer.maybe_flush()
+
+    def due_in(self) -> float | None:
+        """Seconds until buffered trials must be committed; None when nothing waits."""
+        return self.writer.due_in()
 
 
 def search_context(needs: Needs, study: StudyRecord, store: TrialStore,
@@ -148,13 +159,14 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
           lease_ttl: float = DEFAULT_TTL,
           on_start: Callable[[StudyRecord, int], None] | None = None,
           on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None,
-          ) -> SessionResult:
+          writer_options: Mapping[str, Any] | None = None) -> SessionResult:
     """Run, continue or extend ``study`` (already opened in ``store``) until it has its completed
     evaluations; see the module docstring for the steps and what survives a crash.
 
     ``on_start(study, completed)`` is called once the stored trials are replayed, ``on_result``
-    after every result. Raises :class:`~mpsearch.storage.lease.StudyLeasedError` when another
-    driver holds the study, and whatever the executor or the store raise (after flushing).
+    after every result; ``writer_options`` (``group``, ``window``) tune the group commits.
+    Raises :class:`~mpsearch.storage.lease.StudyLeasedError` when another driver holds the
+    study, and whatever the executor or the store raise (after flushing).
     """
     start = time.perf_counter()
     with StudyLease(store, study.id, study.name, ttl=lease_ttl) as lease:
@@ -173,7 +185,7 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
         stats = LoopStats(stopped_because="the study already has its evaluations")
         if remaining > 0:
             wrapped = RequeueSearcher(strategy, replayed.owed)
-            writer = store.writer(study.id, seed)
+            writer = store.writer(study.id, seed, **(writer_options or {}))
             recorder = StoreRecorder(writer, wrapped, lease)
             try:
                 executor = make_executor(recorder)

@@ -15,12 +15,15 @@ instead of looping. Each submitted key is reported exactly once, so a trial is n
 never stored twice.
 
 Durability: ``before_dispatch`` (the recorder's flush) runs before anything is sent to a worker
-and before blocking on results, so what the driver learned is committed first.
+and before blocking on results; while blocked, the executor wakes after ``flush_due()`` seconds
+(the writer's group-commit window) to run it again, so a result is committed within the window
+however long the next evaluation takes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +61,8 @@ class RayExecutor:
     def __init__(self, setup: Any, space: SearchSpace, count: int, cpus: float = 1.0,
                  gpus: float = 0.0, max_attempts: int = 3, *, depth: int = 1,
                  actor_cls: Any = None, before_dispatch: Callable[[], None] | None = None,
-                 max_replacements: int | None = None, start_timeout: float = 600.0) -> None:
+                 max_replacements: int | None = None, start_timeout: float = 600.0,
+                 flush_due: Callable[[], float | None] | None = None) -> None:
         if actor_cls is None:
             from mpsearch.workers.actor import WorkerActor
             actor_cls = WorkerActor
@@ -66,7 +70,7 @@ class RayExecutor:
         self.cpus, self.gpus, self.depth = cpus, gpus, depth
         self.max_attempts = max_attempts
         self.max_replacements = 4 * count + 8 if max_replacements is None else max_replacements
-        self.before_dispatch = before_dispatch
+        self.before_dispatch, self.flush_due = before_dispatch, flush_due
         self.start_timeout = start_timeout
         self.replaced = 0
         self.redispatched = 0
@@ -147,14 +151,10 @@ class RayExecutor:
         self._dispatch()
         while not done and (self.running or self.starting):
             refs = [*self.running, *self.starting]
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            if not ready:
-                timeout = None if self.running else self.start_timeout
-                ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
-                if not ready:
-                    raise WorkerError(
-                        f"no worker could be started for {self.start_timeout:.0f} s (each needs "
-                        f"{self.cpus:g} CPU and {self.gpus:g} GPU); the cluster lacks resources")
+            ready = self._wait_one(refs)  # then sweep up whatever else is ready too
+            if len(refs) > len(ready):
+                rest = [r for r in refs if r not in ready]
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in [r for r in ready if r in self.starting]:
                 self._started(ref)
             finished = [r for r in ready if r in self.running]
@@ -168,6 +168,24 @@ class RayExecutor:
             if not done:
                 self._dispatch()  # re-dispatched candidates, freshly started workers
         return done
+
+    def _wait_one(self, refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
+        """Block until a ref is ready; meanwhile call ``before_dispatch`` again whenever
+        ``flush_due`` says buffered trials must be committed (so they wait at most that long)."""
+        deadline = None if self.running else time.monotonic() + self.start_timeout
+        while True:
+            due = self.flush_due() if self.flush_due is not None else None
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            timeout = due if left is None else left if due is None else min(due, left)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+            if ready:
+                return ready
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WorkerError(
+                    f"no worker could be started for {self.start_timeout:.0f} s (each needs "
+                    f"{self.cpus:g} CPU and {self.gpus:g} GPU); the cluster lacks resources")
+            if self.before_dispatch is not None:
+                self.before_dispatch()
 
     @staticmethod
     def _get(refs: list[ray.ObjectRef]) -> list[Any]:

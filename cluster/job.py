@@ -164,7 +164,7 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
         connect_for(spec, address)
         options = {"depth": w.depth, **(executor_options or {})}
         return RayExecutor(worker_setup(job), job.space, w.count, w.cpus, w.gpus,
-                           before_dispatch=recorder.flush, **options)
+                           before_dispatch=recorder.flush, flush_due=recorder.due_in, **options)
 
     result = drive(store, study, spec.searcher, job.budget, make_executor, seed=spec.seed,
                    resources=RayResources(job, address), extend=extend, lease_ttl=lease_ttl,

@@ -151,6 +151,11 @@ class TrialStore(StudyQueries):
     def close(self) -> None:
         self.engine.dispose()
 
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics (after a bulk load; PostgreSQL and SQLite)."""
+        with translating(self.url, "analyze"), self.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+
     def _session(self) -> Session:
         return self._sessions()
 

@@ -79,7 +79,8 @@ def main(scenario: str, url: str, evaluations: int) -> None:
     def make_executor(recorder):
         nonlocal executor
         executor = RayExecutor(0.2, space, 3, cpus=1, actor_cls=SleepyActor,
-                               before_dispatch=recorder.flush, start_timeout=60)
+                               before_dispatch=recorder.flush, flush_due=recorder.due_in,
+                               start_timeout=60)
         seen["nodes_at_start"] = sorted({label.split("@")[1].split(":")[0]
                                          for label in executor.labels})
         return executor

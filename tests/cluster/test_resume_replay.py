@@ -70,6 +70,9 @@ class Crash(Exception):
     pass
 
 
+GROUPS = {"group": 4, "window": 3600.0}
+
+
 def drive(store, name, evaluations, order_seed, crash_after=None, extend=0):
     """A session of the product's driver over a synthetic executor; ``crash_after`` results, the
     driver dies: nothing more reaches the database (the buffered tail is lost, as in a SIGKILL)."""
@@ -95,12 +98,38 @@ def drive(store, name, evaluations, order_seed, crash_after=None, extend=0):
             dead = True
             raise Crash()
 
+    before = store.counts(name).get(COMPLETE, 0)
     try:
+        # commits every 4 results (never by time): a crash always loses told results
         result = run_session(store, study, config, BUDGET, make_executor, extend=extend,
-                             on_result=on_result)
+                             on_result=on_result, writer_options=GROUPS)
     except Crash:
+        assert store.counts(name).get(COMPLETE, 0) < before + seen  # the lost tail was told
         return None
     return result
+
+
+def test_an_error_out_of_the_loop_still_commits_what_was_told(store_url):
+    """Not a kill: the driver flushes the buffered results before the error propagates."""
+    store = TrialStore(store_url)
+    config = SearcherConfig(name="evolutionary", params={"offspring": 6})
+    study, _ = store.open_study("err", {"n": "err"}, {"n": "err"}, SPACE, "m", "o", 30)
+    seen = 0
+
+    def on_result(*_):
+        nonlocal seen
+        seen += 1
+        if seen == 10:
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        run_session(store, study, config, BUDGET,
+                    lambda recorder: ShuffledExecutor(3, 2, recorder.flush), on_result=on_result,
+                    writer_options=GROUPS)
+    assert store.counts("err").get(COMPLETE) == 10
+    assert store.study("err").status == "running"  # not finished, not stopped: it may resume
+    result = drive(store, "err", 30, order_seed=4)
+    assert result.resumed_trials == 10 and store.counts("err").get(COMPLETE) == 30
 
 
 def best(store, name):

@@ -192,3 +192,38 @@ def test_start_and_finish_write_through_the_buffered_writer(store_url):
     writer.flush()
     writer.close()
     assert store.trial("s", 2).seed == 7 and store.best("s", top=1)[0].number == 2
+
+
+def test_group_commits_wait_for_the_group_or_the_window(store_url):
+    """The writer commits when ``group`` results wait, or when the oldest buffered event is
+    ``window`` seconds old; until then another reader sees nothing. A trial that started and
+    finished within one group is inserted finished (no UPDATE), with its ``told_after``."""
+    import time
+
+    store = TrialStore(store_url)
+    study, _ = open_study(store)
+    reader = TrialStore(store_url, create=False)
+    writer = store.writer(study.id, group=3, window=3600.0)
+    for i, choices in enumerate([(0, 0), (1, 1), (2, 2)]):
+        number = writer.start(Candidate(choices), 3.0, 10.0, True)
+        assert writer.maybe_flush() is False  # starts alone never fill a group
+        writer.finish(number, 0.1 * i, "w0", None, 0.01)
+        committed = writer.maybe_flush()
+        assert committed is (i == 2)
+        assert reader.counts("s") == ({COMPLETE: 3} if committed else {})
+    assert [(t.number, t.status, t.told_after) for t in reader.trials("s")] == [
+        (0, COMPLETE, 1), (1, COMPLETE, 2), (2, COMPLETE, 3)]
+    assert writer.due_in() is None  # nothing waits
+    writer.close()
+
+    timed = store.writer(study.id, group=1000, window=0.2)
+    number = timed.start(Candidate((0, 1)), 3.0, 10.0, True)
+    due = timed.due_in()
+    assert due is not None and 0 < due <= 0.2 and timed.maybe_flush() is False
+    time.sleep(0.25)
+    assert timed.due_in() == 0.0 and timed.maybe_flush() is True
+    assert reader.trial("s", number).status == RUNNING  # committed before its result
+    timed.finish(number, None, "w1", "boom", 0.5)
+    timed.flush()  # an explicit flush commits at once
+    assert (reader.trial("s", number).status, reader.trial("s", number).error) == (FAILED, "boom")
+    timed.close()
