@@ -38,11 +38,11 @@ from mpsearch.searcher.registry import SearcherConfig, make_searcher, searcher_n
 from mpsearch.spaces.space import Budget, Candidate, Cost
 from mpsearch.storage.lease import DEFAULT_TTL, StudyLease
 from mpsearch.storage.models import FINISHED, STOPPED
-from mpsearch.storage.optuna_mirror import optuna_storage_url
 from mpsearch.storage.profiles import ProfileKey, load_profile
 from mpsearch.storage.store import StudyRecord, TrialStore
 from mpsearch.storage.writer import TrialWriter
 
+from .mirror import SessionMirror, objectives_of, switch_strategy, told_first
 from .resume import RequeueSearcher, replay
 
 
@@ -83,6 +83,7 @@ class SessionResult:
     resumed_trials: int  # completed trials stored before this session
     requeued: int = 0  # candidates a stopped driver left in flight, dispatched again
     replay_note: str | None = None  # why the exact replay was abandoned, if it was
+    mirror_note: str | None = None  # why the Optuna mirror could not be written, if it could not
 
 
 def _json_safe(value: Any) -> Any:
@@ -109,9 +110,10 @@ class StoreRecorder:
     """
 
     def __init__(self, writer: TrialWriter, searcher: Searcher, lease: StudyLease | None = None,
-                 state_every: float = 1.0) -> None:
+                 state_every: float = 1.0, on_flush: Callable[[], None] | None = None) -> None:
         self.writer, self.searcher, self.lease = writer, searcher, lease
         self.state_every = state_every
+        self.on_flush = on_flush  # after each commit (the Optuna mirror follows the store)
         self._state_at = -math.inf
 
     def start(self, candidate: Candidate, cost: Cost, feasible: bool) -> int:
@@ -134,6 +136,8 @@ class StoreRecorder:
             self.writer.flush()
         else:
             self.writer.maybe_flush()
+        if self.on_flush is not None:
+            self.on_flush()
 
     def due_in(self) -> float | None:
         """Seconds until buffered trials must be committed; None when nothing waits."""
@@ -144,13 +148,12 @@ def search_context(needs: Needs, study: StudyRecord, store: TrialStore,
                    resources: JobResources | None) -> SearchContext:
     """The context a strategy declared it needs; what a session cannot provide stays None (the
     strategy then measures its profile itself, or says what it lacks)."""
-    storage = optuna_storage_url(store.url) if needs.storage else None
     profile = None
     if needs.profile and resources is not None:
         rows = load_profile(store, resources.profile_key())
         profile = {key: row.delta for key, row in rows.items() if row.delta is not None} or None
     proxy = resources.proxies() if needs.proxy and resources is not None else None
-    return SearchContext(study=study.name, storage=storage, profile=profile, proxy=proxy)
+    return SearchContext(study=study.name, profile=profile, proxy=proxy)
 
 
 def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budget: Budget,
@@ -159,26 +162,39 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
           lease_ttl: float = DEFAULT_TTL,
           on_start: Callable[[StudyRecord, int], None] | None = None,
           on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None,
-          writer_options: Mapping[str, Any] | None = None) -> SessionResult:
+          writer_options: Mapping[str, Any] | None = None,
+          switch_to: SearcherConfig | None = None) -> SessionResult:
     """Run, continue or extend ``study`` (already opened in ``store``) until it has its completed
     evaluations; see the module docstring for the steps and what survives a crash.
 
     ``on_start(study, completed)`` is called once the stored trials are replayed, ``on_result``
     after every result; ``writer_options`` (``group``, ``window``) tune the group commits.
-    Raises :class:`~mpsearch.storage.lease.StudyLeasedError` when another driver holds the
-    study, and whatever the executor or the store raise (after flushing).
+    ``switch_to`` continues the study with another strategy from here on (recorded with the
+    study; see :mod:`.mirror`). Raises :class:`~mpsearch.storage.lease.StudyLeasedError`
+    when another driver holds the study,
+    :class:`~mpsearch.storage.optuna_mirror.MirrorConflictError` when a foreign Optuna study
+    has its name, and whatever the executor or the store raise (after flushing).
     """
     start = time.perf_counter()
     with StudyLease(store, study.id, study.name, ttl=lease_ttl) as lease:
+        mirror = SessionMirror(store, study)
+        mirror.check()  # a foreign Optuna study of the name: refused before anything is written
         store.mark_running_failed(study.id, "driver stopped before the result arrived")
         if extend:
             store.set_evaluations(study.id, study.evaluations + extend)
         study = store.study(study.id)
+        searcher, first = switch_strategy(store, study, searcher, switch_to)
+        mirror.start(objectives_of(searcher))
         context = search_context(searcher_needs(searcher), study, store, resources)
         space = study.space
-        strategy, replayed = replay(
-            lambda: make_searcher(searcher, space, budget, seed, context),
-            store.trials(study.id))
+        trials = store.trials(study.id)
+        earlier = [t for t in trials if t.number < first]
+
+        def fresh() -> Searcher:
+            made = make_searcher(searcher, space, budget, seed, context)
+            return told_first(made, earlier) if first else made
+
+        strategy, replayed = replay(fresh, trials, first=first)
         if on_start is not None:
             on_start(study, replayed.completed)
         remaining = study.evaluations - replayed.completed
@@ -186,7 +202,7 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
         if remaining > 0:
             wrapped = RequeueSearcher(strategy, replayed.owed)
             writer = store.writer(study.id, seed, **(writer_options or {}))
-            recorder = StoreRecorder(writer, wrapped, lease)
+            recorder = StoreRecorder(writer, wrapped, lease, on_flush=mirror.after_flush)
             try:
                 executor = make_executor(recorder)
                 try:
@@ -201,5 +217,6 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
                 writer.close()
         done = replayed.completed + stats.completed
         store.set_study_status(study.id, FINISHED if done >= study.evaluations else STOPPED)
+        mirror.close()
     return SessionResult(store.study(study.id), stats, time.perf_counter() - start,
-                         replayed.completed, len(replayed.owed), replayed.diverged)
+                         replayed.completed, len(replayed.owed), replayed.diverged, mirror.note)

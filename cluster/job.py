@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mpsearch.searcher.loop import LoopStats, Outcome
+from mpsearch.searcher.registry import SearcherConfig
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace, build_space
 from mpsearch.storage.errors import StudyConflictError
@@ -25,6 +26,7 @@ from mpsearch.workers.model_loading import ModelInfo, inspect_model
 from mpsearch.workers.worker import WorkerSetup
 
 from .driver import SessionResult, StoreRecorder, drive
+from .mirror import check_mirror
 from .spec import JobSpec
 
 
@@ -146,17 +148,20 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
             on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None, *,
             extend: int = 0, lease_ttl: float = DEFAULT_TTL,
             executor_options: dict[str, Any] | None = None,
-            job: PreparedJob | None = None) -> SessionResult:
+            job: PreparedJob | None = None,
+            switch_to: SearcherConfig | None = None) -> SessionResult:
     """Run, continue or extend the study of ``spec`` until it has its completed evaluations.
 
     The spec's part: check everything before a worker starts, open the study, say how workers
     are made (Ray actors); the session itself is :func:`mpsearch.cluster.driver.drive`.
-    ``extend`` adds evaluations to the study's budget.
+    ``extend`` adds evaluations to the study's budget; ``switch_to`` continues it with another
+    strategy (``resume --searcher``).
     """
     from .executor import RayExecutor
 
     start = time.perf_counter()
     job = job or prepare(spec)  # the CLI prepares first: nothing is stored before it passes
+    check_mirror(store, spec.study)  # before the study is created: a foreign Optuna study
     study = open_job_study(job, store)
     w = spec.workers
 
@@ -168,5 +173,5 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
 
     result = drive(store, study, spec.searcher, job.budget, make_executor, seed=spec.seed,
                    resources=RayResources(job, address), extend=extend, lease_ttl=lease_ttl,
-                   on_start=on_start, on_result=on_result)
+                   on_start=on_start, on_result=on_result, switch_to=switch_to)
     return replace(result, seconds=time.perf_counter() - start)

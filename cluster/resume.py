@@ -53,11 +53,18 @@ def _is_final(t: TrialRecord) -> bool:
     return t.status == COMPLETE or (t.status == FAILED and not t.interrupted)
 
 
-def replay(make_searcher: Callable[[], Searcher],
-           trials: Sequence[TrialRecord]) -> tuple[Searcher, ReplayResult]:
-    """A searcher in the state the study's driver left it, and the candidates still owed."""
-    trials = sorted(trials, key=lambda t: t.number)
-    big = len(trials) + 1  # rows written before told_after existed are told lazily, last
+def replay(make_searcher: Callable[[], Searcher], trials: Sequence[TrialRecord],
+           first: int = 0) -> tuple[Searcher, ReplayResult]:
+    """A searcher in the state the study's driver left it, and the candidates still owed.
+
+    ``first``: the trial the current strategy took over at (``resume --searcher``); the trials
+    before it came from an earlier strategy, are told by ``make_searcher`` itself, and are only
+    counted here (what that strategy left in flight is not owed to this one).
+    """
+    earlier = [t for t in trials if t.number < first and _is_final(t)]
+    trials = sorted((t for t in trials if t.number >= first), key=lambda t: t.number)
+    # rows written before told_after existed are told lazily, last
+    big = max((t.number for t in trials), default=0) + 2
     by_number = {t.number: t for t in trials}
 
     def root(t: TrialRecord) -> int:
@@ -77,9 +84,10 @@ def replay(make_searcher: Callable[[], Searcher],
             final[r] = t
     events = deque(sorted(final.items(), key=lambda rt: (
         told_by(rt[1]), rt[1].finished_at or rt[1].started_at, rt[1].number)))
+    counted = [*final.values(), *earlier]
     result = ReplayResult(
-        completed=sum(1 for t in final.values() if t.status == COMPLETE),
-        failed=sum(1 for t in final.values() if t.status != COMPLETE))
+        completed=sum(1 for t in counted if t.status == COMPLETE),
+        failed=sum(1 for t in counted if t.status != COMPLETE))
 
     searcher = make_searcher()
     asked: set[int] = set()

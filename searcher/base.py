@@ -48,7 +48,8 @@ class SearchContext:
     """Job facts a strategy may use; each has a default that runs.
 
     ``study`` names the study (an Optuna searcher names its Optuna study after it). ``storage``
-    is an Optuna RDB URL (see ``optuna_storage_url``); None keeps the Optuna study in memory.
+    is an Optuna RDB URL for a searcher used on its own; None (what the driver gives: the
+    study's Optuna study is the store's mirror, ``storage/optuna_mirror.py``) keeps it in memory.
     ``profile`` maps (gene, option) to the objective delta of that single-gene perturbation of
     the all-top configuration (see ``profiling``); entries it lacks are measured. ``proxy`` maps
     (gene, option) to an error computed without scoring (the Hessian-weighted output error), for
@@ -67,12 +68,10 @@ class Needs:
 
     ``profile``: the sensitivity profile already stored for the model and calibration data.
     ``proxy``: the space's proxy errors (computed on a worker before the search starts).
-    ``storage``: a database URL where the strategy keeps its own state (an Optuna study).
     """
 
     profile: bool = False
     proxy: bool = False
-    storage: bool = False
 
 
 class SearcherParams(BaseModel):
@@ -103,6 +102,13 @@ class Searcher(ABC):
         """What this strategy, with ``params``, wants in its context: ``NEEDS`` unless a strategy
         makes it depend on its parameters (a proxy only with ``proxy: true``)."""
         return cls.NEEDS
+
+    @classmethod
+    def objectives(cls, params: SearcherParams) -> int:
+        """How many objectives the strategy with ``params`` minimizes: 1 (the objective), or 2
+        (the objective and the average effective bits) for a multi-objective strategy; the
+        study's Optuna mirror gets as many directions."""
+        return 1
 
     @abstractmethod
     def ask(self, n: int) -> list[Candidate]:

@@ -4,9 +4,11 @@ One Optuna trial per configuration, one categorical parameter per gene (named af
 valued by option label, so Optuna's dashboard reads it). Samplers: TPE (multivariate, grouped;
 Watanabe 2023), the Gaussian-process sampler, and NSGA-II for the multi-objective form
 (objective and average effective bits, both minimized). The study is named after the mpsearch
-study and lives where ``context.storage`` says (an RDB URL, such as
-``mpsearch.storage.optuna_mirror.optuna_storage_url`` derives; None
-keeps it in memory); a new searcher on an existing study continues it.
+study and lives where ``context.storage`` says (an RDB URL; a new searcher on a stored study
+continues it), or in memory. The driver keeps it in memory: the study users open in Optuna's
+tools is the store's mirror (``storage/optuna_mirror.py``, every trial of every strategy, with
+every option as a choice), and a resumed driver rebuilds this searcher by replaying the stored
+trials like any other strategy's.
 
 Each gene's choices are its options within ``window`` cost tiers of the budget (tiers: distinct
 bits per weight; :func:`.levels.budget_window`). Over the whole space a draw changes many genes
@@ -42,7 +44,7 @@ from pydantic import Field
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Candidate
 
-from .base import Evaluation, Needs, Searcher, SearcherParams
+from .base import Evaluation, Searcher, SearcherParams
 from .levels import LevelMap, budget_window, repair_down
 
 _DRAWS_PER_SLOT = 20  # Optuna draws per proposal before giving up (pruned repeats and repairs)
@@ -63,7 +65,11 @@ class OptunaParams(SearcherParams):
 class OptunaSearcher(Searcher):
     name = "optuna"
     Params = OptunaParams
-    NEEDS = Needs(storage=True)  # its Optuna study, in a database beside the store
+
+    @classmethod
+    def objectives(cls, params: SearcherParams) -> int:
+        assert isinstance(params, OptunaParams)
+        return 2 if params.sampler == "nsga2" else 1
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -71,7 +77,7 @@ class OptunaSearcher(Searcher):
         self.p: OptunaParams = self.params
         self.rng = random.Random(self.seed)
         self.space.check_budget(self.budget)
-        self.multi = self.p.sampler == "nsga2"
+        self.multi = self.objectives(self.p) == 2
         self.names = [g.name for g in self.space.genes]
         self.study = self._open_study()
         # The choices: fixed at the first ask (after the baselines), or the stored study's.

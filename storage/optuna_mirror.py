@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -53,9 +53,10 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, SearchSpace
 
-from .errors import StoreError, mask_url
-from .models import COMPLETE, FAILED, RUNNING, TrialRow
-from .store import StudyRecord, TrialStore
+from .errors import StoreError, mask_url, translating
+from .models import COMPLETE, FAILED, RUNNING, LeaseRow, TrialRow
+from .records import StudyRecord
+from .store import TrialStore
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -64,6 +65,7 @@ OPTUNA_SCHEMA = "optuna"
 MARK = "mpsearch"  # study system attribute of a mirror: which mpsearch study it mirrors
 TRIAL_ATTR = "mpsearch_trial"  # user attribute of a mirrored trial: its number in the store
 CONSTRAINTS = "constraints"  # the system attribute optuna-dashboard shows feasibility from
+METRIC_NAMES = "study:metric_names"  # Optuna's study system attribute naming the objectives
 _FINAL = (COMPLETE, FAILED)
 
 
@@ -136,17 +138,20 @@ def budget_constraint(budget: Budget, avg_bits: float, total_bytes: float, feasi
     return min(v, 0.0) if feasible else max(v, 1e-12)  # the flag allows a float's slack
 
 
-def study_budget(study: StudyRecord) -> Budget:
-    """The budget the study was created with."""
-    budget = study.spec.get("budget") or {}
-    return Budget(budget.get("avg_bits"), budget.get("total_bytes"))
-
-
 def distributions(space: SearchSpace) -> dict[str, Any]:
     """One categorical distribution per gene, over the labels of all its options."""
     from optuna.distributions import CategoricalDistribution
 
     return {g.name: CategoricalDistribution([o.label for o in g.options]) for g in space.genes}
+
+
+def is_driven(store: TrialStore, study: StudyRecord) -> bool:
+    """Whether a driver holds the study's lease now (it then keeps the mirror in step itself)."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with translating(store.url, f"read the lease of study {study.name!r}"), \
+            store.engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(LeaseRow).where(
+            LeaseRow.study_id == study.id, LeaseRow.expires_at >= now)) == 1
 
 
 @dataclass
@@ -252,20 +257,18 @@ class OptunaMirror:
         return {"study": study.name, "created_at": study.created_at.isoformat()}
 
     def _create(self, study: StudyRecord, objectives: int) -> int:
-        import optuna
         from optuna.study import StudyDirection
 
         rdb = self.storage()
         optuna_id = rdb.create_new_study([StudyDirection.MINIMIZE] * objectives, study.name)
         rdb.set_study_system_attr(optuna_id, MARK, self._mark(study))
         for key, value in (("model", study.model), ("objective", study.objective),
-                           ("budget", study_budget(study).describe()),
+                           ("budget", study.budget.describe()),
                            ("store", self.store.masked_url)):
             rdb.set_study_user_attr(optuna_id, key, value)
         names = [study.objective] if objectives == 1 else [study.objective, "avg_bits"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.load_study(study_name=study.name, storage=rdb).set_metric_names(names)
+        # what Study.set_metric_names writes (it warns as experimental, from any thread)
+        rdb.set_study_system_attr(optuna_id, METRIC_NAMES, names)
         return optuna_id
 
     def _open(self, study: StudyRecord, objectives: int) -> _Progress:
@@ -338,7 +341,7 @@ class OptunaMirror:
         dists = distributions(study.space)
         genes = study.space.genes
         dist_json = {name: distribution_to_json(d) for name, d in dists.items()}
-        budget = study_budget(study)
+        budget = study.budget
         with self._session() as session:
             made = []
             for i, r in enumerate(rows):

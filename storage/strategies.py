@@ -15,7 +15,8 @@ from sqlalchemy import func, insert, select, update
 
 from .errors import translating
 from .models import StrategySwitchRow, StudyRow, TrialRow
-from .store import StudyRecord, TrialStore
+from .records import StudyRecord
+from .store import TrialStore
 
 
 @dataclass(frozen=True)

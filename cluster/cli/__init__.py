@@ -16,6 +16,7 @@ from rich.text import Text
 from mpsearch.spaces.errors import MpsearchError
 
 from . import cluster as cli_cluster
+from . import optuna as cli_optuna
 from . import profile as cli_profile
 from . import results as cli_results
 from . import run as cli_run
@@ -35,6 +36,7 @@ app.command()(cli_results.compare)
 app.command()(cli_results.export)
 app.command()(cli_results.apply)
 app.command()(cli_results.report)
+app.command("import-optuna")(cli_optuna.import_optuna)
 
 
 def main() -> None:

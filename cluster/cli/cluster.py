@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from mpsearch.spaces.errors import SpecError
+
 from ..errors import ClusterError
+from .optuna import mirror_study
 from .output import DbOption, err, fmt_obj, open_store, out
+
+if TYPE_CHECKING:
+    from mpsearch.searcher.registry import SearcherConfig
+    from mpsearch.storage.strategies import StrategyRun
 
 
 def submit(
@@ -49,24 +56,40 @@ def status(
 
     store = open_store(db)
     rows = study_progress(store, study)
+    if study is not None:
+        mirror_study(store, study)
+    from mpsearch.storage.strategies import strategy_history
+
+    history = {p.name: strategy_history(store, store.study(p.name)) for p in rows}
     if as_json:
         out.print_json(json.dumps([{
             "study": p.name, "status": p.status, "evaluations": p.evaluations,
             "completed": p.completed, "failed": p.failed, "running": p.running, "best": p.best,
-            "driver": p.driver, "searcher": p.searcher_state} for p in rows]))
+            "driver": p.driver, "searcher": p.searcher_state,
+            "strategies": [{"name": s.name, "params": s.params, "from_trial": s.from_trial}
+                           for s in ran(history[p.name])]} for p in rows]))
         return
     table = Table(title=f"studies in {store.masked_url}",
                   title_justify="left")
-    for col in ("study", "status", "completed", "failed", "running", "best", "generation",
-                "driver"):
+    for col in ("study", "status", "completed", "failed", "running", "best", "strategy",
+                "generation", "driver"):
         table.add_column(col)
     for p in rows:
         generation = _find(p.searcher_state, "generation")
         driver = "—" if p.driver is None else f"{p.driver} ({p.heartbeat_age:.0f} s ago)"
+        strategy = " → ".join(s.name if not s.from_trial else f"{s.name} from trial {s.from_trial}"
+                              for s in ran(history[p.name]))
         table.add_row(p.name, p.status, f"{p.completed}/{p.evaluations}", str(p.failed),
-                      str(p.running), fmt_obj(p.best),
+                      str(p.running), fmt_obj(p.best), strategy,
                       "—" if generation is None else str(generation), driver)
     out.print(table)
+
+
+def ran(history: list[StrategyRun]) -> list[StrategyRun]:
+    """The strategies that proposed trials or run now: a step another replaced at its own
+    first trial (the spec's strategy of an imported study) is left out."""
+    return [s for s, after in zip(history, [*history[1:], None], strict=True)
+            if after is None or after.from_trial > s.from_trial]
 
 
 def _find(state: object, key: str) -> object:
@@ -97,8 +120,13 @@ def resume(
     address: Annotated[str | None, typer.Option(
         help="Ray cluster address; default: RAY_ADDRESS, else a new local instance.")] = None,
     top: Annotated[int, typer.Option(help="Best configurations to show at the end.")] = 5,
+    searcher: Annotated[str | None, typer.Option(
+        "--searcher", help="Continue with this strategy, told every stored trial first.")] = None,
+    params: Annotated[str | None, typer.Option(
+        "--params", help="With --searcher: its parameters as a JSON object.")] = None,
 ) -> None:
-    """Continue a study after a crash (from its stored spec), or extend a finished one."""
+    """Continue a study after a crash (from its stored spec), or extend a finished one;
+    --searcher switches it to another strategy."""
     from mpsearch.storage.config import StorageConfig
     from mpsearch.storage.errors import StudyConflictError
 
@@ -123,4 +151,23 @@ def resume(
                 "workers, storage and evaluations may change: restore it, or run a new study")
         spec = given
     spec = spec.model_copy(update={"storage": StorageConfig(url=store.url)})
-    run_with_progress(spec, store, address, top, extend=extend)
+    switch_to = None if searcher is None and params is None else \
+        switch_config(searcher, params, spec.searcher.baselines)
+    run_with_progress(spec, store, address, top, extend=extend, switch_to=switch_to)
+
+
+def switch_config(name: str | None, params: str | None, baselines: bool) -> SearcherConfig:
+    """The strategy of ``resume --searcher NAME --params JSON``, checked before anything runs."""
+    from mpsearch.searcher.registry import SearcherConfig
+
+    if name is None:
+        raise SpecError("--params: give the strategy it is for with --searcher NAME")
+    try:
+        values = json.loads(params) if params is not None else {}
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"--params: not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(values, dict):
+        raise SpecError(f"--params: a JSON object of parameters, got {type(values).__name__}")
+    config = SearcherConfig(name=name, params=values, baselines=baselines)
+    config.check()
+    return config

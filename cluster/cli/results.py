@@ -15,6 +15,7 @@ from rich.table import Table
 
 from mpsearch.spaces.errors import MpsearchError
 
+from .optuna import mirror_study
 from .output import (
     DbOption,
     StudyOption,
@@ -177,6 +178,7 @@ def trials(
 
     store = open_store(db)
     record = store.study(study)
+    mirror_study(store, study)
     rows = store.trials(study)
     path = write_parquet(record, rows, out_path)
     err.print(f"wrote {len(rows)} trials of study {study} to {path}")
@@ -205,6 +207,7 @@ def export(
     _check_format(format, (PLAN, DENSE, COMPRESSED_TENSORS))
     store = open_store(db)
     record = store.study(study)
+    mirror_study(store, study)
     if trial is None:
         top = store.best(study, top=1)
         if not top:
@@ -310,5 +313,6 @@ def report(
     from mpsearch.storage.report import write_report
 
     store = open_store(db)
+    mirror_study(store, study)
     path = write_report(store, study, out_path)
     err.print(f"wrote the report of study {study} to {path}")

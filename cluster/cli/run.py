@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .output import err, fmt_obj, out, results_table
 
 if TYPE_CHECKING:
+    from mpsearch.searcher.registry import SearcherConfig
     from mpsearch.storage.store import StudyRecord, TrialStore
 
     from ..job import PreparedJob
@@ -33,7 +34,8 @@ def run(
 
 
 def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top: int,
-                      extend: int = 0, job: PreparedJob | None = None) -> None:
+                      extend: int = 0, job: PreparedJob | None = None,
+                      switch_to: SearcherConfig | None = None) -> None:
     """Run (continue, extend) a study with a live progress bar, then print its best results."""
     from mpsearch.cluster.job import run_job
 
@@ -64,7 +66,7 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
 
     try:
         result = run_job(spec, store, address, on_start=on_start, on_result=on_result,
-                         extend=extend, job=job)
+                         extend=extend, job=job, switch_to=switch_to)
     finally:
         if progress.live.is_started:  # stopping a bar never shown prints a blank line
             progress.stop()
@@ -74,6 +76,8 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
     if result.replay_note:
         err.print(f"warning: could not replay the stored search exactly ({result.replay_note}); "
                   "continued from the stored results")
+    if result.mirror_note:
+        err.print(f"warning: {result.mirror_note}", highlight=False)
     err.print(f"{result.resumed_trials + stats.completed} completed, {stats.failed} failed, "
               f"{result.seconds:.1f} s ({stats.stopped_because or 'nothing left to run'}); "
               f"store {store.masked_url}", highlight=False)

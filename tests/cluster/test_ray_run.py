@@ -39,8 +39,9 @@ def test_two_workers_share_the_search_and_every_trial_is_stored(ray_session, tin
     assert any("c_attn" in layer.name for layer in result.study.space.layers)
 
 
-def test_optuna_study_lives_beside_the_store_and_resume_continues_it(ray_session, tiny_llama_path,
-                                                                     tmp_path):
+def test_optuna_study_is_the_mirror_beside_the_store_and_resume_continues_it(ray_session,
+                                                                             tiny_llama_path,
+                                                                             tmp_path):
     import optuna
 
     spec = tiny_spec("tpe", tiny_llama_path, r"layers\.\d+\.",
@@ -49,17 +50,20 @@ def test_optuna_study_lives_beside_the_store_and_resume_continues_it(ray_session
                      searcher={"name": "optuna", "params": {"sampler": "tpe", "startup_trials": 4}})
     store = TrialStore(spec.storage.url)
     run_job(spec, store)
-    # Optuna's own RDB storage, in its own file (its tables and its alembic_version apart)
+    # Optuna's own RDB storage, in its own file (its tables and its alembic_version apart):
+    # the store's mirror, one trial per stored trial, baselines included
     study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{tmp_path / 'm.optuna.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) >= 12 - 3  # the searcher's own trials (the 3 baselines are added as known)
+    assert len(done) == 12 == len(study.trials)
     again = run_job(spec, store, extend=6)
-    assert again.replay_note is None  # the Optuna study is reopened, not replayed
+    assert again.replay_note is None  # the in-memory TPE study is replayed exactly
     assert again.resumed_trials == 12 and again.stats.completed == 6
     trials = store.trials("tpe")
     assert len({t.choices for t in trials if t.objective is not None}) == 18  # no repeats
     study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{tmp_path / 'm.optuna.db'}")
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 18 - 3
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 18
+    assert sorted(t.user_attrs["mpsearch_trial"] for t in study.trials) == \
+        [t.number for t in trials]
 
 
 def test_hybrid_with_proxy_probes_one_option_per_gene_and_resumes(ray_session, tiny_llama_path,
