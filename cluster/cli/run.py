@@ -25,12 +25,15 @@ def run(
 ) -> None:
     """Run a search job (or continue the study it names) and show the best configurations."""
     from mpsearch.cluster.job import prepare
+    from mpsearch.cluster.mirror import check_mirror
     from mpsearch.cluster.spec import load_spec
     from mpsearch.storage.store import TrialStore
 
     spec = load_spec(spec_path)
     job = prepare(spec)  # spec, model, space, budget, calibration: before the store is created
-    run_with_progress(spec, TrialStore(spec.storage.url), address, top, job=job)
+    store = TrialStore(spec.storage.url)
+    check_mirror(store, spec.study)  # a foreign Optuna study of the name: refused before the bar
+    run_with_progress(spec, store, address, top, job=job)
 
 
 def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top: int,

@@ -76,7 +76,8 @@ def open_study(store, name, evaluations, searcher=None):
                                                 "params": {"offspring": 6}},
                        "evaluations": evaluations, "storage": {"url": store.url}})
     data = spec.model_dump(mode="json")
-    study, _ = store.open_study(name, data, data, SPACE, "synthetic", "kl", evaluations)
+    study, _ = store.open_study(name, data, data, SPACE, "synthetic", "kl", evaluations,
+                                budget=BUDGET)
     return study, spec
 
 
