@@ -23,6 +23,7 @@ from mpsearch.storage.profiles import ProfileKey, calibration_fingerprint
 from mpsearch.storage.store import CalibrationRecord, StudyRecord, TrialStore
 from mpsearch.workers.calibration import load_texts
 from mpsearch.workers.model_loading import ModelInfo, inspect_model
+from mpsearch.workers.placement import worker_devices
 from mpsearch.workers.worker import WorkerSetup
 
 from .driver import SessionResult, StoreRecorder, drive
@@ -116,7 +117,20 @@ def worker_setup(job: PreparedJob) -> WorkerSetup:
         texts=job.texts, seq_len=job.spec.calibration.seq_len,
         batch_size=job.spec.calibration.batch_size, dtype=job.spec.model.dtype, device=device,
         threads=max(int(job.spec.workers.cpus), 1), kl_top_k=job.spec.kl_top_k,
-        cache_device_bytes=job.spec.workers.cache_device_bytes)
+        cache_device_bytes=job.spec.workers.cache_device_bytes,
+        devices=worker_devices(job.spec.workers.gpus, device))
+
+
+def report_placement(executor: Any) -> None:
+    """Print each worker's placement, one line per device (weights, activations, variants)."""
+    import sys
+
+    import ray
+
+    lines = ray.get([actor.placement.remote() for actor in executor.actors])
+    for label, device_lines in zip(executor.labels, lines, strict=True):
+        for line in device_lines:
+            print(f"{label} {line}", file=sys.stderr)
 
 
 def _check_space(study: StudyRecord, space: SearchSpace) -> None:
@@ -168,8 +182,12 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
     def make_executor(recorder: StoreRecorder) -> RayExecutor:
         connect_for(spec, address)
         options = {"depth": w.depth, **(executor_options or {})}
-        return RayExecutor(worker_setup(job), job.space, w.count, w.cpus, w.gpus,
-                           before_dispatch=recorder.flush, flush_due=recorder.due_in, **options)
+        executor = RayExecutor(worker_setup(job), job.space, w.count, w.cpus, w.gpus,
+                               before_dispatch=recorder.flush, flush_due=recorder.due_in,
+                               **options)
+        if w.gpus > 1:  # one model over several GPUs: where each worker put its parts
+            report_placement(executor)
+        return executor
 
     result = drive(store, study, spec.searcher, job.budget, make_executor, seed=spec.seed,
                    resources=RayResources(job, address), extend=extend, lease_ttl=lease_ttl,

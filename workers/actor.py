@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import traceback
+from typing import Any
 
 import ray
 
@@ -18,6 +19,7 @@ from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
 from .profile import ProfileMeasurement, measure_profile
+from .sharding import worker_diagnostics
 from .worker import EvalOutcome, Worker, WorkerSetup
 
 
@@ -29,6 +31,15 @@ class WorkerActor:
 
     def name(self) -> str:
         return self.label
+
+    def placement(self) -> list[str]:
+        """Where the model's parts went, one line per device (empty for one device)."""
+        placement = self.worker.placement
+        return placement.lines() if placement is not None else []
+
+    def diagnostics(self, forward_repeats: int = 0) -> dict[str, Any]:
+        """Memory per device, and the seconds of a plain forward pass (benchmarks)."""
+        return worker_diagnostics(self.worker, forward_repeats)
 
     def evaluate(self, candidate: Candidate) -> tuple[str, EvalOutcome]:
         start = time.perf_counter()

@@ -20,6 +20,12 @@ ModelKind = Literal["auto", "causal-lm", "encoder"]
 ObjectiveName = Annotated[str, AfterValidator(check_objective)]
 
 
+def _check_gpus(value: float) -> float:
+    if value > 1 and value != int(value):
+        raise ValueError(f"more than one GPU per worker must be a whole number; got {value:g}")
+    return value
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,8 +62,9 @@ class WorkersConfig(BaseModel):
 
     count: int = Field(default=2, ge=1, le=MAX_WORKERS)
     cpus: float = Field(default=1.0, gt=0, le=1024)
-    # Whole or fractional GPUs per worker; 0 runs on CPU.
-    gpus: float = Field(default=0.0, ge=0, le=64)
+    # Whole or fractional GPUs per worker; 0 runs on CPU. Above 1 (whole numbers only), one
+    # model spans the worker's GPUs: its blocks are placed across them (workers/placement.py).
+    gpus: Annotated[float, AfterValidator(_check_gpus)] = Field(default=0.0, ge=0, le=64)
     # Bytes of compressed variants each worker keeps on its GPU; the rest waits in pinned host
     # memory. None: as many as fit beside the model and its activations.
     cache_device_bytes: int | None = Field(default=None, ge=0, le=2**60)

@@ -36,7 +36,9 @@ from .gptq import HessianAccumulator
 from .layers import get_weight, quantizable_modules, set_weight_
 from .model_loading import load_model, load_tokenizer
 from .objectives import make_objective, slice_reference
+from .placement import Placement
 from .registry import ACT_NORM, HESSIAN, LayerInputs, handler_for, quantize_weight
+from .sharding import ShardedVariantCache, sharded_cache, spread_model
 from .variant_cache import VariantCache
 
 Batch = dict[str, torch.Tensor]
@@ -64,6 +66,14 @@ class WorkerSetup:
     # GPTQ's dampening λ = percdamp · mean(diag H) and lazy-batch width (the reference's defaults).
     gptq_percdamp: float = 0.01
     gptq_block_size: int = 128
+    # More than one: the model is spread over these devices, a pipeline of its blocks with each
+    # layer's variants on its block's device (.sharding, .placement); empty: the one ``device``.
+    devices: tuple[str, ...] = ()
+    # Bytes each of ``devices`` may hold; None: its free memory (tests inject small budgets).
+    device_budgets: tuple[int, ...] | None = None
+    # Random weights from the model's config, created on their devices (benchmarks of models
+    # too big to save); False: the weights of ``model_path``.
+    random_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,10 +103,16 @@ class Worker:
             torch.set_num_threads(setup.threads)
         self.setup = setup
         self.space = space
-        self.device = torch.device(setup.device)
+        spread = len(setup.devices) > 1 or setup.random_weights
+        self.device = torch.device(setup.devices[0] if spread and setup.devices else setup.device)
         self.objective = make_objective(setup.objective, setup.kl_top_k)
-        self.model = model if model is not None else load_model(
-            setup.model_path, setup.kind, setup.dtype, setup.device)
+        self.placement: Placement | None = None
+        if spread:  # raises PlacementError, in one line, when it cannot fit
+            self.model, self.placement = spread_model(model, space, setup,
+                                                      setup.devices or (setup.device,))
+        else:
+            self.model = model if model is not None else load_model(
+                setup.model_path, setup.kind, setup.dtype, setup.device)
         bad = non_finite_parameters(self.model)
         # A model with NaN/Inf weights fails every trial with this reason (never a best result).
         self.weight_error = (f"model weights are not finite in {len(bad)} tensors "
@@ -110,7 +126,10 @@ class Worker:
         self.samples = sum(b["input_ids"].shape[0] for b in self.batches)
         self._peak_activation_bytes = 0
         self.reference = self._forward_reference()
-        self.cache = VariantCache(self.device, self._device_cap())
+        self.cache: VariantCache | ShardedVariantCache = (
+            VariantCache(self.device, self._device_cap()) if self.placement is None
+            else sharded_cache(self.model, self.placement, list(self.modules),
+                               setup.cache_device_bytes))
         self.input_stats: dict[str, HessianAccumulator] = {}
         self._have_hessians = False
 
@@ -150,22 +169,26 @@ class Worker:
     def _gather_input_stats(self, hessians: bool) -> None:
         """One full-precision pass over the calibration batches with hooks on every searched layer."""
         self.restore_()
-        stats = {name: HessianAccumulator(w.shape[1], self.device, hessian=hessians)
+        stats = {name: HessianAccumulator(w.shape[1], w.device, hessian=hessians)
                  for name, w in self.original.items()}
-        mask: list[torch.Tensor] = []
+        mask: dict[torch.device, torch.Tensor] = {}  # the batch's, copied once to each device
 
         def hook_for(name: str):
             def record(_module: nn.Module, args: tuple, _output: Any) -> None:
                 x = args[0]
-                if x.shape[:-1] == mask[0].shape:
-                    x = x[mask[0]]  # padding tokens are not calibration data
+                m = mask.get(x.device)
+                if m is None:
+                    m = mask[x.device] = mask[self.device].to(x.device)
+                if x.shape[:-1] == m.shape:
+                    x = x[m]  # padding tokens are not calibration data
                 stats[name].add(x)
             return record
 
         handles = [m.register_forward_hook(hook_for(n)) for n, m in self.modules.items()]
         try:
             for batch in self.batches:
-                mask[:] = [batch["attention_mask"].bool()]
+                mask.clear()
+                mask[self.device] = batch["attention_mask"].bool()
                 self.model(**batch)
         finally:
             for h in handles:

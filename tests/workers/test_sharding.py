@@ -1,0 +1,136 @@
+"""A worker whose model spans several devices (here all the CPU): same results as one device, each
+layer's variants on its block's device, weights read straight onto their devices, refusals."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from mpsearch.spaces import SpaceConfig, build_space
+from mpsearch.spaces.space import Candidate
+from mpsearch.workers import sharding
+from mpsearch.workers.calibration import load_texts
+from mpsearch.workers.config import CalibrationConfig, ModelConfig, WorkersConfig
+from mpsearch.workers.model_loading import inspect_model, load_model
+from mpsearch.workers.placement import BlockNeeds, PlacementError, place, worker_devices
+from mpsearch.workers.worker import Worker, WorkerSetup
+
+OPTIONS = ["int3-g32-asym", "int4-ch-sym-gptq", "fp16"]
+
+
+def setup_for(path, samples=4, seq_len=16):
+    info = inspect_model(ModelConfig(name=path))
+    cfg = SpaceConfig.model_validate({"layers": [{"match": r"(layers|h)\.\d+\.",
+                                                  "options": OPTIONS}]})
+    space = build_space(info.layers, cfg.rules(), (), info.total_params)
+    texts = tuple(load_texts(CalibrationConfig(samples=samples, seq_len=seq_len)))
+    return WorkerSetup(info.path, info.kind, "kl", texts, seq_len, batch_size=2, threads=1), space
+
+
+def one_block_each(setup, space):
+    """Budgets for two devices that hold exactly one block each (with all its variants)."""
+    model = sharding.empty_model(setup.model_path, setup.kind, setup.dtype)
+    blocks, fixed, fixed_act, working = sharding.estimate_needs(
+        model, space, batch_size=setup.batch_size, seq_len=setup.seq_len,
+        samples=len(setup.texts), objective=setup.objective, kl_top_k=setup.kl_top_k)
+    assert len(blocks) == 2
+    return (fixed + fixed_act + working + blocks[0].hard + blocks[0].variants,
+            working + blocks[1].hard + blocks[1].variants)
+
+
+def random_candidates(space, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [Candidate(tuple(int(torch.randint(k, (1,), generator=g)) for k in space.sizes))
+            for _ in range(n)]
+
+
+@pytest.mark.slow
+def test_two_device_worker_scores_exactly_like_one_device_worker(tiny_llama_path):
+    setup, space = setup_for(tiny_llama_path)
+    one = Worker(setup, space)
+    two = Worker(dataclasses.replace(setup, devices=("cpu", "cpu"),
+                                     device_budgets=one_block_each(setup, space)), space)
+    assert one.placement is None
+    assert [s.blocks for s in two.placement.shares] == [("model.layers.0",), ("model.layers.1",)]
+    candidates = [space.uniform(o) for o in space.uniform_options()] + random_candidates(space, 4)
+    for c in candidates:  # GPTQ options included: Hessians gathered through the hooks
+        a, b = one.evaluate(c), two.evaluate(c)
+        assert a.error is None and b.error is None
+        assert b.objective == a.objective and b.extra == a.extra
+    first, second = two.cache.parts
+    assert len(first) and len(second) and len(first) + len(second) == len(one.cache)
+    assert all(name.startswith("model.layers.0.") for name, _ in first)
+    assert all(name.startswith("model.layers.1.") for name, _ in second)
+    assert two.cache.bytes() == one.cache.bytes()
+
+
+@pytest.mark.slow
+def test_a_spread_gpt2_with_tied_head_scores_like_one_device(tiny_gpt2_path):
+    setup, space = setup_for(tiny_gpt2_path)
+    one = Worker(setup, space)
+    two = Worker(dataclasses.replace(setup, devices=("cpu", "cpu"),
+                                     device_budgets=one_block_each(setup, space)), space)
+    assert two.model.lm_head.weight is two.model.transformer.wte.weight
+    for c in random_candidates(space, 3, seed=1):
+        assert two.evaluate(c).objective == one.evaluate(c).objective
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_path", "tiny_gpt2_path"])
+def test_weights_read_onto_their_devices_equal_from_pretrained(fixture, request):
+    path = request.getfixturevalue(fixture)
+    model = sharding.empty_model(path, "causal-lm", "float32")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    prefix, blocks = sharding.find_blocks(model)
+    placement = place([BlockNeeds(f"{prefix}.{i}", 1, 0) for i in range(len(blocks))],
+                      ["cpu", "cpu"], [10, 10])
+    assert sharding.materialise_(model, placement, path)
+    reference = load_model(path, "causal-lm", "float32", "cpu")
+    got, want = model.state_dict(), reference.state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    buffers = dict(reference.named_buffers())  # non-persistent ones (rotary inv_freq) too
+    assert all(torch.equal(b, buffers[k]) for k, b in model.named_buffers())
+
+
+def test_files_that_do_not_match_the_parameters_fall_back(tiny_llama_path, tmp_path):
+    model = sharding.empty_model(tiny_llama_path, "causal-lm", "float32")
+    placement = place([BlockNeeds("model.layers.0", 1, 0), BlockNeeds("model.layers.1", 1, 0)],
+                      ["cpu"], [10])
+    assert not sharding.materialise_(model, placement, str(tmp_path))  # no safetensors there
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_random_weights_are_built_on_their_devices_and_score(tiny_llama_path):
+    setup, space = setup_for(tiny_llama_path, samples=2)
+    worker = Worker(dataclasses.replace(setup, devices=("cpu", "cpu"), random_weights=True),
+                    space)
+    assert worker.weight_error is None
+    outcome = worker.evaluate(random_candidates(space, 1)[0])
+    assert outcome.error is None and outcome.objective is not None and outcome.objective > 0
+
+
+def test_a_model_that_cannot_fit_is_refused_in_one_line_before_loading(tiny_llama_path,
+                                                                     monkeypatch):
+    setup, space = setup_for(tiny_llama_path, samples=2)
+    monkeypatch.setattr(sharding, "materialise_", lambda *a: pytest.fail("weights were read"))
+    with pytest.raises(PlacementError) as err:
+        Worker(dataclasses.replace(setup, devices=("cpu", "cpu"), device_budgets=(1 << 20,) * 2),
+               space)
+    assert "\n" not in str(err.value) and "workers.gpus" in str(err.value)
+
+
+def test_a_model_without_repeated_blocks_cannot_be_spread():
+    with pytest.raises(PlacementError, match="workers.gpus <= 1"):
+        sharding.find_blocks(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_workers_gpus_above_one_gives_that_many_devices_and_must_be_whole():
+    assert worker_devices(2, "cuda") == ("cuda:0", "cuda:1")
+    assert worker_devices(1, "cuda") == ()  # one GPU, or a fraction: one device, as before
+    assert worker_devices(0.25, "cuda") == ()
+    assert worker_devices(4, "cpu") == ()
+    assert WorkersConfig(gpus=4).gpus == 4
+    with pytest.raises(ValueError, match="whole number"):
+        WorkersConfig(gpus=1.5)
