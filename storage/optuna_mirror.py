@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -334,37 +334,38 @@ class OptunaMirror:
         return len(new)
 
     def _insert(self, study: StudyRecord, progress: _Progress, rows: list[Any]) -> None:
+        """Write ``rows`` (store trials) as Optuna trials: one executemany per Optuna table."""
         from optuna.distributions import distribution_to_json
         from optuna.storages._rdb import models as om
         from optuna.trial import TrialState
 
         dists = distributions(study.space)
-        genes = study.space.genes
-        dist_json = {name: distribution_to_json(d) for name, d in dists.items()}
+        # every (gene, choice)'s parameter row but its trial id, built once
+        param_rows = [[{"param_name": g.name, "distribution_json": distribution_to_json(dists[g.name]),
+                        "param_value": dists[g.name].to_internal_repr(o.label)} for o in g.options]
+                      for g in study.space.genes]
         budget = study.budget
+        complete = [r.status == COMPLETE and r.objective is not None
+                    and not math.isnan(r.objective) for r in rows]
+        trials = om.TrialModel.__table__
         with self._session() as session:
-            made = []
-            for i, r in enumerate(rows):
-                ok = r.status == COMPLETE and r.objective is not None and not math.isnan(r.objective)
-                made.append(om.TrialModel(
-                    number=progress.count + i, study_id=progress.optuna_id,
-                    state=TrialState.COMPLETE if ok else TrialState.FAIL,
-                    _datetime_start_utc=r.started_at, _datetime_complete_utc=r.finished_at))
-            session.add_all(made)
-            session.flush()  # the trial ids
-            children: list[Any] = []
-            for trial, r in zip(made, rows, strict=True):
-                tid = trial.trial_id
-                for g, c in zip(genes, r.choices, strict=True):
-                    children.append(om.TrialParamModel(
-                        trial_id=tid, param_name=g.name, distribution_json=dist_json[g.name],
-                        param_value=dists[g.name].to_internal_repr(g.options[c].label)))
-                if trial.state == TrialState.COMPLETE:
-                    values = [r.objective] + ([r.avg_bits] if progress.objectives == 2 else [])
-                    for k, v in enumerate(values):
+            conn = session.connection()
+            made = conn.execute(
+                insert(trials).returning(trials.c.trial_id, sort_by_parameter_order=True),
+                [{"number": progress.count + i, "study_id": progress.optuna_id,
+                  "state": TrialState.COMPLETE if ok else TrialState.FAIL,
+                  "datetime_start": r.started_at, "datetime_complete": r.finished_at}
+                 for i, (r, ok) in enumerate(zip(rows, complete, strict=True))]).scalars().all()
+            params, values, user, system = [], [], [], []
+            for tid, r, ok in zip(made, rows, complete, strict=True):
+                params += [{"trial_id": tid, **gene[c]}
+                           for gene, c in zip(param_rows, r.choices, strict=True)]
+                if ok:
+                    objectives = [r.objective] + ([r.avg_bits] if progress.objectives == 2 else [])
+                    for k, v in enumerate(objectives):
                         stored, kind = om.TrialValueModel.value_to_stored_repr(v)
-                        children.append(om.TrialValueModel(trial_id=tid, objective=k,
-                                                           value=stored, value_type=kind))
+                        values.append({"trial_id": tid, "objective": k, "value": stored,
+                                       "value_type": kind})
                 attrs: dict[str, Any] = {TRIAL_ATTR: r.number, "origin": r.origin,
                                          "avg_bits": r.avg_bits, "total_bytes": r.total_bytes}
                 if r.objective is not None and math.isnan(r.objective):
@@ -372,11 +373,15 @@ class OptunaMirror:
                 attrs.update(r.extra or {})
                 if r.error:
                     attrs["error"] = r.error
-                children += [om.TrialUserAttributeModel(trial_id=tid, key=k, value_json=json.dumps(v))
-                             for k, v in attrs.items()]
+                user += [{"trial_id": tid, "key": k, "value_json": json.dumps(v)}
+                         for k, v in attrs.items()]
                 excess = budget_constraint(budget, r.avg_bits, r.total_bytes, r.feasible)
-                children.append(om.TrialSystemAttributeModel(
-                    trial_id=tid, key=CONSTRAINTS, value_json=json.dumps([excess])))
-            session.add_all(children)
+                system.append({"trial_id": tid, "key": CONSTRAINTS,
+                               "value_json": json.dumps([excess])})
+            for model, batch in ((om.TrialParamModel, params), (om.TrialValueModel, values),
+                                 (om.TrialUserAttributeModel, user),
+                                 (om.TrialSystemAttributeModel, system)):
+                if batch:
+                    conn.execute(insert(model.__table__), batch)
         progress.count += len(rows)
         progress.mirrored.update(r.number for r in rows)
