@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from mpsearch.spaces.space import SearchSpace
 from mpsearch.storage.profiles import ProfileKey, ProfileRecord, load_profile, save_profile
@@ -97,9 +97,9 @@ def ray_measure(setup: WorkerSetup, space: SearchSpace, count: int, cpus: float,
                 executor.submit(key, batch)  # type: ignore[arg-type]
             left = len(chunks)
             while left:
-                for _key, (label, rows) in executor.collect():
+                for _key, outcome in executor.collect():  # this executor's outcome: a chunk
                     left -= 1
-                    yield label, rows
+                    yield cast(tuple[str, list[ProfileMeasurement]], outcome)
         finally:
             executor.shutdown()
 

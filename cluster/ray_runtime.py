@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from .errors import ClusterError
 
@@ -21,7 +22,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kwargs = dict(logging_level=logging.ERROR, log_to_driver=False)
+    kwargs: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False)
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         if address:

@@ -20,7 +20,7 @@ from mpsearch.spaces.spec import BudgetConfig, SpaceConfig
 from mpsearch.storage.config import StorageConfig
 from mpsearch.workers.config import CalibrationConfig, ModelConfig, ObjectiveName, WorkersConfig
 
-SPEC_VERSION = 1
+SPEC_VERSION: Literal[1] = 1
 
 __all__ = ["JobSpec", "SPEC_VERSION", "StorageConfig", "WorkersConfig", "load_spec", "parse_spec"]
 

@@ -84,7 +84,7 @@ def spec_data(spec_path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         load_spec(path)  # raises the precise one-line error
         raise SpecError(f"{path}: a job spec is a mapping of fields")
-    storage = raw.get("storage") if isinstance(raw.get("storage"), dict) else {}
+    storage = raw["storage"] if isinstance(raw.get("storage"), dict) else {}
     url = str(storage.get("url", DEFAULT_URL))
     if url.startswith("env:"):
         parse_spec({**raw, "storage": {**storage, "url": "sqlite://"}}, str(path))

@@ -45,7 +45,7 @@ def _units(problem: Knapsack, resolution: int) -> tuple[np.ndarray, float, int, 
     n_genes = len(light)
     ints = np.round(extra)
     if np.allclose(extra, ints, rtol=0, atol=1e-6) and ints.max() < 2**62:
-        unit = math.gcd(*(int(v) for v in np.unique(ints) if v > 0)) or 1
+        unit: float = math.gcd(*(int(v) for v in np.unique(ints) if v > 0)) or 1
         states = int(math.floor(room / unit + 1e-9))
         if n_genes * (states + 1) <= MAX_CELLS:
             return (ints / unit).astype(np.int64), float(unit), states, float(light.sum()), True

@@ -71,7 +71,7 @@ class EvolutionaryParams(SearcherParams):
         return self
 
     def stages(self) -> list[tuple[int, int | None]]:
-        return [tuple(s) for s in self.selection] if self.selection else [(self.offspring, None)]
+        return list(self.selection) if self.selection else [(self.offspring, None)]
 
 
 class EvolutionarySearcher(Searcher):

@@ -129,7 +129,7 @@ class HybridSearcher(Searcher):
         if self.p.resolve_every and gen - self.resolved_at >= self.p.resolve_every:
             self.resolved_at = gen
             self.queue.extend(self._solve(1, loss_fix=True))
-        out = []
+        out: list[Candidate] = []
         while self.queue and len(out) < n:
             c = self.queue.pop(0)
             if c.choices not in self.pending and c.choices not in self.told:

@@ -90,7 +90,7 @@ def check_capacity(problem: Knapsack) -> None:
 # -- Lagrangian greedy ---------------------------------------------------------------------------
 def _hull(weights: np.ndarray, loss: np.ndarray, allowed: np.ndarray) -> list[int]:
     """Options on the lower convex hull of (weight, loss), by increasing weight."""
-    opts = sorted(np.nonzero(allowed)[0], key=lambda o: (weights[o], loss[o]))
+    opts = sorted(np.nonzero(allowed)[0].tolist(), key=lambda o: (weights[o], loss[o]))
     hull: list[int] = []
     for o in opts:
         if hull and loss[o] >= loss[hull[-1]]:

@@ -9,7 +9,7 @@ feasible configurations the additive model ranks next. Then it is finished.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -108,7 +108,7 @@ def solve_profile(space: SearchSpace, budget: Budget, loss: np.ndarray, p: Integ
     return out
 
 
-def as_feasible(space: SearchSpace, budget: Budget, choices: Sequence[int], origin: str,
+def as_feasible(space: SearchSpace, budget: Budget, choices: Iterable[int], origin: str,
                 levels: LevelMap, seed: int) -> Candidate | None:
     """The solution as a candidate, lowered into the budget if float rounding pushed it over."""
     fixed = [int(c) for c in choices]

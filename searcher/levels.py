@@ -27,7 +27,7 @@ class LevelMap:
     def __init__(self, space: SearchSpace, allowed: Sequence[Collection[int]] | None = None) -> None:
         self.space = space
         self.order = [sorted((o for o in range(n) if allowed is None or o in allowed[g]),
-                             key=lambda o, g=g: (space.gene_bits(g, o), o))
+                             key=lambda o: (space.gene_bits(g, o), o))
                       for g, n in enumerate(space.sizes)]
         self.rank = [{opt: r for r, opt in enumerate(order)} for order in self.order]
         self.tiers: list[list[list[int]]] = []  # per gene, options grouped by equal bits
@@ -82,7 +82,7 @@ def budget_window(space: SearchSpace, budget: Budget, width: int) -> list[set[in
     """
     target = budget_bits_per_weight(space, budget)
     tiers = LevelMap(space).tiers
-    centers = [min(range(len(ts)), key=lambda t, g=g, ts=ts: abs(
+    centers = [min(range(len(ts)), key=lambda t: abs(
         space.gene_bits(g, ts[t][0]) / space.genes[g].numel - target)) for g, ts in enumerate(tiers)]
     below = width
     while True:

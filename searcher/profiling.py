@@ -93,7 +93,7 @@ def proxy_anchors(space: SearchSpace, wanted: Iterable[ProfileKey],
         values = [proxy.get((g, o), 0.0) for o in options]
         if all(math.isfinite(v) and v > 0 for v in values):
             numel = space.genes[g].numel
-            anchors[g] = min(options, key=lambda o, g=g: (
+            anchors[g] = min(options, key=lambda o: (
                 abs(space.gene_bits(g, o) / numel - bits_per_weight), proxy[(g, o)]))
     return anchors
 
@@ -133,7 +133,7 @@ class ProfileMeasurer:
         return len(self.queue) + len(self.in_flight)
 
     def ask(self, n: int) -> list[Candidate]:
-        out = []
+        out: list[Candidate] = []
         while self.queue and len(out) < n:
             choices = self.queue.pop(0)
             if choices in self.measured:

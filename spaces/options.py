@@ -114,7 +114,7 @@ class QuantOption:
     def _check_sparsity(self) -> None:
         if self.sparsity_pattern not in SPARSITY_PATTERNS:
             hint = " (YAML reads an unquoted 2:4 as the number 124: write '2:4')" * (
-                self.sparsity_pattern == 124)
+                str(self.sparsity_pattern) == "124")
             raise ValueError(f"sparsity_pattern must be one of {', '.join(SPARSITY_PATTERNS)}, "
                              f"got {self.sparsity_pattern!r}{hint}")
         if self.sparsity_method not in SPARSITY_METHODS:

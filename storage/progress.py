@@ -55,11 +55,11 @@ def study_progress(store: TrialStore, name: str | None = None) -> list[StudyProg
     out = []
     for s in rows:
         lease = leases.get(s.id)
-        live = lease is not None and lease.expires_at >= now
+        live = lease if lease is not None and lease.expires_at >= now else None
         out.append(StudyProgress(
             s.name, s.status, s.evaluations, counts.get((s.id, COMPLETE), 0),
             counts.get((s.id, FAILED), 0), counts.get((s.id, RUNNING), 0), best.get(s.id),
-            lease.owner if live else None,
-            (now - lease.heartbeat_at).total_seconds() if live else None,
+            live.owner if live is not None else None,
+            (now - live.heartbeat_at).total_seconds() if live is not None else None,
             s.searcher_state, s.updated_at))
     return out

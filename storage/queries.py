@@ -143,7 +143,7 @@ class StudyQueries:
             levels = s.execute(select(TrialRow.avg_bits, func.min(TrialRow.objective))
                                .where(*where).group_by(TrialRow.avg_bits)
                                .order_by(TrialRow.avg_bits))
-            front = dict(pareto_front((bits, obj) for bits, obj in levels))
+            front = dict(pareto_front((bits, obj) for bits, obj in levels if obj is not None))
             # The lowest-numbered trial of each front point: the points join the index as a
             # VALUES list (an IN list of pairs takes PostgreSQL long to plan, and two IN lists
             # make SQLite probe their cross product).

@@ -14,7 +14,7 @@ a writer of their own, for callers that record trials one at a time. The read-si
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import (
     Connection,
@@ -201,7 +201,7 @@ class TrialStore(StudyQueries):
             self._not_found(s, study)
         return found
 
-    def _not_found(self, s: Session, study: StudyKey) -> Any:
+    def _not_found(self, s: Session, study: StudyKey) -> NoReturn:
         known = s.scalars(select(StudyRow.name).order_by(StudyRow.name).limit(10)).all()
         hint = f"; studies here: {', '.join(known)}" if known else "; the database is empty"
         raise StudyNotFoundError(f"no study {study!r} in {self.masked_url}{hint}")

@@ -40,7 +40,7 @@ from .models import COMPLETE, FAILED, RUNNING, StudyRow, TrialRow
 if TYPE_CHECKING:
     from .store import TrialStore
 
-_trials = TrialRow.__table__
+_trials = TrialRow.metadata.tables[TrialRow.__tablename__]
 _RESULT_FIELDS = ("status", "objective", "worker", "error", "eval_seconds", "finished_at",
                   "told_after", "extra")
 _update_result = (

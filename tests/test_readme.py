@@ -20,7 +20,7 @@ def test_ci_runs_the_readme_test_command():
 def test_both_commands_pin_torch_and_the_example_exists():
     run, test = _commands()
     assert "mpsearch run examples/minilm.yaml" in run and "[minilm]" in run
-    assert "pytest" in test
+    assert "pytest" in test and "ruff check . && mypy &&" in test  # CI lints and type-checks
     assert (ROOT / "examples/minilm.yaml").is_file()
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+import torch
 from torch import nn
 
 from mpsearch.spaces.options import QuantOption
@@ -25,6 +26,9 @@ from .layers import oriented_shape, quantizable_modules
 from .model_loading import inspect_model, load_model, load_tokenizer
 from .registry import needs_calibration
 from .worker import Worker, WorkerSetup
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 PLAN_FILE = "mpsearch_plan.json"  # the plan, copied beside the weights it produced
 
@@ -84,7 +88,8 @@ def plan_worker(setup: WorkerSetup, options: Mapping[str, QuantOption]) -> Worke
     except WorkerError as exc:
         raise CheckpointError(str(exc)) from None
     for name in options:  # own, contiguous copies: the worker's cache may hand out views
-        modules[name].weight.data = modules[name].weight.data.contiguous().clone()
+        weight = cast(torch.Tensor, modules[name].weight)
+        weight.data = weight.data.contiguous().clone()
     return worker
 
 
@@ -110,7 +115,7 @@ def write_checkpoint(model: str, options: Mapping[str, QuantOption], out_dir: st
                               "needs calibration inputs, and the plan records no calibration")
     if setup is None:
         setup = weights_only_setup(info.path, info.kind, dtype)
-    loaded = plan_worker(setup, options).model.cpu()
+    loaded = cast("PreTrainedModel", plan_worker(setup, options).model.cpu())
     try:
         loaded.save_pretrained(out)
         AutoTokenizer.from_pretrained(info.path).save_pretrained(out)

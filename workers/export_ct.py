@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from .checkpoint import PLAN_FILE, CheckpointError, _planned_modules, _prepare_o
 from .layers import oriented_shape
 from .registry import Encoded, FormatError, handler_for
 from .worker import WorkerSetup
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 
@@ -98,7 +101,8 @@ def _store_parts_(module: nn.Module, enc: Encoded, dtype: torch.dtype) -> None:
     option = enc.option
     assert enc.scale is not None
     with torch.no_grad():
-        module.weight_scale.data = enc.scale.to(dtype).reshape(module.weight_scale.shape).clone()
+        scale = cast(torch.Tensor, module.weight_scale)
+        scale.data = enc.scale.to(dtype).reshape(scale.shape).clone()
         if option.format == "int":
             packed = pack_to_int32(_signed(enc.values, option), option.bits)
             assert packed.shape == module.weight_packed.shape
@@ -134,7 +138,7 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
     out = _prepare_out(out_dir)
     try:
         worker = plan_worker(setup, options)
-        model = worker.model.cpu()
+        model = cast("PreTrainedModel", worker.model.cpu())
         dtype = next(model.parameters()).dtype
         encoded: dict[str, Encoded] = {}
         for name, option in options.items():

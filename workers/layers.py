@@ -6,6 +6,8 @@ else in mpsearch sees (out × in), so the transpose is confined to this module.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -32,13 +34,13 @@ def discover_layers(model: nn.Module) -> list[LayerInfo]:
 
 
 def oriented_shape(module: nn.Module) -> tuple[int, int]:
-    rows, cols = module.weight.shape
+    rows, cols = cast(torch.Tensor, module.weight).shape
     return (cols, rows) if isinstance(module, Conv1D) else (rows, cols)
 
 
 def get_weight(module: nn.Module) -> torch.Tensor:
     """The weight as (out × in)."""
-    w = module.weight.data
+    w = cast(torch.Tensor, module.weight).data
     return w.t() if isinstance(module, Conv1D) else w
 
 

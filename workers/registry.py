@@ -263,6 +263,7 @@ class IntHandler(FormatHandler):
         zero point [out·b/32, groups] meets the [out, groups] parameter transformers creates),
         while ``block`` stores the zero points unpacked (int8) and loads."""
         self.refuse_sparsity(option, "compressed-tensors")
+        strategy: dict[str, object]
         if option.symmetric:
             strategy = {"strategy": "channel"} if option.group_size is None else \
                 {"strategy": "group", "group_size": option.group_size}

@@ -278,7 +278,7 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
         if setup is None:
             from mpsearch.workers.config import ModelConfig
 
-            info = inspect_model(ModelConfig(name=source, kind=scoring.kind))  # type: ignore[arg-type]
+            info = inspect_model(ModelConfig(name=source, kind=scoring.kind))
             setup = weights_only_setup(info.path, info.kind, scoring.dtype)
         path = export_compressed_tensors(setup, plan.options, out_dir, plan=plan.data).path
     else:
