@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from mpsearch.searcher.base import Evaluation, Searcher
 from mpsearch.searcher.known import KnownResultsSearcher
 from mpsearch.searcher.registry import SearcherConfig, searcher_class
+from mpsearch.spaces.errors import SpecError
 from mpsearch.storage.errors import StudyNotFoundError
 from mpsearch.storage.models import COMPLETE, FAILED
 from mpsearch.storage.optuna_mirror import (
@@ -82,7 +83,10 @@ def check_mirror(store: TrialStore, name: str) -> None:
         record: StudyRecord | None = store.study(name)
     except StudyNotFoundError:
         record = None
-    mirror = OptunaMirror(store)
+    try:
+        mirror = OptunaMirror(store)
+    except SpecError:
+        return  # an in-memory store has no mirror
     try:
         mirror.check(name, record)
     finally:
@@ -118,15 +122,21 @@ class SessionMirror:
     kept as :attr:`note`, not raised."""
 
     def __init__(self, store: TrialStore, study: StudyRecord, every: float = 2.0) -> None:
-        self.mirror = OptunaMirror(store)
         self.study, self.every = study, every
         self.objectives = 1
         self.note: str | None = None
         self._at = -float("inf")
+        self.mirror: OptunaMirror | None = None
+        try:
+            self.mirror = OptunaMirror(store)
+        except SpecError as exc:  # an in-memory store: no file to put the mirror beside
+            self.note = f"no Optuna mirror: {exc}"
 
     def check(self) -> None:
         """Refuse (:class:`~mpsearch.storage.optuna_mirror.MirrorConflictError`) an Optuna study
         of the name that is not this study's mirror; writes nothing."""
+        if self.mirror is None:
+            return
         try:
             self.mirror.check(self.study.name, self.study)
         except MirrorConflictError:
@@ -139,7 +149,7 @@ class SessionMirror:
         self.sync()
 
     def sync(self) -> None:
-        if self.note is not None:
+        if self.note is not None or self.mirror is None:
             return
         try:
             self.mirror.sync(self.study, self.objectives)
@@ -153,4 +163,5 @@ class SessionMirror:
 
     def close(self) -> None:
         self.sync()
-        self.mirror.close()
+        if self.mirror is not None:
+            self.mirror.close()

@@ -132,3 +132,27 @@ def test_postgres_schema_is_created(pg_url):
                                    "WHERE table_schema = 'optuna'")).scalars().all()
     engine.dispose()
     assert "alembic_version" in tables and "studies" in tables
+
+
+def test_the_study_the_optuna_strategy_kept_before_mirrors_is_rebuilt_as_the_mirror(builder):
+    """Before mirrors, the optuna strategy kept its own study of the study's name (windowed
+    choices, pruned draws): it is the same study, so it is rebuilt from the store, not refused."""
+    from optuna.distributions import CategoricalDistribution
+
+    name = unique("legacy")
+    study = builder.study(name)
+    builder.add(study, [1, 2], 0.5)
+    builder.add(study, [1, 1], 0.7)
+    old = optuna.create_study(study_name=name, storage=optuna_storage_url(builder.store.url))
+    window = {g.name: CategoricalDistribution(["int4-g128-asym", "int8-g128-asym"])
+              for g in SPACE.genes}
+    old.add_trial(optuna.trial.create_trial(
+        params={"blk.0.fc": "int4-g128-asym", "blk.1.fc": "int8-g128-asym"},
+        distributions=window, values=[0.5]))
+    old.add_trial(optuna.trial.create_trial(
+        params={"blk.0.fc": "int8-g128-asym", "blk.1.fc": "int8-g128-asym"},
+        distributions=window, state=optuna.trial.TrialState.PRUNED))
+    assert OptunaMirror(builder.store).sync(study) == 2
+    trials = load(builder.store, name).trials
+    assert sorted(t.user_attrs["mpsearch_trial"] for t in trials) == [0, 1]
+    assert len(trials[0].distributions["blk.0.fc"].choices) == len(SPACE.genes[0].options)
