@@ -43,12 +43,13 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
     from mpsearch.cluster.job import run_job
 
     # ``doing`` says what happens before the first result: preparing the job (model layers,
-    # calibration texts), then starting the workers (Ray, loading the model in each).
+    # calibration texts) unless the caller did, opening the study (lease, stored trials), then
+    # starting the workers (Ray, loading the model in each).
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
                         TimeElapsedColumn(), TextColumn("{task.fields[doing]}"), console=err)
     task = progress.add_task(spec.study, total=spec.evaluations, best="—",
-                             doing="preparing the job…")
+                             doing="preparing the job…" if job is None else "opening the study…")
     progress.start()
     already, stored_best = 0, None  # what the study held before this run
 

@@ -28,7 +28,7 @@ def test_bar_shows_the_setup_phase_until_the_first_result(monkeypatch):
     monkeypatch.setattr(cli_run, "err", Console(file=buffer, force_terminal=True, width=200))
     seen = {}
 
-    def fake_run_job(spec, store, address, on_start, on_result, extend):
+    def fake_run_job(spec, store, address, on_start, on_result, **_options):
         seen["preparing"] = "preparing the job…" in wait_for(buffer, "preparing the job…")
         on_start(SimpleNamespace(name=spec.study, evaluations=spec.evaluations), 0)
         seen["starting"] = "starting workers…" in wait_for(buffer, "starting workers…")
