@@ -71,6 +71,12 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
     try:
         result = run_job(spec, store, address, on_start=on_start, on_result=on_result,
                          extend=extend, job=job, switch_to=switch_to)
+    except BaseException:
+        # an error is the run's last word: the bar leaves no line behind it (on a file or pipe
+        # Progress.stop prints the bar's final state and a newline, making a one-line error three)
+        progress.live.transient = True
+        progress.live.stop()
+        raise
     finally:
         if progress.live.is_started:  # stopping a bar never shown prints a blank line
             progress.stop()
