@@ -57,7 +57,7 @@ GiB = 1 << 30
 
 # Llama shapes: TinyLlama's (1.1B) and Llama-2-70B's widths with 92 layers (79B); "tiny" checks
 # the big path on CPUs.
-SHAPES: dict[str, dict[str, int]] = {
+SHAPES: dict[str, dict[str, Any]] = {
     "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                num_attention_heads=32, num_key_value_heads=4),
     "80b": dict(vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_hidden_layers=92,
