@@ -176,6 +176,8 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
     has its name, and whatever the executor or the store raise (after flushing).
     """
     start = time.perf_counter()
+    if switch_to is not None:
+        switch_to.check()  # an unknown strategy or parameter: refused before anything is written
     with StudyLease(store, study.id, study.name, ttl=lease_ttl) as lease:
         mirror = SessionMirror(store, study)
         mirror.check()  # a foreign Optuna study of the name: refused before anything is written

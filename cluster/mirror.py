@@ -59,10 +59,9 @@ def current_strategy(store: TrialStore, study: StudyRecord,
 
 def switch_strategy(store: TrialStore, study: StudyRecord, spec_searcher: SearcherConfig,
                     switch_to: SearcherConfig | None) -> tuple[SearcherConfig, int]:
-    """Record ``switch_to`` (if given) and return the session's strategy and its first trial.
-    The caller holds the study's lease."""
+    """Record ``switch_to`` (if given, and checked: :meth:`SearcherConfig.check`) and return the
+    session's strategy and its first trial. The caller holds the study's lease."""
     if switch_to is not None:
-        switch_to.check()
         record_switch(store, study, switch_to.name, dict(switch_to.params))
     return current_strategy(store, study, spec_searcher)
 

@@ -339,3 +339,29 @@ class TinyExecutor(SyntheticExecutor):
         self.flush()
         done, self.pending = self.pending, []
         return [(k, Outcome(3 - 0.1 * sum(c.choices), 0.0, "w")) for k, c in done]
+
+
+def test_bad_input_through_the_driver_changes_neither_store(store_url):
+    """On both backends: a foreign Optuna study of the name and an unknown strategy are refused
+    by the driver before it writes anything (the CLI's one-line form is tested above)."""
+    from mpsearch.cluster.mirror import check_mirror
+    from mpsearch.spaces.errors import SpecError
+    from mpsearch.storage.optuna_mirror import MirrorConflictError
+    from mpsearch.storage.strategies import strategy_history
+
+    store = TrialStore(store_url)
+    name = unique("bad")
+    session(store, name, 10)
+    url = optuna_storage_url(store_url)
+    taken = unique("taken")
+    optuna.create_study(study_name=taken, storage=url).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    with pytest.raises(MirrorConflictError, match=f"Optuna study '{taken}'"):
+        check_mirror(store, taken)  # what run does before it creates the study
+    with pytest.raises(SpecError, match="unknown strategy 'bogus'"):
+        session(store, name, 10, extend=5, switch_to=SearcherConfig(name="bogus"))
+    study = store.study(name)
+    assert study.evaluations == 10 and len(strategy_history(store, study)) == 1
+    assert len(store.trials(name)) == len(mirror(store, name).trials)
+    (theirs,) = optuna.load_study(study_name=taken, storage=url).trials
+    assert set(theirs.params) == {"x"} and "mpsearch_trial" not in theirs.user_attrs
