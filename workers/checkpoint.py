@@ -149,6 +149,14 @@ def rescore_checkpoint(checkpoint: str | Path, setup: WorkerSetup,
     (dense, or packed formats such as compressed-tensors, which decompress on the first forward).
     """
     worker = Worker(setup, SearchSpace(()))  # no searched layer: only the reference is needed
-    worker.model = load_model(str(checkpoint), setup.kind, setup.dtype, setup.device)
-    load_tokenizer(str(checkpoint))  # the checkpoint's tokenizer must load too
+    path = Path(checkpoint)
+    if path.suffix == ".gguf":  # transformers' GGUF loader (dequantizes to float32, then dtype)
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                     dtype=getattr(torch, setup.dtype))
+        worker.model = model.to(setup.device).eval()
+    else:
+        worker.model = load_model(str(path), setup.kind, setup.dtype, setup.device)
+        load_tokenizer(str(path))  # the checkpoint's tokenizer must load too
     return worker.score(samples)

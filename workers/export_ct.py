@@ -57,6 +57,15 @@ class ExportResult:
     groups: dict[str, list[str]]  # config group → option label and module names
 
 
+def require(module: str, package: str) -> None:
+    """:class:`ExportError` naming the extra to install if ``module`` cannot be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ExportError(f"this export needs the package {package}: "
+                          "pip install 'mpsearch[export]'")
+
+
 def compressed_tensors_schemes(model: nn.Module, options: Mapping[str, QuantOption]
                                ) -> dict[str, dict[str, Any] | None]:
     """Layer name → compressed-tensors ``QuantizationArgs`` keywords (None: dense), or
@@ -125,6 +134,7 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
     cannot hold, :class:`CheckpointError` for an unwritable ``out_dir`` or a plan naming layers
     the model lacks.
     """
+    require("compressed_tensors", "compressed-tensors")
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
         QuantizationArgs,

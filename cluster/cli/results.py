@@ -186,7 +186,8 @@ def trials(
 
 PLAN, DENSE, COMPRESSED_TENSORS, GGUF = "plan", "dense", "compressed-tensors", "gguf"
 FormatOption = Annotated[str, typer.Option(
-    "--format", help="plan (JSON), dense (dequantized weights) or compressed-tensors (packed).")]
+    "--format", help="plan (JSON), dense (dequantized weights), compressed-tensors (packed, a "
+    "directory) or gguf (one .gguf file).")]
 VerifyOption = Annotated[bool, typer.Option(
     help="Re-score the checkpoint on the plan's calibration; print both objectives and sizes.")]
 
@@ -204,7 +205,7 @@ def export(
     from mpsearch.storage.plan import Plan, build_plan, write_plan
     from mpsearch.storage.queries import NoResultError
 
-    _check_format(format, (PLAN, DENSE, COMPRESSED_TENSORS))
+    _check_format(format, (PLAN, DENSE, COMPRESSED_TENSORS, GGUF))
     store = open_store(db)
     record = store.study(study)
     mirror_study(store, study)
@@ -243,19 +244,18 @@ def apply(
     """Write a checkpoint of the plan's quantized weights (loads with from_pretrained)."""
     from mpsearch.storage.plan import read_plan
 
-    _check_format(format, (DENSE, COMPRESSED_TENSORS))
+    _check_format(format, (DENSE, COMPRESSED_TENSORS, GGUF))
     _write_checkpoint(read_plan(plan_path), format, out_dir, model, verify)
 
 
 def _check_format(format: str, valid: tuple[str, ...]) -> None:
-    if format == GGUF:
-        raise MpsearchError("--format gguf is not implemented yet; use compressed-tensors")
     if format not in valid:
         raise MpsearchError(f"--format {format!r} is not one of {', '.join(valid)}")
 
 
 def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify: bool) -> None:
-    """The plan's checkpoint in ``format`` (dense or compressed-tensors), re-scored if asked."""
+    """The plan's checkpoint in ``format`` (dense, compressed-tensors or gguf), re-scored if
+    asked (a GGUF file through transformers' GGUF loader)."""
     from mpsearch.workers.checkpoint import (
         needs_calibration,
         rescore_checkpoint,
@@ -263,6 +263,7 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
         write_checkpoint,
     )
     from mpsearch.workers.export_ct import export_compressed_tensors, weight_bytes
+    from mpsearch.workers.export_gguf import export_gguf, gguf_tensor_bytes
     from mpsearch.workers.model_loading import inspect_model
 
     prov, scoring = plan.provenance, plan.scoring
@@ -274,17 +275,19 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
     calibrated = any(needs_calibration(o) for o in plan.options.values())
     setup = _scoring_setup(scoring, source) if scoring.calibration and (calibrated or verify) \
         else None
-    if format == COMPRESSED_TENSORS:
+    if format in (COMPRESSED_TENSORS, GGUF):
         if setup is None:
             from mpsearch.workers.config import ModelConfig
 
             info = inspect_model(ModelConfig(name=source, kind=scoring.kind))
             setup = weights_only_setup(info.path, info.kind, scoring.dtype)
-        path = export_compressed_tensors(setup, plan.options, out_dir, plan=plan.data).path
+        path = export_compressed_tensors(setup, plan.options, out_dir, plan=plan.data).path \
+            if format == COMPRESSED_TENSORS else export_gguf(setup, plan.options, out_dir, plan.data)
     else:
         path = write_checkpoint(source, plan.options, out_dir, kind=scoring.kind,
                                 dtype=scoring.dtype, plan=plan.data, setup=setup)
-    on_disk, predicted = weight_bytes(path), prov.get("total_bytes")
+    on_disk = gguf_tensor_bytes(path) if format == GGUF else weight_bytes(path)
+    predicted = prov.get("total_bytes")
     err.print(f"wrote a {format} checkpoint of {source} with {len(plan.options)} quantized layers "
               f"(trial {prov.get('trial')} of study {prov.get('study')}) to {path}")
     if verify:

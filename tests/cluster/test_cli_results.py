@@ -120,7 +120,6 @@ def dump(url: str) -> list[str]:
     (("export", "--study", "s", "--out", "{tmp}/no/dir/p.json"), "cannot write plan"),
     (("report", "--study", "s", "--out", "{tmp}/no/dir/r.html"), "cannot write report"),
     (("apply", "{tmp}/missing.json", "--out", "{tmp}/ckpt"), "cannot read plan"),
-    (("export", "--study", "s", "--format", "gguf", "--out", "{tmp}/m.gguf"), "not implemented"),
     (("export", "--study", "s", "--format", "onnx", "--out", "{tmp}/m"), "is not one of plan"),
     (("export", "--study", "s", "--trial", 2, "--format", "compressed-tensors", "--out",
       "{tmp}/ct"), "over the budget (infeasible)"),
@@ -148,26 +147,31 @@ def test_missing_store_and_main_prints_one_line(tmp_path):
     assert not missing.exists()  # reading never creates a store
 
 
+def tiny_study(model_path, tmp_path, labels) -> tuple[str, float]:
+    """A store with one study of one trial a worker scored (each option in turn): (url, value)."""
+    info = inspect_model(ModelConfig(name=model_path))
+    options = tuple(parse_option(o) for o in labels)
+    space = build_space(info.layers, [LayerRule(r"layers\.\d+\.", options)],
+                        total_params=info.total_params)
+    calibration = {"source": "stdlib-docs", "samples": 4, "seq_len": 16, "batch_size": 4}
+    worker = Worker(scoring_setup(model_path, "auto", "kl", calibration), space)
+    choices = tuple(i % len(options) for i in range(len(space.genes)))
+    value = worker.evaluate(Candidate(choices)).objective
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+    spec = {"model": {"name": model_path, "kind": "auto", "dtype": "float32"},
+            "calibration": calibration, "budget": {"avg_bits": 16}}
+    store = TrialStore(url)
+    record(store, "tiny", space, spec, [(choices, value, "random")], model=info.path)
+    store.close()
+    return url, value
+
+
 @pytest.mark.slow
 def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     """A trial scored by a worker → export → apply --verify reproduces its objective."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    info = inspect_model(ModelConfig(name=tiny_llama_path))
-    options = tuple(parse_option(o) for o in ("int2-g32-asym", "int4-g32-sym", "fp16"))
-    space = build_space(info.layers, [LayerRule(r"layers\.\d+\.", options)],
-                        total_params=info.total_params)
-    calibration = {"source": "stdlib-docs", "samples": 4, "seq_len": 16, "batch_size": 4}
-    worker = Worker(scoring_setup(tiny_llama_path, "auto", "kl", calibration), space)
-    choices = tuple(i % 3 for i in range(len(space.genes)))
-    value = worker.evaluate(Candidate(choices)).objective
-    url = f"sqlite:///{tmp_path / 'tiny.db'}"
-    spec = {"model": {"name": tiny_llama_path, "kind": "auto", "dtype": "float32"},
-            "calibration": calibration, "budget": {"avg_bits": 16}}
-    store = TrialStore(url)
-    record(store, "tiny", space, spec, [(choices, value, "random")], model=info.path)
-    store.close()
-
+    url, value = tiny_study(tiny_llama_path, tmp_path, ("int2-g32-asym", "int4-g32-sym", "fp16"))
     ok("export", "--study", "tiny", "--db", url, "--out", tmp_path / "plan.json")
     result = ok("apply", tmp_path / "plan.json", "--out", tmp_path / "ckpt", "--verify")
     assert f"re-scored objective {value:.6f}; stored {value:.6f}" in result.stderr
@@ -184,6 +188,20 @@ def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     assert "quantization_config" in (tmp_path / "ct" / "config.json").read_text()
     ok("apply", tmp_path / "plan.json", "--format", "compressed-tensors", "--out", tmp_path / "ct2")
     assert (tmp_path / "ct2" / "mpsearch_plan.json").is_file()
+    refused = invoke("export", "--study", "tiny", "--db", url, "--format", "gguf", "--out",
+                     tmp_path / "m.gguf")  # int2-g32-asym has no exact GGUF type
+    assert "cannot be exported to GGUF" in str(refused.exception)
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.slow
+def test_export_gguf_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
+    """A trial of GGUF block formats → export --format gguf --verify reproduces its objective."""
+    url, value = tiny_study(tiny_llama_path, tmp_path, ("q4_0", "q8_0", "int4-g32-sym", "fp16"))
+    result = ok("export", "--study", "tiny", "--db", url, "--format", "gguf",
+                "--out", tmp_path / "tiny.gguf", "--verify")
+    assert f"re-scored objective {value:.6f}; stored {value:.6f}; on disk " in result.stderr
+    assert (tmp_path / "tiny.gguf").stat().st_size > 0
 
 
 # Libraries a command that only reads the store has no use for (each costs 0.1-2 s to import).

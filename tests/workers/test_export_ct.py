@@ -14,16 +14,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mpsearch.spaces import Candidate, parse_option
-from mpsearch.spaces.space import LayerRule, build_space
+from mpsearch.spaces import parse_option
 from mpsearch.workers.checkpoint import CheckpointError, scoring_setup
-from mpsearch.workers.config import ModelConfig
 from mpsearch.workers.export_ct import ExportError, export_compressed_tensors
-from mpsearch.workers.model_loading import inspect_model
 from mpsearch.workers.worker import Worker
 
-CALIBRATION = {"source": "stdlib-docs", "samples": 4, "seq_len": 24, "batch_size": 2}
-MIXED = ("int4-g32-asym", "int3-ch-sym-gptq", "fp8_e4m3", "int8-ch-asym-clip", "int4-g32-sym",
+CALIBRATION = {"source": "stdlib-docs", "samples": 4, "seq_len": 24, "batch_size": 2}  # as conftest
+MIXED_CT = ("int4-g32-asym", "int3-ch-sym-gptq", "fp8_e4m3", "int8-ch-asym-clip", "int4-g32-sym",
          "fp16")
 
 # Runs in a fresh interpreter: transformers only, the way a user loads the export.
@@ -39,20 +36,6 @@ LOADER = textwrap.dedent("""
     assert not any(m.startswith("mpsearch") for m in sys.modules)
     torch.save(main, out)
 """)
-
-
-def scored_trial(model_path: str, objective: str, dtype: str, labels=MIXED, pattern=r"\.\d+\."):
-    """A worker, a candidate using every option of ``labels``, its objective and its cost."""
-    info = inspect_model(ModelConfig(name=model_path))
-    options = tuple(parse_option(label) for label in labels)
-    space = build_space(info.layers, [LayerRule(pattern, options)],
-                        total_params=info.total_params)
-    setup = scoring_setup(model_path, "auto", objective, CALIBRATION, dtype)
-    worker = Worker(setup, space)
-    candidate = Candidate(tuple(i % len(options) for i in range(len(space.genes))))
-    outcome = worker.evaluate(candidate)
-    assert outcome.objective is not None and outcome.objective > 0, outcome
-    return worker, space.decode(candidate), outcome.objective, space.cost(candidate)
 
 
 def rescore_in_fresh_process(worker: Worker, export_dir, tmp_path) -> float:
@@ -79,8 +62,9 @@ def rescore_in_fresh_process(worker: Worker, export_dir, tmp_path) -> float:
     ("minilm_path", "embedding_distortion", "float16"),
 ])
 def test_export_loads_in_a_fresh_process_and_reproduces_the_trial(request, tmp_path, model,
-                                                                  objective, dtype):
-    worker, options, stored, cost = scored_trial(request.getfixturevalue(model), objective, dtype)
+                                                                  objective, dtype,
+                                                                  scored_trial):
+    worker, options, stored, cost = scored_trial(request.getfixturevalue(model), objective, dtype, MIXED_CT)
     assert len({o.label for o in options.values()}) >= 3
     result = export_compressed_tensors(worker.setup, options, tmp_path / "ct",
                                        plan={"provenance": {"objective": stored}})
@@ -88,7 +72,7 @@ def test_export_loads_in_a_fresh_process_and_reproduces_the_trial(request, tmp_p
     targets = [t for g in config["config_groups"].values() for t in g["targets"]]
     assert len(targets) == len(set(targets))  # non-overlapping module names, no class names
     assert set(targets) == {n for n, o in options.items() if o.label != "fp16"}
-    assert len(config["config_groups"]) == len(set(MIXED)) - 1  # one group per quantized option
+    assert len(config["config_groups"]) == len(set(MIXED_CT)) - 1  # one group per quantized option
 
     source = Path(worker.setup.model_path)
     for side in ("modules.json", "1_Pooling", "sentence_bert_config.json"):  # MiniLM's modules
