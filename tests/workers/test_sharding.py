@@ -134,3 +134,32 @@ def test_workers_gpus_above_one_gives_that_many_devices_and_must_be_whole():
     assert WorkersConfig(gpus=4).gpus == 4
     with pytest.raises(ValueError, match="whole number"):
         WorkersConfig(gpus=1.5)
+
+
+@pytest.mark.slow
+def test_ray_workers_report_their_placement_and_refuse_in_one_line(tiny_llama_path, ray_session,
+                                                                   capsys):
+    from mpsearch.cluster.executor import RayExecutor
+    from mpsearch.cluster.job import report_placement
+    from mpsearch.workers.errors import WorkerError
+
+    setup, space = setup_for(tiny_llama_path, samples=2)
+    spread = dataclasses.replace(setup, devices=("cpu", "cpu"),
+                                 device_budgets=one_block_each(setup, space))
+    executor = RayExecutor(spread, space, 1, cpus=1)
+    try:
+        report_placement(executor)
+        executor.submit(0, random_candidates(space, 1)[0])
+        [(key, outcome)] = executor.collect()
+        assert key == 0 and outcome.error is None and outcome.objective is not None
+    finally:
+        executor.shutdown()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith(executor.labels[0]) for line in lines)
+    assert "model.layers.0;" in lines[0] and "model.layers.1;" in lines[1]
+    tiny = dataclasses.replace(spread, device_budgets=(1 << 20, 1 << 20))
+    with pytest.raises(WorkerError) as err:
+        RayExecutor(tiny, space, 1, cpus=1)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("worker failed to start")
+    assert "does not fit" in message and "workers.gpus" in message
