@@ -95,8 +95,10 @@ def _add_missing_columns(conn: Connection) -> None:
 
 
 def _upgrade(conn: Connection) -> None:
-    """Bring a store an older version wrote up to date: its missing columns, and the typed study
-    columns of studies stored before them (filled from their stored spec, once)."""
+    """Bring a store an older version wrote up to date: its missing tables (e.g. the strategy
+    history) and columns, and the typed study columns of studies stored before them (filled from
+    their stored spec, once)."""
+    Base.metadata.create_all(conn)  # only the tables it lacks
     _add_missing_columns(conn)
     old = conn.execute(select(StudyRow.id, StudyRow.spec).where(StudyRow.model_kind.is_(None)))
     for study_id, spec in old.all():

@@ -123,7 +123,8 @@ def test_a_store_from_an_older_schema_is_upgraded_for_reading(store_url):
     add(store, study, (1, 1), 0.3)
     store.close()
     old = create_engine(store_url)  # as an older mpsearch left it: no searcher_state column, no
-    with old.begin() as conn:  # typed study columns
+    with old.begin() as conn:  # typed study columns, no strategy history
+        conn.execute(text("DROP TABLE mps_strategy_switch"))
         conn.execute(text("ALTER TABLE mps_study DROP COLUMN searcher_state"))
         for column in ("budget_avg_bits", "model_kind", "dtype", "calibration_source",
                        "calibration_samples", "calibration_seq_len", "calibration_offset"):
@@ -137,6 +138,9 @@ def test_a_store_from_an_older_schema_is_upgraded_for_reading(store_url):
     assert record.calibration is not None
     assert (record.calibration.source, record.calibration.samples, record.calibration.seq_len,
             record.calibration.offset) == ("docs.txt", 8, 32, 5)
+    from mpsearch.storage.strategies import strategy_history
+
+    assert [s.name for s in strategy_history(reader, record)] == ["evolutionary"]  # for status
 
 
 def test_typed_study_columns_are_written_at_creation(store_url):
