@@ -37,6 +37,7 @@ from torch import nn
 from mpsearch.spaces.space import SearchSpace
 
 from .placement import BlockNeeds, Placement, place
+from .registry import HESSIAN, handler_for
 from .variant_cache import VariantCache
 
 Key = tuple[str, Hashable]
@@ -102,14 +103,24 @@ def estimate_needs(model: nn.Module, space: SearchSpace, *, batch_size: int, seq
     """(blocks, weights outside them, reference + output activations, one block's working set).
 
     Upper bounds in bytes from parameter sizes: variants are dense copies in the model's dtype,
-    one per option of each searched layer; the working set assumes eager attention (scores
-    materialised in float32) and the MLP's three projections alive at once.
+    one per option of each searched layer; a block keeps its KV cache and the input statistics
+    its options ask for (a float32 Hessian in × in per layer for GPTQ, norms for Wanda); the
+    working set assumes eager attention (scores materialised in float32) and the MLP's three
+    projections alive at once.
     """
     prefix, blocks = find_blocks(model)
     modules = dict(model.named_modules())
     options = {layer.name: len(gene.options) for gene in space.genes for layer in gene.layers}
     variants = dict.fromkeys((f"{prefix}.{i}" for i in range(len(blocks))), 0)
     outside_variants = 0
+    statistics = dict.fromkeys(variants, 0)  # kept once gathered: GPTQ Hessians, Wanda norms
+    for gene in space.genes:
+        wanted = {n for option in gene.options for n in handler_for(option).statistics(option)}
+        for layer in gene.layers:
+            block = block_of(layer.name, prefix)
+            if block in statistics and wanted:
+                cols = layer.in_features
+                statistics[block] += 8 * cols + (4 * cols * cols if HESSIAN in wanted else 0)
     for name, count in options.items():
         w = modules[name].weight
         size = w.numel() * w.element_size() * count
@@ -123,7 +134,7 @@ def estimate_needs(model: nn.Module, space: SearchSpace, *, batch_size: int, seq
     b, t = min(batch_size, samples), seq_len
     kv = s["use_cache"] * 2 * b * t * s["kv_heads"] * s["head_dim"] * e
     needs = [BlockNeeds(f"{prefix}.{i}", _nbytes(block.parameters()), variants[f"{prefix}.{i}"],
-                        kv) for i, block in enumerate(blocks)]
+                        kv + statistics[f"{prefix}.{i}"]) for i, block in enumerate(blocks)]
     in_blocks = {id(p) for block in blocks for p in block.parameters()}
     outside = _nbytes(p for p in model.parameters() if id(p) not in in_blocks)
     working = b * t * (6 * s["hidden"] + 3 * s["inter"]) * e + b * s["heads"] * t * t * 4

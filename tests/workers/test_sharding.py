@@ -163,3 +163,24 @@ def test_ray_workers_report_their_placement_and_refuse_in_one_line(tiny_llama_pa
     message = str(err.value)
     assert "\n" not in message and message.startswith("worker failed to start")
     assert "does not fit" in message and "workers.gpus" in message
+
+
+def test_blocks_budget_the_hessians_their_gptq_options_keep(tiny_llama_path):
+    model = sharding.empty_model(tiny_llama_path, "causal-lm", "float32")
+    info = inspect_model(ModelConfig(name=tiny_llama_path))
+
+    def needs(options):
+        cfg = SpaceConfig.model_validate({"layers": [{"match": r"layers\.\d+\.",
+                                                      "options": options}]})
+        space = build_space(info.layers, cfg.rules(), (), info.total_params)
+        blocks, *_ = sharding.estimate_needs(model, space, batch_size=2, seq_len=16, samples=4,
+                                             objective="kl", kl_top_k=None)
+        return blocks, space
+
+    rtn, space = needs(["int4-ch-sym", "fp16"])
+    gptq, _ = needs(["int4-ch-sym-gptq", "fp16"])
+    layers = [layer for layer in space.layers if layer.name.startswith("model.layers.0.")]
+    hessians = sum(4 * la.in_features ** 2 + 8 * la.in_features for la in layers)
+    assert gptq[0].activations - rtn[0].activations == hessians
+    assert gptq[0].weights == rtn[0].weights and gptq[0].variants == rtn[0].variants
+    assert rtn[0].variants == sum(2 * 4 * la.numel for la in layers)  # two fp32 copies each
