@@ -44,6 +44,7 @@ from mpsearch.storage.writer import TrialWriter
 
 from .mirror import SessionMirror, objectives_of, switch_strategy, told_first
 from .resume import RequeueSearcher, replay
+from .signals import StopRequested, interrupted_
 
 
 class SessionExecutor(Executor, Protocol):
@@ -133,7 +134,7 @@ class StoreRecorder:
             self.writer.set_state(_json_safe(self.searcher.state()))
             self._state_at = now
         if final:
-            self.writer.flush()
+            self.writer.flush(wait=True)  # the last commit waits out a database outage
         else:
             self.writer.maybe_flush()
         if self.on_flush is not None:
@@ -173,7 +174,9 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
     study; see :mod:`.mirror`). Raises :class:`~mpsearch.storage.lease.StudyLeasedError`
     when another driver holds the study,
     :class:`~mpsearch.storage.optuna_mirror.MirrorConflictError` when a foreign Optuna study
-    has its name, and whatever the executor or the store raise (after flushing).
+    has its name, and whatever the executor or the store raise (after flushing). A stop
+    signal (:class:`~.signals.StopRequested`, or ``KeyboardInterrupt``) marks the trials in
+    flight interrupted before it propagates.
     """
     start = time.perf_counter()
     if switch_to is not None:
@@ -215,6 +218,11 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
                         recorder.flush(final=True)
                     finally:
                         executor.shutdown()
+            except (StopRequested, KeyboardInterrupt) as stop:  # SIGINT, SIGTERM: cluster.signals
+                left = store.mark_running_failed(study.id, f"interrupted ({stop})")
+                store.set_study_status(study.id, STOPPED)
+                interrupted_(stop, study.name, store.masked_url, left)
+                raise
             finally:
                 writer.close()
         done = replayed.completed + stats.completed

@@ -191,5 +191,6 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
 
     result = drive(store, study, spec.searcher, job.budget, make_executor, seed=spec.seed,
                    resources=RayResources(job, address), extend=extend, lease_ttl=lease_ttl,
-                   on_start=on_start, on_result=on_result, switch_to=switch_to)
+                   on_start=on_start, on_result=on_result, switch_to=switch_to,
+                   writer_options={"retry_seconds": spec.storage.retry_seconds})
     return replace(result, seconds=time.perf_counter() - start)

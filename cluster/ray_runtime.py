@@ -40,3 +40,6 @@ def connect(address: str | None = None, num_cpus: int | None = None,
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ClusterError(f"cannot connect to Ray at {address or 'local'}: {first}") from None
         raise
+    from .signals import reinstall
+
+    reinstall()  # ray.init replaced the SIGTERM handler with one that exits mid-cleanup

@@ -9,7 +9,15 @@ import os
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_URL = "sqlite:///mpsearch.db"
 # scheme://user:PASSWORD@ as SQLAlchemy's make_url reads it (the password ends at the first "@")
@@ -31,6 +39,9 @@ class StorageConfig(BaseModel):
     # reference it came from, or the URL with its password masked: a secret is never stored.
     url: str = DEFAULT_URL
     _reference: str | None = PrivateAttr(default=None)
+    # Seconds a run keeps going while the database is away (a restart, a failover), its results
+    # buffered, before it stops; None: MPSEARCH_DB_RETRY_SECONDS, else 300 (storage/retry.py).
+    retry_seconds: float | None = Field(default=None, ge=0, le=86_400)
 
     @field_validator("url")
     @classmethod

@@ -15,7 +15,10 @@ from mpsearch.spaces.errors import MpsearchError
 
 
 class StoreError(MpsearchError):
-    """The database cannot be reached or used."""
+    """The database cannot be reached or used; ``transient`` when a retry on a new connection
+    may pass (see :mod:`.retry`)."""
+
+    transient = False
 
 
 class StudyNotFoundError(StoreError):
@@ -28,6 +31,12 @@ class StudyConflictError(StoreError):
 
 class TrialNotFoundError(StoreError):
     """No trial of that number in the study."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    from .retry import is_transient as transient  # the classification lives with the retry
+
+    return transient(exc)
 
 
 def mask_url(url: str) -> str:
@@ -65,7 +74,9 @@ def translating(url: str, action: str) -> Iterator[None]:
             password = make_url(url).password
             if password:
                 reason = reason.replace(str(password), "***")
-        raise StoreError(f"database {masked}: cannot {action}: {reason}") from None
+        error = StoreError(f"database {masked}: cannot {action}: {reason}")
+        error.transient = is_transient(exc)
+        raise error from None
 
 
 # The package that provides each DBAPI driver SQLAlchemy may ask for (psycopg ships with mpsearch).

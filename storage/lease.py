@@ -107,12 +107,13 @@ class StudyLease:
             f"its lease expires in {max((row.expires_at - now).total_seconds(), 0):.0f} s")
 
     def renew(self) -> bool:
-        """Extend the lease if still ours; False when it was lost."""
+        """Extend the lease if still ours; False when another driver took it."""
         now = _now()
         with translating(self.store.url, "renew the study lease"), self.store.engine.begin() as c:
+            # still ours if no driver took it meanwhile (taking sets the owner), even when it
+            # expired while the database was away
             result = c.execute(update(LeaseRow).where(
-                LeaseRow.study_id == self.study_id, LeaseRow.owner == self.owner,
-                LeaseRow.expires_at >= now).values(
+                LeaseRow.study_id == self.study_id, LeaseRow.owner == self.owner).values(
                 heartbeat_at=now, expires_at=now + timedelta(seconds=self.ttl)))
             return result.rowcount == 1
 
@@ -149,5 +150,11 @@ class StudyLease:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.release()
+        except StoreError:
+            if exc_type is None:
+                raise
+            # the run is failing already (often: the database is away); the lease then expires
+            # by itself, and the first error is the one to report

@@ -250,7 +250,7 @@ class TrialStore(StudyQueries):
         """
         number = -1
         for attempt in range(_NUMBER_RETRIES):
-            writer = self.writer(study_id, seed)
+            writer = self.writer(study_id, seed, retry_seconds=0)  # raise at once, never buffer
             try:
                 number = writer.start(candidate, avg_bits, total_bytes, feasible)
                 writer.flush()
@@ -270,7 +270,7 @@ class TrialStore(StudyQueries):
     def finish_trial(self, study_id: int, number: int, objective: float | None,
                      worker: str | None, error: str | None, eval_seconds: float | None) -> None:
         """Record the result of trial ``number`` through a writer of its own."""
-        writer = self.writer(study_id)
+        writer = self.writer(study_id, retry_seconds=0)  # raise at once, never buffer
         try:
             writer.finish(number, objective, worker, error, eval_seconds)
             writer.flush()

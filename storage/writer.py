@@ -21,6 +21,11 @@ then exactly like evaluations in flight. Resume replays the committed trials, ma
 ``running`` interrupted, and dispatches their candidates again (``cluster/resume.py``); a trial
 whose start was not committed either is simply asked again. Nothing committed is ever lost.
 
+**A database that goes away** (a restart, a failover: a transient error, :mod:`.retry`) keeps
+everything buffered: the run goes on, and later commits retry with backoff for ``retry_seconds``.
+A commit whose connection died may still have been applied, so a retry inserts only the starts
+that are not stored yet (a stored one's result becomes an update).
+
 One connection is kept for the whole run (no pool checkout or ping per transaction).
 """
 
@@ -36,6 +41,7 @@ from mpsearch.spaces.space import Candidate
 
 from .errors import translating
 from .models import COMPLETE, FAILED, RUNNING, StudyRow, TrialRow
+from .retry import Outage
 
 if TYPE_CHECKING:
     from .store import TrialStore
@@ -66,11 +72,14 @@ class TrialWriter:
     docstring for when, and for what a crash loses)."""
 
     def __init__(self, store: TrialStore, study_id: int, seed: int, *,
-                 group: int = DEFAULT_GROUP, window: float = DEFAULT_WINDOW) -> None:
+                 group: int = DEFAULT_GROUP, window: float = DEFAULT_WINDOW,
+                 retry_seconds: float | None = None) -> None:
         self.store, self.study_id, self.seed = store, study_id, seed
         self.group, self.window = group, window
         self._since: float | None = None  # when the oldest uncommitted event was buffered
         self._conn: Connection | None = None
+        # how long a database that went away is retried, the buffer kept (None: the default)
+        self.outage = Outage(retry_seconds, f"database {store.masked_url}")
         with translating(store.url, "read trial numbers"), store.engine.connect() as conn:
             last = conn.scalar(select(func.max(TrialRow.number))
                                .where(TrialRow.study_id == study_id))
@@ -132,6 +141,8 @@ class TrialWriter:
         """Seconds until the buffer must be committed (0: now); None when nothing waits."""
         if self._since is None:
             return None
+        if self.outage.ongoing:  # the database is away: the next attempt is due after the backoff
+            return max(self.outage.next_at - time.monotonic(), 0.0)
         if len(self._results) >= self.group:
             return 0.0
         return max(self._since + self.window - time.monotonic(), 0.0)
@@ -140,8 +151,7 @@ class TrialWriter:
         """Commit if a commit is due (see :meth:`due_in`); True when it committed."""
         if self.due_in() != 0.0:
             return False
-        self.flush()
-        return True
+        return self.flush()
 
     def _fold(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The buffer as rows to insert and results to update: a result of a trial started in
@@ -156,15 +166,22 @@ class TrialWriter:
                 row.update({f: result[f"v_{f}"] for f in _RESULT_FIELDS})
         return list(starts.values()), updates
 
-    def flush(self) -> None:
-        """Commit everything buffered now, in one transaction."""
+    def flush(self, wait: bool = False) -> bool:
+        """Commit everything buffered now, in one transaction; True when it committed. While the
+        database is away (:mod:`.retry`) the buffer is kept and False returned until the backoff
+        allows the next attempt; ``wait`` (the last commit of a run) sleeps through the backoff."""
         if not self._starts and not self._results and self._state is None:
-            return
+            return False
+        return self.outage.attempt(self._commit, self.pending, wait=wait) is True
+
+    def _commit(self) -> bool:
         (starts, results), state = self._fold(), self._state
         with translating(self.store.url, "record trials"):
             if self._conn is None:
                 self._conn = self._connect()
             try:
+                if starts and self.outage.ongoing:  # the lost connection may have committed
+                    starts, results = self._not_stored(starts, results)
                 with self._conn.begin():
                     if starts:
                         self._conn.execute(insert(_trials), starts)
@@ -179,6 +196,20 @@ class TrialWriter:
                 raise
         self._starts, self._results, self._state, self._since = [], [], None, None
         self.flushes += 1
+        return True
+
+    def _not_stored(self, starts: list[dict[str, Any]], results: list[dict[str, Any]]
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The starts not in the database yet; a stored one's folded result becomes an update."""
+        assert self._conn is not None
+        stored = set(self._conn.scalars(select(TrialRow.number).where(
+            TrialRow.study_id == self.study_id,
+            TrialRow.number.in_([row["number"] for row in starts]))))
+        self._conn.rollback()
+        updates = [dict(b_study=self.study_id, b_number=row["number"],
+                        **{f"v_{f}": row[f] for f in _RESULT_FIELDS})
+                   for row in starts if row["number"] in stored and row["status"] != RUNNING]
+        return [row for row in starts if row["number"] not in stored], results + updates
 
     def close(self) -> None:
         if self._conn is not None:

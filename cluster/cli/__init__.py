@@ -7,6 +7,7 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -15,6 +16,7 @@ from rich.text import Text
 
 from mpsearch.spaces.errors import MpsearchError
 
+from .. import signals
 from . import cluster as cli_cluster
 from . import optuna as cli_optuna
 from . import profile as cli_profile
@@ -42,12 +44,32 @@ app.command("import-optuna")(cli_optuna.import_optuna)
 def main() -> None:
     """Console entry point: one line on stderr and exit 1 for any error a user can cause."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _show_warnings()
     try:
-        app()
+        with signals.handling():  # SIGINT/SIGTERM: a clean stop (see cluster/signals.py)
+            app()
     except MpsearchError as exc:
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         sys.exit(1)
+    except signals.StopRequested as stop:
+        err.print(stop.message(), soft_wrap=True, highlight=False)
+        sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted: trials recorded so far are kept in the store")
         sys.exit(130)
+
+
+class _LineHandler(logging.Handler):
+    """mpsearch's own warnings (a worker died, the database is away), one line each, printed
+    through the CLI's console so they appear above a live progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"warning: {record.getMessage()}", soft_wrap=True, highlight=False)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("mpsearch")
+    if not any(isinstance(h, _LineHandler) for h in logger.handlers):
+        logger.addHandler(_LineHandler(logging.WARNING))
+        logger.propagate = False
 

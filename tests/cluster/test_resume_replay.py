@@ -83,10 +83,10 @@ def drive(store, name, evaluations, order_seed, crash_after=None, extend=0):
     def make_executor(recorder):
         commit = recorder.writer.flush
 
-        def flush_unless_dead():
+        def flush_unless_dead(**options):
             if dead:
                 raise Crash()
-            commit()
+            commit(**options)
 
         recorder.writer.flush = flush_unless_dead
         return ShuffledExecutor(3, order_seed, recorder.flush)
