@@ -130,7 +130,8 @@ def run(store, study_name, outages, url, retry_seconds=30.0, lock_seconds=0.3):
         return executors[-1]
 
     config = SearcherConfig(name="evolutionary", params={"offspring": 6})
-    result = drive(store, study, config, BUDGET, make_executor, db_retry_seconds=retry_seconds)
+    result = drive(store, study, config, BUDGET, make_executor,
+                   writer_options={"retry_seconds": retry_seconds})
     assert executors[0].cuts == len(outages)
     return result, writers[0]
 

@@ -86,7 +86,7 @@ def drive(store, name, evaluations, order_seed, crash_after=None, extend=0):
         def flush_unless_dead(**options):
             if dead:
                 raise Crash()
-            commit(**options)
+            return commit(**options)
 
         recorder.writer.flush = flush_unless_dead
         return ShuffledExecutor(3, order_seed, recorder.flush)
