@@ -44,7 +44,7 @@ from mpsearch.storage.writer import TrialWriter
 
 from .mirror import SessionMirror, objectives_of, switch_strategy, told_first
 from .resume import RequeueSearcher, replay
-from .signals import StopRequested, interrupted_
+from .signals import record_stop, stop_reason
 
 
 class SessionExecutor(Executor, Protocol):
@@ -175,8 +175,8 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
     when another driver holds the study,
     :class:`~mpsearch.storage.optuna_mirror.MirrorConflictError` when a foreign Optuna study
     has its name, and whatever the executor or the store raise (after flushing). A stop
-    signal (:class:`~.signals.StopRequested`, or ``KeyboardInterrupt``) marks the trials in
-    flight interrupted before it propagates.
+    signal (a ``KeyboardInterrupt``, see :mod:`.signals`) marks the trials in flight interrupted
+    before it propagates.
     """
     start = time.perf_counter()
     if switch_to is not None:
@@ -218,10 +218,10 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
                         recorder.flush(final=True)
                     finally:
                         executor.shutdown()
-            except (StopRequested, KeyboardInterrupt) as stop:  # SIGINT, SIGTERM: cluster.signals
-                left = store.mark_running_failed(study.id, f"interrupted ({stop})")
+            except KeyboardInterrupt:  # SIGINT or SIGTERM (cluster.signals)
+                left = store.mark_running_failed(study.id, stop_reason())
                 store.set_study_status(study.id, STOPPED)
-                interrupted_(stop, study.name, store.masked_url, left)
+                record_stop(study.name, store.masked_url, left)
                 raise
             finally:
                 writer.close()

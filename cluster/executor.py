@@ -12,7 +12,9 @@ dispatched again, on the replacement, up to ``max_attempts`` times; a candidate 
 workers is then reported failed with the reason. Replacements are bounded too
 (``max_replacements``), so a cluster that cannot keep a worker alive ends the search with an error
 instead of looping. Each submitted key is reported exactly once, so a trial is never lost and
-never stored twice.
+never stored twice. Each death is reported in mpsearch's own words, one line each on the
+``mpsearch.cluster`` logger (the CLI prints them): which worker, why (Ray's reason in short), and
+which trial was dispatched again (or failed for good), then when the replacement is up.
 
 Durability: ``before_dispatch`` (the recorder's flush) runs before anything is sent to a worker
 and before blocking on results; while blocked, the executor wakes after ``flush_due()`` seconds
@@ -23,6 +25,8 @@ however long the next evaluation takes.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +38,8 @@ from ray.exceptions import RayActorError, RayError
 from mpsearch.searcher.loop import Outcome
 from mpsearch.spaces.space import Candidate, SearchSpace
 from mpsearch.workers.errors import WorkerError
+
+log = logging.getLogger("mpsearch.cluster")
 
 
 @dataclass
@@ -55,8 +61,24 @@ def first_line(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
+def death_reason(exc: BaseException) -> str:
+    """Why Ray says an actor died, in one short clause: the cause and the worker's exit detail,
+    with its pid and node (``its worker process has died: pid 22434 on 10.0.0.5, Worker
+    unexpectedly exits with a connection error code 2``)."""
+    text = " ".join(str(getattr(exc, "error_msg", None) or exc).split())
+    cause = re.search(r"The actor is dead because ([^.]+)", text)
+    detail = re.search(r"Worker exit detail: ([^.]+)", text)
+    pid, ip = re.search(r"\bpid: (\d+)", text), re.search(r"\bip: ([\w.:-]+)", text)
+    where = f"pid {pid[1]} on {ip[1]}" if pid and ip else ""
+    parts = [p for p in (where, detail[1] if detail else "") if p]
+    head = cause[1] if cause else first_line(exc)
+    return f"{head}: {', '.join(parts)}" if parts else head
+
+
 class RayExecutor:
     """The loop's executor over Ray actors (see the module docstring for the guarantees)."""
+
+    item = "trial"  # what a submitted key numbers, in the messages about dead workers
 
     def __init__(self, setup: Any, space: SearchSpace, count: int, cpus: float = 1.0,
                  gpus: float = 0.0, max_attempts: int = 3, *, depth: int = 1,
@@ -102,6 +124,8 @@ class RayExecutor:
         if self.replaced > self.max_replacements:
             raise WorkerError(f"workers died {self.replaced} times (last: {first_line(exc)}); "
                               "check the cluster's nodes and the workers' logs")
+        log.warning(f"worker {self.labels[index]} died ({death_reason(exc)}); starting "
+                    f"replacement {self.replaced} of at most {self.max_replacements}")
         with contextlib.suppress(RayError, ValueError):  # already gone
             ray.kill(self.actors[index], no_restart=True)
         self.idle = [i for i in self.idle if i != index]
@@ -208,6 +232,7 @@ class RayExecutor:
         except RayError as exc:  # the replacement died too (node lost again, load failure)
             self._replace(index, exc)
             return
+        log.warning(f"replacement worker {self.labels[index]} is up")
         self.idle.extend([index] * self.depth)
 
     def _worker_died(self, flight: _Flight, exc: BaseException,
@@ -215,11 +240,16 @@ class RayExecutor:
         if self.actors[flight.slot] is flight.actor:  # first news of this death
             self._replace(flight.slot, exc)
         attempts = flight.attempts + 1
+        label = self.labels[flight.slot]
         if attempts >= self.max_attempts:
+            log.warning(f"{self.item} {flight.key} failed: its worker died {attempts} times "
+                        "while evaluating it (a candidate that kills workers is not tried again)")
             done.append((flight.key, self._failed(
                 flight.candidate, f"worker died {attempts} times evaluating this candidate: "
                 f"{first_line(exc)}")))
         else:
+            log.warning(f"{self.item} {flight.key} dispatched again (it was on worker {label}; "
+                        f"attempt {attempts + 1} of {self.max_attempts})")
             self.redispatched += 1
             self.submit(flight.key, flight.candidate, attempts)
 

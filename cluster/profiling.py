@@ -62,6 +62,8 @@ class ProfileExecutor(RayExecutor):
     workers is reported as failed measurements carrying the reason.
     """
 
+    item = "chunk"
+
     def __init__(self, setup: WorkerSetup, space: SearchSpace, count: int, cpus: float,
                  gpus: float, samples: int | None, hessians: bool, **options: Any) -> None:
         self.samples, self.hessians = samples, hessians

@@ -46,17 +46,31 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _show_warnings()
     try:
-        with signals.handling():  # SIGINT/SIGTERM: a clean stop (see cluster/signals.py)
-            app()
+        with signals.handling() as stop:  # SIGINT/SIGTERM: a clean stop (cluster/signals.py)
+            try:
+                code = app(standalone_mode=False)  # usage errors come here, to be one line too
+            except KeyboardInterrupt:
+                code = 130
+            if stop.signum is not None or code == 130:  # typer returns 130 for an interrupt
+                err.print(stop.message(), soft_wrap=True, highlight=False)
+                sys.exit(stop.exit_code)
+    except typer.TyperException as exc:  # typer's own click: usage errors, bad option values
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]  # `mpsearch` alone: the help
+            sys.exit(2)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(Text.assemble(("error: ", "bold red"), " ".join(text.split()), hint),
+                  soft_wrap=True, highlight=False)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        err.print("error: aborted")
+        sys.exit(1)
     except MpsearchError as exc:
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         sys.exit(1)
-    except signals.StopRequested as stop:
-        err.print(stop.message(), soft_wrap=True, highlight=False)
-        sys.exit(stop.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted: trials recorded so far are kept in the store")
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 class _LineHandler(logging.Handler):
@@ -71,5 +85,4 @@ def _show_warnings() -> None:
     logger = logging.getLogger("mpsearch")
     if not any(isinstance(h, _LineHandler) for h in logger.handlers):
         logger.addHandler(_LineHandler(logging.WARNING))
-        logger.propagate = False
 

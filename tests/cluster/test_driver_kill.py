@@ -135,12 +135,12 @@ def test_sigterm_stops_cleanly_then_resume_finishes(store_url, ray_session, tiny
 SECOND_SIGNAL = textwrap.dedent("""
     import os, signal, time
     from mpsearch.cluster import signals
-    with signals.handling():
+    with signals.handling() as stop:
         try:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
-        except signals.StopRequested as stop:
-            print("first", stop.exit_code, flush=True)
+        except signals.StopRequested:
+            print("first", stop.reason(), stop.exit_code, flush=True)
             os.kill(os.getpid(), signal.SIGINT)  # during the cleanup
             time.sleep(30)
             print("cleanup went on", flush=True)
@@ -153,5 +153,5 @@ def test_a_second_signal_exits_at_once():
                          timeout=60)
     assert time.time() - start < 20
     assert res.returncode == 130, res
-    assert res.stdout == "first 130\n"
+    assert res.stdout == "first SIGINT 130\n"
     assert res.stderr == "error: SIGINT again: exiting at once (resume continues the study)\n"
