@@ -65,8 +65,9 @@ class WorkersConfig(BaseModel):
     # Whole or fractional GPUs per worker; 0 runs on CPU. Above 1 (whole numbers only), one
     # model spans the worker's GPUs: its blocks are placed across them (workers/placement.py).
     gpus: Annotated[float, AfterValidator(_check_gpus)] = Field(default=0.0, ge=0, le=64)
-    # Bytes of compressed variants each worker keeps on its GPU; the rest waits in pinned host
-    # memory. None: as many as fit beside the model and its activations.
+    # Bytes of compressed variants each worker keeps on its GPU (on each of its GPUs, above 1);
+    # the rest waits in pinned host memory. None: as many as fit beside the model and its
+    # activations.
     cache_device_bytes: int | None = Field(default=None, ge=0, le=2**60)
     # Candidates each worker holds at once. 2 hides the driver↔worker round trip behind the
     # evaluation in progress (4 % instead of 13 % overhead on a 120 ms GPU evaluation); 1 keeps
