@@ -153,8 +153,8 @@ def rescore_checkpoint(checkpoint: str | Path, setup: WorkerSetup,
     if path.suffix == ".gguf":  # transformers' GGUF loader (dequantizes to float32, then dtype)
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                     dtype=getattr(torch, setup.dtype))
+        model: nn.Module = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                dtype=getattr(torch, setup.dtype))
         worker.model = model.to(setup.device).eval()
     else:
         worker.model = load_model(str(path), setup.kind, setup.dtype, setup.device)
