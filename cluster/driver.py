@@ -181,8 +181,8 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
     start = time.perf_counter()
     if switch_to is not None:
         switch_to.check()  # an unknown strategy or parameter: refused before anything is written
-    with StudyLease(store, study.id, study.name, ttl=lease_ttl) as lease:
-        mirror = SessionMirror(store, study)
+    with StudyLease(store, study.id, study.name, ttl=lease_ttl) as lease, \
+            SessionMirror(store, study) as mirror:
         mirror.check()  # a foreign Optuna study of the name: refused before anything is written
         store.mark_running_failed(study.id, "driver stopped before the result arrived")
         if extend:
@@ -227,6 +227,5 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
                 writer.close()
         done = replayed.completed + stats.completed
         store.set_study_status(study.id, FINISHED if done >= study.evaluations else STOPPED)
-        mirror.close()
     return SessionResult(store.study(study.id), stats, time.perf_counter() - start,
                          replayed.completed, len(replayed.owed), replayed.diverged, mirror.note)

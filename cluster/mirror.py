@@ -18,6 +18,7 @@ has the trials, and the next command rebuilds the mirror from it.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -116,20 +117,38 @@ def sync_mirror(store: TrialStore, study: StudyRecord | str,
 
 
 class SessionMirror:
-    """The driver's mirror of one study: :meth:`check` first, synced at :meth:`start`, after
-    flushes (at most every ``every`` seconds) and at :meth:`close`; a failure to write it is
-    kept as :attr:`note`, not raised."""
+    """The driver's mirror of one study, a context manager around the session: :meth:`check`
+    first, synced at :meth:`start` (a deleted or edited mirror is rebuilt before the loop), then
+    in a thread of its own after flushes (at most every ``every`` seconds: the loop never waits
+    for Optuna's tables), and once more when the session ends without an error. A failure to
+    write it is kept as :attr:`note`, not raised."""
 
     def __init__(self, store: TrialStore, study: StudyRecord, every: float = 2.0) -> None:
         self.study, self.every = study, every
         self.objectives = 1
         self.note: str | None = None
         self._at = -float("inf")
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
         self.mirror: OptunaMirror | None = None
         try:
             self.mirror = OptunaMirror(store)
         except SpecError as exc:  # an in-memory store: no file to put the mirror beside
             self.note = f"no Optuna mirror: {exc}"
+
+    def __enter__(self) -> SessionMirror:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if self._thread is not None:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join()
+        if exc_type is None:
+            self.sync()  # what the session committed last
+        if self.mirror is not None:
+            self.mirror.close()
 
     def check(self) -> None:
         """Refuse (:class:`~mpsearch.storage.optuna_mirror.MirrorConflictError`) an Optuna study
@@ -146,6 +165,17 @@ class SessionMirror:
     def start(self, objectives: int) -> None:
         self.objectives = objectives
         self.sync()
+        if self.note is None:
+            self._thread = threading.Thread(target=self._follow, name="optuna-mirror", daemon=True)
+            self._thread.start()
+
+    def _follow(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            self.sync()
 
     def sync(self) -> None:
         if self.note is not None or self.mirror is None:
@@ -157,10 +187,6 @@ class SessionMirror:
         self._at = time.monotonic()
 
     def after_flush(self) -> None:
-        if time.monotonic() - self._at >= self.every:
-            self.sync()
-
-    def close(self) -> None:
-        self.sync()
-        if self.mirror is not None:
-            self.mirror.close()
+        """Called by the recorder after each commit: wakes the mirror's thread when it is due."""
+        if self._thread is not None and time.monotonic() - self._at >= self.every:
+            self._wake.set()
