@@ -184,3 +184,27 @@ def test_blocks_budget_the_hessians_their_gptq_options_keep(tiny_llama_path):
     assert gptq[0].activations - rtn[0].activations == hessians
     assert gptq[0].weights == rtn[0].weights and gptq[0].variants == rtn[0].variants
     assert rtn[0].variants == sum(2 * 4 * la.numel for la in layers)  # two fp32 copies each
+
+
+@pytest.mark.slow
+def test_a_spread_encoder_loaded_through_from_pretrained_scores_like_one_device(minilm_path):
+    # MiniLM's files do not name the parameters one to one: loaded on the CPU, then moved
+    info = inspect_model(ModelConfig(name=minilm_path))
+    cfg = SpaceConfig.model_validate({"layers": [{"match": r"layer\.\d+\.", "options": OPTIONS}]})
+    space = build_space(info.layers, cfg.rules(), (), info.total_params)
+    texts = tuple(load_texts(CalibrationConfig(samples=4, seq_len=16)))
+    setup = WorkerSetup(info.path, info.kind, "embedding_distortion", texts, 16, batch_size=2,
+                        threads=1)
+    assert not sharding.materialise_(sharding.empty_model(info.path, info.kind, "float32"),
+                                     place([BlockNeeds("encoder.layer.0", 1, 0)], ["cpu"], [9]),
+                                     info.path)
+    one = Worker(setup, space)
+    blocks, fixed, fixed_act, working = sharding.estimate_needs(
+        one.model, space, batch_size=2, seq_len=16, samples=4, objective="embedding_distortion",
+        kl_top_k=None)
+    half = sum(b.hard + b.variants for b in blocks[:3])
+    two = Worker(dataclasses.replace(setup, devices=("cpu", "cpu"), device_budgets=(
+        fixed + fixed_act + working + half, working + half)), space)
+    assert [len(s.blocks) for s in two.placement.shares] == [3, 3]
+    for c in random_candidates(space, 3):
+        assert two.evaluate(c).objective == one.evaluate(c).objective
