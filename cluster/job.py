@@ -8,6 +8,7 @@ worker actors as its executor. A study that already has trials continues where i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from typing import Any
 from mpsearch.searcher.loop import LoopStats, Outcome
 from mpsearch.searcher.registry import SearcherConfig
 from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.runtime import restrict
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace, build_space
 from mpsearch.storage.errors import StudyConflictError
 from mpsearch.storage.lease import DEFAULT_TTL
@@ -56,7 +58,12 @@ def prepare(spec: JobSpec) -> PreparedJob:
     """Resolve the model, build and check the space: no worker is started here."""
     info = inspect_model(spec.model)
     info.check_seq_len(spec.calibration.seq_len, spec.model.name)
-    space = build_space(info.layers, spec.space.rules(), spec.space.tie, info.total_params,
+    runtime = restrict(spec.space.rules(), spec.space.tie, spec.space.runtime,
+                       [layer.name for layer in info.layers])
+    for label, why in runtime.removed.items():
+        logging.getLogger("mpsearch.cluster").warning(
+            "space.runtime %s: option %s removed (%s)", spec.space.runtime, label, why)
+    space = build_space(info.layers, runtime.rules, runtime.ties, info.total_params,
                         spec.space.unsearched_bits)
     budget = spec.budget.to_budget()
     space.check_budget(budget)

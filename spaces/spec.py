@@ -9,7 +9,7 @@ sparsity_pattern: "2:4"}``); fields left out take their defaults.
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -67,6 +67,9 @@ class SpaceConfig(BaseModel):
     tie: list[str] = Field(default_factory=list)
     # Parameters not searched (embeddings, norms, heads) count in total_bytes at this many bits.
     unsearched_bits: float = Field(default=16.0, gt=0, le=MAX_BITS)
+    # The runtime the result must load in (vllm, transformers, llama.cpp): options it cannot load are
+    # removed, what it fuses is tied (spaces/runtime.py). None: every option, nothing added.
+    runtime: Literal["vllm", "transformers", "llama.cpp"] | None = None
 
     def rules(self) -> list[LayerRule]:
         return [rule.to_rule() for rule in self.layers]

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mpsearch.spaces.options import QuantOption
+from mpsearch.spaces.runtime import fused_conflicts, refusal
 
 from .checkpoint import PLAN_FILE, CheckpointError, _planned_modules, _prepare_out, plan_worker
 from .layers import oriented_shape
@@ -66,11 +67,20 @@ def require(module: str, package: str) -> None:
                           "pip install 'mpsearch[export]'")
 
 
-def compressed_tensors_schemes(model: nn.Module, options: Mapping[str, QuantOption]
-                               ) -> dict[str, dict[str, Any] | None]:
+def compressed_tensors_schemes(model: nn.Module, options: Mapping[str, QuantOption],
+                               runtime: str = "transformers") -> dict[str, dict[str, Any] | None]:
     """Layer name → compressed-tensors ``QuantizationArgs`` keywords (None: dense), or
-    :class:`ExportError` naming the first layer and option the format cannot hold."""
+    :class:`ExportError` naming the first layer and option the format (or, for ``runtime``
+    ``vllm``, vLLM: its kernels, its fused q/k/v and gate/up) cannot hold."""
     modules = _planned_modules(model, options)
+    if runtime == "vllm":
+        for name, option in options.items():
+            if why := refusal("vllm", option):
+                raise ExportError(f"layer {name}: option {option.label} cannot be exported for "
+                                  f"vLLM: {why}")
+        if conflicts := fused_conflicts(options):
+            raise ExportError(f"cannot export for vLLM: {conflicts[0]} (search with "
+                              "space.runtime: vllm, which ties them)")
     schemes: dict[str, dict[str, Any] | None] = {}
     for name, option in options.items():
         module = modules[name]
@@ -125,12 +135,14 @@ def _store_parts_(module: nn.Module, enc: Encoded, dtype: torch.dtype) -> None:
 
 
 def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOption],
-                              out_dir: str | Path, plan: Mapping[str, Any] | None = None
-                              ) -> ExportResult:
+                              out_dir: str | Path, plan: Mapping[str, Any] | None = None,
+                              runtime: str = "transformers") -> ExportResult:
     """Apply ``options`` on ``setup`` and write a compressed-tensors checkpoint to ``out_dir``.
 
     ``setup`` is the trial's scoring setup (its dtype is the checkpoint's; GPTQ and Wanda use its
-    calibration texts). Raises :class:`ExportError` (nothing written) for an option the format
+    calibration texts). ``runtime`` ``vllm`` also refuses what vLLM cannot load (asymmetric or
+    other than 4- and 8-bit integers, fused layers with different options).
+    Raises :class:`ExportError` (nothing written) for an option the format
     cannot hold, :class:`CheckpointError` for an unwritable ``out_dir`` or a plan naming layers
     the model lacks.
     """
@@ -144,7 +156,7 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
     )
     from transformers import AutoTokenizer
 
-    schemes = compressed_tensors_schemes(_shapes_model(setup), options)
+    schemes = compressed_tensors_schemes(_shapes_model(setup), options, runtime)
     out = _prepare_out(out_dir)
     try:
         worker = plan_worker(setup, options)

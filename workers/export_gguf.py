@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mpsearch.spaces.options import QuantOption
+from mpsearch.spaces.runtime import gguf_type
 
 from .checkpoint import CheckpointError, _planned_modules, plan_worker
 from .export_ct import ExportError, require
@@ -33,20 +34,7 @@ from .worker import WorkerSetup
 
 ARCHITECTURES = {"llama": "llama", "gpt2": "gpt2"}  # config.model_type → gguf architecture
 NATIVE = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")  # GGUF's own block formats, by gguf's quantizer
-
-
-def gguf_type(option: QuantOption) -> str | None:
-    """The GGUF tensor type that holds ``option`` exactly (``Q4_0``, ``F16``, …), or None."""
-    if option.sparse:
-        return None
-    if option.format in NATIVE:
-        return option.format.upper()
-    if option.format == "fp16":
-        return "F16"
-    if option.format == "int" and option.symmetric and option.group_size == GGUF_BLOCK \
-            and option.bits in (4, 8):
-        return "Q4_0" if option.bits == 4 else "Q8_0"
-    return None
+__all__ = ["export_gguf", "gguf_tensor_bytes", "gguf_type", "gguf_types"]
 
 
 def gguf_types(options: Mapping[str, QuantOption]) -> dict[str, str]:

@@ -188,6 +188,9 @@ PLAN, DENSE, COMPRESSED_TENSORS, GGUF = "plan", "dense", "compressed-tensors", "
 FormatOption = Annotated[str, typer.Option(
     "--format", help="plan (JSON), dense (dequantized weights), compressed-tensors (packed, a "
     "directory) or gguf (one .gguf file).")]
+RuntimeOption = Annotated[str, typer.Option(
+    help="compressed-tensors for transformers, or vllm (also refuses what vLLM cannot load: "
+    "asymmetric or 3-bit integers, fused q/k/v or gate/up with different options).")]
 VerifyOption = Annotated[bool, typer.Option(
     help="Re-score the checkpoint on the plan's calibration; print both objectives and sizes.")]
 
@@ -198,6 +201,7 @@ def export(
     db: DbOption = None,
     trial: Annotated[int | None, typer.Option(help="Trial number (default: the best).")] = None,
     format: FormatOption = PLAN,
+    runtime: RuntimeOption = "transformers",
     verify: VerifyOption = False,
 ) -> None:
     """Write one trial as a plan (JSON: options, effective bits, provenance) or a checkpoint."""
@@ -226,7 +230,7 @@ def export(
     data = build_plan(record, chosen)
     if format != PLAN:
         _write_checkpoint(Plan(data, f"trial {chosen.number} of study {study}"), format, out_path,
-                          None, verify)
+                          None, verify, runtime)
         return
     path = write_plan(data, out_path)
     err.print(f"wrote the plan of trial {chosen.number} of study {study} (objective "
@@ -239,13 +243,14 @@ def apply(
     model: Annotated[str | None, typer.Option(
         help="Model directory or id (default: the plan's model).")] = None,
     format: FormatOption = DENSE,
+    runtime: RuntimeOption = "transformers",
     verify: VerifyOption = False,
 ) -> None:
     """Write a checkpoint of the plan's quantized weights (loads with from_pretrained)."""
     from mpsearch.storage.plan import read_plan
 
     _check_format(format, (DENSE, COMPRESSED_TENSORS, GGUF))
-    _write_checkpoint(read_plan(plan_path), format, out_dir, model, verify)
+    _write_checkpoint(read_plan(plan_path), format, out_dir, model, verify, runtime)
 
 
 def _check_format(format: str, valid: tuple[str, ...]) -> None:
@@ -253,7 +258,8 @@ def _check_format(format: str, valid: tuple[str, ...]) -> None:
         raise MpsearchError(f"--format {format!r} is not one of {', '.join(valid)}")
 
 
-def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify: bool) -> None:
+def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify: bool,
+                      runtime: str = "transformers") -> None:
     """The plan's checkpoint in ``format`` (dense, compressed-tensors or gguf), re-scored if
     asked (a GGUF file through transformers' GGUF loader)."""
     from mpsearch.workers.checkpoint import (
@@ -266,6 +272,8 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
     from mpsearch.workers.export_gguf import export_gguf, gguf_tensor_bytes
     from mpsearch.workers.model_loading import inspect_model
 
+    if runtime not in ("transformers", "vllm"):
+        raise MpsearchError(f"--runtime {runtime!r} is not one of transformers, vllm")
     prov, scoring = plan.provenance, plan.scoring
     source = model or prov.get("model")
     if not source:
@@ -281,7 +289,7 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
 
             info = inspect_model(ModelConfig(name=source, kind=scoring.kind))
             setup = weights_only_setup(info.path, info.kind, scoring.dtype)
-        path = export_compressed_tensors(setup, plan.options, out_dir, plan=plan.data).path \
+        path = export_compressed_tensors(setup, plan.options, out_dir, plan.data, runtime).path \
             if format == COMPRESSED_TENSORS else export_gguf(setup, plan.options, out_dir, plan.data)
     else:
         path = write_checkpoint(source, plan.options, out_dir, kind=scoring.kind,

@@ -16,7 +16,12 @@ import torch
 
 from mpsearch.spaces import parse_option
 from mpsearch.workers.checkpoint import CheckpointError, scoring_setup
-from mpsearch.workers.export_ct import ExportError, export_compressed_tensors
+from mpsearch.workers.export_ct import (
+    ExportError,
+    _shapes_model,
+    compressed_tensors_schemes,
+    export_compressed_tensors,
+)
 from mpsearch.workers.worker import Worker
 
 CALIBRATION = {"source": "stdlib-docs", "samples": 4, "seq_len": 24, "batch_size": 2}  # as conftest
@@ -96,6 +101,17 @@ def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_
                                                         "exported to compressed-tensors: ") + why):
             export_compressed_tensors(setup, {layer: parse_option(label)}, tmp_path / label)
         assert not (tmp_path / label).exists()  # refused before anything is written
+    q, k = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"
+    mixed = {q: parse_option("int4-g32-sym"), k: parse_option("int8-ch-sym")}
+    export_ok = compressed_tensors_schemes(_shapes_model(setup), mixed)  # transformers loads it
+    assert set(export_ok) == {q, k}
+    with pytest.raises(ExportError, match="cannot export for vLLM: model.layers.0.self_attn: vLLM "
+                                          "fuses these layers into one matrix"):
+        export_compressed_tensors(setup, mixed, tmp_path / "vllm", runtime="vllm")
+    with pytest.raises(ExportError, match="option int4-g32-asym cannot be exported for vLLM"):
+        export_compressed_tensors(setup, {q: parse_option("int4-g32-asym")}, tmp_path / "vllm",
+                                  runtime="vllm")
+    assert not (tmp_path / "vllm").exists()
     gpt2 = scoring_setup(tiny_gpt2_path, "auto", "kl", CALIBRATION)
     with pytest.raises(ExportError, match="transformer.h.0.mlp.c_fc: .*Conv1D"):
         export_compressed_tensors(gpt2, {"transformer.h.0.mlp.c_fc": parse_option("int4-g32-sym")},
