@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mpsearch.searcher.loop import LoopStats, Outcome
-from mpsearch.searcher.registry import SearcherConfig
+from mpsearch.searcher.registry import SearcherConfig, searcher_needs
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.runtime import restrict
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace, build_space
@@ -79,32 +79,37 @@ def profile_key(job: PreparedJob, samples: int | None = None) -> ProfileKey:
                       job.objective)
 
 
-@dataclass(frozen=True)
+@dataclass
 class RayResources:
-    """:class:`~mpsearch.cluster.driver.JobResources` of a job: its profile key, and proxy errors
-    computed by a Ray task with a worker's resources (the driver need not hold the model)."""
+    """:class:`~mpsearch.cluster.driver.JobResources` of a job: its profile key, and its Ray
+    workers, set up once (:mod:`.warmup`: model, reference, the level database built across
+    them, proxies) for whichever asks first, the strategy's proxies or the loop's executor."""
 
     job: PreparedJob
     address: str | None = None
+    store_url: str = ""
+    listener: Any = None  # a warmup.SetupListener
+    executor_options: dict[str, Any] | None = None
+    _workers: Any = None  # the warmup.SetUpWorkers once started
 
     def profile_key(self) -> ProfileKey:
         return profile_key(self.job)
 
+    def workers(self) -> Any:
+        from .warmup import SetUpWorkers
+
+        if self._workers is None:
+            connect_for(self.job.spec, self.address)
+            self._workers = SetUpWorkers(self.job, worker_setup(self.job), self.store_url,
+                                         self.listener, self.executor_options)
+        return self._workers
+
     def proxies(self) -> dict[tuple[str, str], float]:
-        import ray
+        return self.workers().proxies()
 
-        from mpsearch.workers.errors import WorkerError
-        from mpsearch.workers.profile import space_proxies
-
-        from .executor import first_line
-
-        w = self.job.spec.workers
-        connect_for(self.job.spec, self.address)
-        task = ray.remote(num_cpus=w.cpus, num_gpus=w.gpus)(space_proxies)
-        try:
-            return ray.get(task.remote(worker_setup(self.job), self.job.space))
-        except Exception as exc:  # a Ray-wrapped failure of the task
-            raise WorkerError(f"proxy errors: {first_line(exc)}") from None
+    def close(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
 
 
 def connect_for(spec: JobSpec, address: str | None) -> None:
@@ -125,7 +130,8 @@ def worker_setup(job: PreparedJob) -> WorkerSetup:
         batch_size=job.spec.calibration.batch_size, dtype=job.spec.model.dtype, device=device,
         threads=max(int(job.spec.workers.cpus), 1), kl_top_k=job.spec.kl_top_k,
         cache_device_bytes=job.spec.workers.cache_device_bytes,
-        devices=worker_devices(job.spec.workers.gpus, device))
+        devices=worker_devices(job.spec.workers.gpus, device), phased=True,
+        proxies=searcher_needs(job.spec.searcher).proxy)
 
 
 def report_placement(executor: Any) -> None:
@@ -170,34 +176,36 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
             extend: int = 0, lease_ttl: float = DEFAULT_TTL,
             executor_options: dict[str, Any] | None = None,
             job: PreparedJob | None = None,
-            switch_to: SearcherConfig | None = None) -> SessionResult:
+            switch_to: SearcherConfig | None = None, on_phase: Any = None) -> SessionResult:
     """Run, continue or extend the study of ``spec`` until it has its completed evaluations.
 
     The spec's part: check everything before a worker starts, open the study, say how workers
     are made (Ray actors); the session itself is :func:`mpsearch.cluster.driver.drive`.
     ``extend`` adds evaluations to the study's budget; ``switch_to`` continues it with another
-    strategy (``resume --searcher``).
+    strategy (``resume --searcher``); ``on_phase`` (a
+    :class:`~mpsearch.cluster.warmup.SetupListener`) follows the workers' setup phases, which
+    are also stored in the study row for ``mpsearch status``.
     """
-    from .executor import RayExecutor
+    from .warmup import StudyPhaseListener
 
     start = time.perf_counter()
     job = job or prepare(spec)  # the CLI prepares first: nothing is stored before it passes
     check_mirror(store, spec.study)  # before the study is created: a foreign Optuna study
     study = open_job_study(job, store)
-    w = spec.workers
+    resources = RayResources(job, address, store.url, StudyPhaseListener(store, study.id, on_phase),
+                             executor_options)
 
-    def make_executor(recorder: StoreRecorder) -> RayExecutor:
-        connect_for(spec, address)
-        options = {"depth": w.depth, **(executor_options or {})}
-        executor = RayExecutor(worker_setup(job), job.space, w.count, w.cpus, w.gpus,
-                               before_dispatch=recorder.flush, flush_due=recorder.due_in,
-                               **options)
-        if w.gpus > 1:  # one model over several GPUs: where each worker put its parts
+    def make_executor(recorder: StoreRecorder) -> Any:
+        executor = resources.workers().executor(recorder)
+        if spec.workers.gpus > 1:  # one model over several GPUs: where each worker put its parts
             report_placement(executor)
         return executor
 
-    result = drive(store, study, spec.searcher, job.budget, make_executor, seed=spec.seed,
-                   resources=RayResources(job, address), extend=extend, lease_ttl=lease_ttl,
-                   on_start=on_start, on_result=on_result, switch_to=switch_to,
-                   writer_options={"retry_seconds": spec.storage.retry_seconds})
+    try:
+        result = drive(store, study, spec.searcher, job.budget, make_executor, seed=spec.seed,
+                       resources=resources, extend=extend, lease_ttl=lease_ttl,
+                       on_start=on_start, on_result=on_result, switch_to=switch_to,
+                       writer_options={"retry_seconds": spec.storage.retry_seconds})
+    finally:
+        resources.close()
     return replace(result, seconds=time.perf_counter() - start)

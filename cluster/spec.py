@@ -18,7 +18,13 @@ from mpsearch.spaces.files import read_text_file
 from mpsearch.spaces.limits import MAX_EVALUATIONS, MAX_SEED, non_finite_field
 from mpsearch.spaces.spec import BudgetConfig, SpaceConfig
 from mpsearch.storage.config import StorageConfig
-from mpsearch.workers.config import CalibrationConfig, ModelConfig, ObjectiveName, WorkersConfig
+from mpsearch.workers.config import (
+    CalibrationConfig,
+    LevelsConfig,
+    ModelConfig,
+    ObjectiveName,
+    WorkersConfig,
+)
 
 SPEC_VERSION: Literal[1] = 1
 
@@ -44,6 +50,7 @@ class JobSpec(BaseModel):
     evaluations: int = Field(default=200, ge=1, le=MAX_EVALUATIONS)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    levels: LevelsConfig = Field(default_factory=LevelsConfig)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="before")
@@ -59,7 +66,8 @@ class JobSpec(BaseModel):
 
         Where it runs (workers, storage) and for how long (evaluations) may change.
         """
-        return self.model_dump(mode="json", exclude={"workers", "storage", "evaluations"})
+        return self.model_dump(mode="json", exclude={"workers", "storage", "evaluations",
+                                                       "levels"})
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -55,6 +55,9 @@ class StudyRow(Base):
     calibration_offset: Mapped[int | None]
     calibration_batch_size: Mapped[int | None]
     calibration_fingerprint: Mapped[str | None] = mapped_column(String(64))  # of the texts scored
+    # What the running driver is doing ("loading the model", "level int4-g128-asym-gptq", ...,
+    # "searching"), for ``mpsearch status``.
+    phase: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     trials: Mapped[list[TrialRow]] = relationship(back_populates="study")
 

@@ -31,6 +31,7 @@ class StudyProgress:
     heartbeat_age: float | None  # seconds since the driver's last heartbeat
     searcher_state: dict[str, Any] | None
     updated_at: datetime
+    phase: str | None = None  # what the driver is doing (a setup phase, "searching")
 
 
 def study_progress(store: TrialStore, name: str | None = None) -> list[StudyProgress]:
@@ -61,5 +62,5 @@ def study_progress(store: TrialStore, name: str | None = None) -> list[StudyProg
             counts.get((s.id, FAILED), 0), counts.get((s.id, RUNNING), 0), best.get(s.id),
             live.owner if live is not None else None,
             (now - live.heartbeat_at).total_seconds() if live is not None else None,
-            s.searcher_state, s.updated_at))
+            s.searcher_state, s.updated_at, s.phase))
     return out

@@ -221,6 +221,13 @@ class TrialStore(StudyQueries):
         with translating(self.url, "list studies"), self._session() as s:
             return [_study(r) for r in s.scalars(select(StudyRow).order_by(StudyRow.id))]
 
+    def set_study_phase(self, study_id: int, phase: str | None) -> None:
+        """What the study's driver is doing now (a setup phase, "searching")."""
+        with translating(self.url, "update study"), self._session() as s, s.begin():
+            row = s.get(StudyRow, study_id)
+            assert row is not None
+            row.phase, row.updated_at = phase, _now()
+
     def set_study_status(self, study_id: int, status: str) -> None:
         with translating(self.url, "update study"), self._session() as s, s.begin():
             row = s.get(StudyRow, study_id)

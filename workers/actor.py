@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -18,7 +19,8 @@ import ray
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
-from .profile import ProfileMeasurement, measure_profile
+from .level_build import BuildTask, build_task_, load_stored_
+from .profile import ProfileMeasurement, layer_proxy, measure_profile
 from .sharding import worker_diagnostics
 from .worker import EvalOutcome, Worker, WorkerSetup
 
@@ -26,8 +28,22 @@ from .worker import EvalOutcome, Worker, WorkerSetup
 @ray.remote
 class WorkerActor:
     def __init__(self, setup: WorkerSetup, space: SearchSpace, label: str) -> None:
+        """Load the model now, or, with ``setup.phased``, when the driver runs the setup phases
+        (:mod:`mpsearch.cluster.warmup`) or the first evaluation arrives (a replacement)."""
         self.label = f"{label}@{socket.gethostname()}:{os.getpid()}"
-        self.worker = Worker(setup, space)
+        self.setup, self.space = replace(setup, label=self.label), space
+        self._worker: Worker | None = None
+        if not setup.phased:
+            self._worker = Worker(self.setup, space)
+
+    @property
+    def worker(self) -> Worker:
+        if self._worker is None:
+            self.load_model()
+        assert self._worker is not None
+        if not self._worker.ready:
+            self._worker.compute_reference()
+        return self._worker
 
     def name(self) -> str:
         return self.label
@@ -40,6 +56,52 @@ class WorkerActor:
     def diagnostics(self, forward_repeats: int = 0) -> dict[str, Any]:
         """Memory per device, and the seconds of a plain forward pass (benchmarks)."""
         return worker_diagnostics(self.worker, forward_repeats)
+
+    # -- setup phases (see mpsearch.cluster.warmup); each returns its seconds ------------------
+    def load_model(self) -> float:
+        start = time.perf_counter()
+        if self._worker is None:
+            self._worker = Worker(self.setup, self.space, defer_reference=True)
+        return time.perf_counter() - start
+
+    def compute_reference(self) -> float:
+        start = time.perf_counter()
+        _ = self.worker
+        return time.perf_counter() - start
+
+    def gather_statistics(self, names: list[str]) -> float:
+        start = time.perf_counter()
+        if names:
+            self.worker.gather_statistics(names)
+        return time.perf_counter() - start
+
+    def build(self, task: BuildTask) -> dict[str, int]:
+        """The variants of ``task`` (see :mod:`.level_build`): layers computed per option label."""
+        done: dict[str, int] = {}
+        build_task_(self.worker, task,
+                    lambda option, n: done.__setitem__(option.label, done.get(option.label, 0) + n))
+        return done
+
+    def layer_proxies(self, pairs: list[tuple[str, QuantOption]]) -> dict[tuple[str, str], float]:
+        """The Hessian-weighted output error of each (layer, option), by (layer, option label)."""
+        return {(name, option.label): layer_proxy(self.worker, name, option)
+                for name, option in pairs}
+
+    def flush_levels(self, wait: bool = True) -> list[tuple[str, str]]:
+        """Free the statistics; with ``wait``, return once this worker's level-database writes
+        are on disk (else they go on in the background). Returns the (layer, option label) of
+        every stored-kind variant this worker computed."""
+        worker = self.worker
+        worker.release_statistics()
+        if wait and worker.levels is not None:
+            worker.levels.flush()
+        return list(worker.computed)
+
+    def load_stored(self, pairs: list[tuple[str, QuantOption]]) -> tuple[int, int]:
+        """Read the stored variants of ``pairs`` this worker lacks: (loaded, rebuilt)."""
+        if self.worker.levels is None:
+            return 0, 0
+        return load_stored_(self.worker, pairs)
 
     def evaluate(self, candidate: Candidate) -> tuple[str, EvalOutcome]:
         start = time.perf_counter()

@@ -73,3 +73,15 @@ class WorkersConfig(BaseModel):
     # evaluation in progress (4 % instead of 13 % overhead on a 120 ms GPU evaluation); 1 keeps
     # the fewest evaluations in flight.
     depth: int = Field(default=1, ge=1, le=8)
+
+
+class LevelsConfig(BaseModel):
+    """Where the level database lives (docs/level_db.md): the variants worth computing once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A directory every worker can read and write (a shared one on a cluster). None: beside a
+    # SQLite store (``<store file>.levels``), else ``~/.cache/mpsearch/levels``.
+    path: str | None = None
+    # false: keep nothing on disk; every worker computes the variants it needs itself.
+    enabled: bool = True

@@ -112,8 +112,12 @@ def max_positions(config) -> int | None:
 def load_model(path: str, kind: str, dtype: str, device: str) -> nn.Module:
     """The model with its weights, in eval mode, on ``device``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # with accelerate, the weights are read straight onto the GPU (an 8B model: no 16 GB detour
+    # through host memory)
+    direct = device.startswith("cuda") and importlib.util.find_spec("accelerate") is not None
+    extra = {"device_map": device} if direct else {}
     try:
-        model = _auto_class(kind).from_pretrained(path, dtype=getattr(torch, dtype))
+        model = _auto_class(kind).from_pretrained(path, dtype=getattr(torch, dtype), **extra)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(f"model {path!r} cannot be loaded: {first}") from None

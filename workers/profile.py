@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -104,21 +104,39 @@ def measure_profile(worker: Worker, pairs: Iterable[Pair], samples: int | None =
     return out
 
 
+def layer_proxy(worker: Worker, name: str, option: QuantOption) -> float:
+    """tr((W − Ŵ) H (W − Ŵ)ᵀ) of layer ``name`` under ``option``, read from the worker's level
+    database when it holds it, else computed (and stored there)."""
+    levels = worker.levels
+    stored = levels.load_proxy(name, option) if levels is not None else None
+    if stored is not None and "hessian_error" in stored:
+        return float(stored["hessian_error"])
+    W = worker.original[name]
+    W_hat = worker.variant(name, option).to(W.device, non_blocking=False)
+    value = hessian_error(W, W_hat, worker.hessian(name))
+    if levels is not None:
+        levels.save_proxy(name, option, {"hessian_error": value})
+    return value
+
+
 @torch.inference_mode()
-def measure_proxies(worker: Worker, pairs: Iterable[Pair]) -> dict[tuple[str, str], float]:
+def measure_proxies(worker: Worker, pairs: Iterable[Pair],
+                    on_gene: Callable[[], None] | None = None) -> dict[tuple[str, str], float]:
     """The Hessian-weighted output error of each (gene, option), by (gene name, option label).
 
     Scores no candidate: one pass over the worker's calibration samples gathers the Hessians
     (the pass GPTQ needs anyway), the rest is arithmetic on the weights. Strategies with
-    ``proxy: true`` measure one option per gene and scale the others by these.
+    ``proxy: true`` measure one option per gene and scale the others by these. Per-layer values
+    are kept in the level database, so a later study on the same model and calibration reads
+    them. ``on_gene`` is called after each pair (progress).
     """
     genes = {gene.name: gene for gene in worker.space.genes}
     out = {}
     for gene_name, option in pairs:
-        layers = [layer.name for layer in genes[gene_name].layers]
-        _, h_err = _proxies(worker, layers, option, hessians=True)
-        assert h_err is not None
-        out[(gene_name, option.label)] = h_err
+        out[(gene_name, option.label)] = sum(layer_proxy(worker, layer.name, option)
+                                             for layer in genes[gene_name].layers)
+        if on_gene is not None:
+            on_gene()
     return out
 
 

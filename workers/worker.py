@@ -10,7 +10,10 @@ Each option is compressed by its format's handler (:mod:`.registry`). Handlers t
 of a layer's inputs (GPTQ: the Hessian H = 2XᵀX/n; Wanda: the column norms ‖X_j‖) say so; they are
 gathered once, on first need, by forward hooks during one pass of the full-precision model over
 the calibration batches (padding excluded); one Hessian per layer serves every GPTQ level of that
-layer.
+layer, and layers that read the same input tensor (q/k/v, gate/up) share one. Variants that need
+such statistics or are expensive are read from and written to the level database
+(:mod:`.level_db`) when the setup names one, and built a whole level at a time by batched GPTQ
+(:mod:`.level_build`).
 
 Multi-fidelity: ``Candidate.samples = N`` scores on the first N calibration samples, the same N for
 every candidate (common random numbers), so cheap screening compares candidates on equal terms.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,8 @@ from mpsearch.spaces.space import Candidate, SearchSpace
 from .errors import WorkerError
 from .gptq import HessianAccumulator
 from .layers import get_weight, quantizable_modules, set_weight_
+from .level_build import statistics_reserve
+from .level_db import LevelDatabase, stored_option
 from .model_loading import load_model, load_tokenizer
 from .objectives import make_objective, slice_reference
 from .placement import Placement
@@ -74,6 +80,19 @@ class WorkerSetup:
     # Random weights from the model's config, created on their devices (benchmarks of models
     # too big to save); False: the weights of ``model_path``.
     random_weights: bool = False
+    # The level set (one model + calibration) of the level database, see .level_db; None: none.
+    level_db: str | None = None
+    # Who writes to the level database, for its build log (the actor's label).
+    label: str = ""
+    # Whether the job computes proxy errors (they need every layer's Hessian on this worker).
+    proxies: bool = False
+    # The driver runs the setup phases one by one (mpsearch.cluster.warmup): the actor loads
+    # nothing until asked.
+    phased: bool = False
+    # Batched GPTQ's memory per chunk: float32 weights, and inverse-Hessian factors (the down
+    # projections of an 8B model's 32 blocks take 26 GiB: one chunk on an H200).
+    gptq_max_weight_bytes: int = 8 << 30
+    gptq_max_factor_bytes: int = 28 << 30
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,14 @@ class EvalOutcome:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def level_database(setup: WorkerSetup) -> LevelDatabase | None:
+    """The level set ``setup`` names, keyed by the GPTQ parameters that change its variants."""
+    if not setup.level_db:
+        return None
+    return LevelDatabase(setup.level_db, {"percdamp": setup.gptq_percdamp,
+                                          "block_size": setup.gptq_block_size}, setup.label)
+
+
 def non_finite_parameters(model: nn.Module) -> list[str]:
     """Names of the parameters holding NaN or Inf."""
     return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
@@ -96,9 +123,11 @@ def non_finite_parameters(model: nn.Module) -> list[str]:
 
 class Worker:
     def __init__(self, setup: WorkerSetup, space: SearchSpace, *, model: nn.Module | None = None,
-                 batches: list[Batch] | None = None) -> None:
+                 batches: list[Batch] | None = None, defer_reference: bool = False) -> None:
         """Load ``setup.model_path`` (or use ``model``) and tokenize ``setup.texts`` (or use
-        ``batches``: dicts of ``input_ids``/``attention_mask`` on the device, for benchmarks)."""
+        ``batches``: dicts of ``input_ids``/``attention_mask`` on the device, for benchmarks).
+        ``defer_reference``: leave the full-precision reference to :meth:`compute_reference`
+        (a setup phase of its own)."""
         if setup.threads:
             torch.set_num_threads(setup.threads)
         self.setup = setup
@@ -125,13 +154,14 @@ class Worker:
             load_tokenizer(setup.model_path))
         self.samples = sum(b["input_ids"].shape[0] for b in self.batches)
         self._peak_activation_bytes = 0
-        self.reference = self._forward_reference()
-        self.cache: VariantCache | ShardedVariantCache = (
-            VariantCache(self.device, self._device_cap()) if self.placement is None
-            else sharded_cache(self.model, self.placement, list(self.modules),
-                               setup.cache_device_bytes))
         self.input_stats: dict[str, HessianAccumulator] = {}
-        self._have_hessians = False
+        self.levels = level_database(setup)
+        # (layer, option label) of every stored-kind variant this worker computed, in order
+        self.computed: list[tuple[str, str]] = []
+        self.reference: list[Any] = []
+        self.ready = False  # the reference is computed and the variant cache sized
+        if not defer_reference:
+            self.compute_reference()
 
     # -- setup --------------------------------------------------------------------------------
     def _tokenize(self, tokenizer) -> list[Batch]:
@@ -142,6 +172,15 @@ class Worker:
                             truncation=True, padding=True, return_tensors="pt")
             batches.append({k: v.to(self.device) for k, v in enc.items()})
         return batches
+
+    def compute_reference(self) -> None:
+        """The full-precision reference of every calibration batch; sizes the variant cache."""
+        self.reference = self._forward_reference()
+        self.cache: VariantCache | ShardedVariantCache = (
+            VariantCache(self.device, self._device_cap()) if self.placement is None
+            else sharded_cache(self.model, self.placement, list(self.modules),
+                               self.setup.cache_device_bytes))
+        self.ready = True
 
     @torch.inference_mode()
     def _forward_reference(self) -> list[Any]:
@@ -162,52 +201,79 @@ class Worker:
         if self.device.type != "cuda":
             return None  # CPU: the device is the host
         free, _total = torch.cuda.mem_get_info(self.device)
-        return max(free - 2 * self._peak_activation_bytes - (1 << 30), 0)
+        return max(free - 2 * self._peak_activation_bytes - (1 << 30) - statistics_reserve(self),
+                   0)
 
     # -- layer input statistics (GPTQ Hessians, Wanda norms) ------------------------------------
     @torch.inference_mode()
-    def _gather_input_stats(self, hessians: bool) -> None:
-        """One full-precision pass over the calibration batches with hooks on every searched layer."""
+    def gather_statistics(self, names: Iterable[str] | None = None, hessians: bool = True) -> None:
+        """One full-precision pass over the calibration batches with hooks on layers ``names``
+        (all searched layers: None). Layers called one after the other on the same input tensor
+        (q/k/v, gate/up) share one accumulator, hence one Hessian."""
         self.restore_()
-        stats = {name: HessianAccumulator(w.shape[1], w.device, hessian=hessians)
-                 for name, w in self.original.items()}
+        wanted = list(self.modules if names is None else names)
+        stats: dict[str, HessianAccumulator] = {}
         mask: dict[torch.device, torch.Tensor] = {}  # the batch's, copied once to each device
+        last: dict[str, Any] = {}  # the previous hook's input and layer (kept alive: `is` is safe)
 
         def hook_for(name: str):
             def record(_module: nn.Module, args: tuple, _output: Any) -> None:
                 x = args[0]
+                if name not in stats:  # first batch: share with the previous layer's input?
+                    prev = last.get("x")
+                    stats[name] = (stats[last["name"]] if prev is not None and x is prev
+                                   else HessianAccumulator(x.shape[-1], x.device, hessians))
+                    owner = stats[name]
+                    shared = prev is not None and x is prev
+                else:
+                    owner, shared = stats[name], x is last.get("x")
+                last["x"], last["name"] = x, name
+                if shared:
+                    return  # the layer before added this very input already
                 m = mask.get(x.device)
                 if m is None:
                     m = mask[x.device] = mask[self.device].to(x.device)
                 if x.shape[:-1] == m.shape:
                     x = x[m]  # padding tokens are not calibration data
-                stats[name].add(x)
+                owner.add(x)
             return record
 
-        handles = [m.register_forward_hook(hook_for(n)) for n, m in self.modules.items()]
+        handles = [self.modules[n].register_forward_hook(hook_for(n)) for n in wanted]
         try:
             for batch in self.batches:
                 mask.clear()
                 mask[self.device] = batch["attention_mask"].bool()
+                last.clear()
                 self.model(**batch)
         finally:
             for h in handles:
                 h.remove()
-        self.input_stats = stats
-        self._have_hessians = hessians
+            last.clear()
+        self.input_stats.update(stats)
 
     def hessian(self, name: str) -> torch.Tensor:
-        """H = 2XᵀX/n of layer ``name``'s calibration inputs (gathered on first use)."""
-        if not self._have_hessians:
-            self._gather_input_stats(hessians=True)
+        """H = 2XᵀX/n of layer ``name``'s calibration inputs (gathered on first use, for every
+        layer without one). Layers sharing their input return the same tensor object."""
+        stats = self.input_stats.get(name)
+        if stats is None or stats.H is None:
+            self.gather_statistics([n for n, st in self.modules.items()
+                                    if n not in self.input_stats
+                                    or self.input_stats[n].H is None])
         H = self.input_stats[name].H
         assert H is not None
         return H
 
+    def release_statistics(self) -> None:
+        """Free the Hessians (after the level database and the proxies are built)."""
+        self.input_stats.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def act_norm(self, name: str) -> torch.Tensor:
         """‖X_j‖₂ per input column of layer ``name`` (Wanda's activation norms)."""
         if name not in self.input_stats:
-            self._gather_input_stats(hessians=False)
+            self.gather_statistics([n for n in self.modules if n not in self.input_stats],
+                                   hessians=False)
         return self.input_stats[name].act_norm
 
     # -- variants -----------------------------------------------------------------------------
@@ -229,13 +295,27 @@ class Worker:
         """The weight of layer ``name`` under ``option`` (device or host), computed once."""
         key = (name, option)
         if key not in self.cache:
-            with torch.inference_mode():
-                w = self._compress(name, option)
-            if not bool(torch.isfinite(w).all()):
-                raise WorkerError(f"layer {name} under {option.label}: the compressed weight is "
-                                  "not finite")
-            self.cache.put(key, w.contiguous())
+            stored = self.levels is not None and stored_option(option)
+            w = self.levels.load(name, option, self.device) if stored else None  # type: ignore[union-attr]
+            if w is None:
+                with torch.inference_mode():
+                    w = self._compress(name, option)
+                self.keep_variant(name, option, w)
+            else:
+                self.cache.put(key, w.contiguous())
         return self.cache.get(key)
+
+    def keep_variant(self, name: str, option: QuantOption, w: torch.Tensor) -> None:
+        """Cache a variant this worker computed (and queue it for the level database)."""
+        if not bool(torch.isfinite(w).all()):
+            raise WorkerError(f"layer {name} under {option.label}: the compressed weight is "
+                              "not finite")
+        w = w.contiguous()
+        self.cache.put((name, option), w)
+        if stored_option(option):
+            self.computed.append((name, option.label))
+            if self.levels is not None:
+                self.levels.save(name, option, w)
 
     def share_variants(self, source: Worker) -> None:
         """Take compressed weights from ``source`` (same model and space) instead of computing

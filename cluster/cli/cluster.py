@@ -65,13 +65,14 @@ def status(
         out.print_json(json.dumps([{
             "study": p.name, "status": p.status, "evaluations": p.evaluations,
             "completed": p.completed, "failed": p.failed, "running": p.running, "best": p.best,
-            "driver": p.driver, "searcher": p.searcher_state,
+            "driver": p.driver, "phase": p.phase if p.driver else None,
+            "searcher": p.searcher_state,
             "strategies": [{"name": s.name, "params": s.params, "from_trial": s.from_trial}
                            for s in ran(history[p.name])]} for p in rows]))
         return
     table = Table(title=f"studies in {store.masked_url}",
                   title_justify="left")
-    for col in ("study", "status", "completed", "failed", "running", "best", "strategy",
+    for col in ("study", "status", "phase", "completed", "failed", "running", "best", "strategy",
                 "generation", "driver"):
         table.add_column(col)
     for p in rows:
@@ -79,7 +80,8 @@ def status(
         driver = "—" if p.driver is None else f"{p.driver} ({p.heartbeat_age:.0f} s ago)"
         strategy = " → ".join(s.name if not s.from_trial else f"{s.name} from trial {s.from_trial}"
                               for s in ran(history[p.name]))
-        table.add_row(p.name, p.status, f"{p.completed}/{p.evaluations}", str(p.failed),
+        phase = p.phase if p.driver is not None and p.phase else "—"  # only while it runs
+        table.add_row(p.name, p.status, phase, f"{p.completed}/{p.evaluations}", str(p.failed),
                       str(p.running), fmt_obj(p.best), strategy,
                       "—" if generation is None else str(generation), driver)
     out.print(table)

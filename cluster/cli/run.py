@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from .output import err, fmt_obj, out, results_table
+from .phases import PhaseDisplay
 
 if TYPE_CHECKING:
     from mpsearch.searcher.registry import SearcherConfig
@@ -42,35 +50,39 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
     """Run (continue, extend) a study with a live progress bar, then print its best results."""
     from mpsearch.cluster.job import run_job
 
-    # ``doing`` says what happens before the first result: preparing the job (model layers,
-    # calibration texts) unless the caller did, opening the study (lease, stored trials), then
-    # starting the workers (Ray, loading the model in each).
+    # Before the first result, one line per setup phase (PhaseDisplay); then the search bar.
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
-                        TimeElapsedColumn(), TextColumn("{task.fields[doing]}"), console=err)
-    task = progress.add_task(spec.study, total=spec.evaluations, best="—",
-                             doing="preparing the job…" if job is None else "opening the study…")
-    progress.start()
+                        MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                        TimeElapsedColumn(), console=err)
+    phases = PhaseDisplay(progress, err)
+    phases.phase("prepare", "preparing the job" if job is None else "opening the study", 0)
+    task: TaskID | None = None
     already, stored_best = 0, None  # what the study held before this run
+    evaluations = spec.evaluations + extend
+    progress.start()
 
     def on_start(study: StudyRecord, done: int) -> None:
-        nonlocal already, stored_best
-        already = done
+        nonlocal already, stored_best, evaluations
+        already, evaluations = done, study.evaluations
         if done:
             err.print(f"study {study.name}: continuing from {done} stored trials")
             best = store.best(study.name, top=1)
             stored_best = best[0].objective if best else None
-        progress.update(task, completed=done, total=study.evaluations, best=fmt_obj(stored_best),
-                        doing="starting workers…")
 
-    def on_result(stats, _candidate, _outcome) -> None:
+    def on_result(stats, candidate, _outcome) -> None:
+        nonlocal task
+        if candidate.origin.endswith(":probe"):
+            phases.probe()
+        if task is None:  # the search bar comes after the setup phases
+            phases.phase("search", "searching", 0)  # every setup line is complete
+            task = progress.add_task(spec.study, total=evaluations, completed=already, note="")
         known = [b for b in (stored_best, stats.best) if b is not None]
         progress.update(task, completed=already + stats.completed,
-                        best=fmt_obj(min(known) if known else None), doing="")
+                        note=f"best {fmt_obj(min(known) if known else None)}")
 
     try:
         result = run_job(spec, store, address, on_start=on_start, on_result=on_result,
-                         extend=extend, job=job, switch_to=switch_to)
+                         extend=extend, job=job, switch_to=switch_to, on_phase=phases)
     except BaseException:
         # an error is the run's last word: the bar leaves no line behind it (on a file or pipe
         # Progress.stop prints the bar's final state and a newline, making a one-line error three)

@@ -39,9 +39,10 @@ def uniform(space, label):
 def test_gptq_levels_beat_rtn_levels_and_share_one_hessian_pass(minilm_path, monkeypatch):
     worker, space, _ = make(minilm_path, "embedding_distortion", samples=6)
     passes = []
-    gather = worker._gather_input_stats
-    monkeypatch.setattr(worker, "_gather_input_stats",
-                        lambda hessians: (passes.append(hessians), gather(hessians)))
+    gather = worker.gather_statistics
+    monkeypatch.setattr(worker, "gather_statistics",
+                        lambda names=None, hessians=True: (passes.append(hessians),
+                                                           gather(names, hessians)))
     score = {label: worker.evaluate(uniform(space, label)).objective for label in OPTIONS}
     assert score["int3-g32-asym-gptq"] < score["int3-g32-asym"]
     assert score["int4-ch-sym-gptq"] < score["int4-ch-sym"]

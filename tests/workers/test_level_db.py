@@ -1,0 +1,147 @@
+"""The level database on one worker: batched builds equal per-layer ones, files are reused, bad
+files are rebuilt, write failures are one-line errors."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+
+from mpsearch.spaces import SpaceConfig, build_space
+from mpsearch.workers import level_db
+from mpsearch.workers.calibration import load_texts
+from mpsearch.workers.config import CalibrationConfig, ModelConfig
+from mpsearch.workers.level_build import build_task_, load_stored_, plan_tasks
+from mpsearch.workers.level_db import LevelDatabase, LevelDatabaseError, stored_option
+from mpsearch.workers.model_loading import inspect_model
+from mpsearch.workers.worker import Worker, WorkerSetup
+
+OPTIONS = ["int3-g32-asym-gptq", "int4-g32-asym-gptq", "int4-g32-asym", "int4-g32-asym-clip",
+           "fp16"]
+
+
+def tiny_worker(path: str, level_dir=None, options=OPTIONS) -> Worker:
+    info = inspect_model(ModelConfig(name=path))
+    cfg = SpaceConfig.model_validate({"layers": [{"match": r"layers\.\d+\.", "options": options}]})
+    space = build_space(info.layers, cfg.rules(), (), info.total_params)
+    texts = tuple(load_texts(CalibrationConfig(samples=6, seq_len=24)))
+    setup = WorkerSetup(info.path, info.kind, "kl", texts, 24, threads=1,
+                        level_db=None if level_dir is None else str(level_dir))
+    return Worker(setup, space)
+
+
+def stored_pairs(worker: Worker):
+    return [(layer.name, o) for gene in worker.space.genes for layer in gene.layers
+            for o in gene.options if stored_option(o)]
+
+
+def build_all(worker: Worker, workers: int = 1) -> None:
+    shapes = {n: tuple(w.shape) for n, w in worker.original.items()}
+    for share in plan_tasks(stored_pairs(worker), shapes, workers):
+        for task in share:
+            build_task_(worker, task)
+
+
+def test_a_level_built_in_batches_equals_each_layer_compressed_alone(tiny_llama_path):
+    worker = tiny_worker(tiny_llama_path)
+    build_all(worker, workers=2)
+    pairs = stored_pairs(worker)
+    assert sorted(worker.computed) == sorted((n, o.label) for n, o in pairs)  # each once
+    for name, option in pairs:
+        alone = worker._compress(name, option)  # the registry's per-layer path
+        torch.testing.assert_close(worker.cache.get((name, option)), alone, rtol=0, atol=0)
+    # q, k and v read one input: one Hessian object serves the three
+    block = "model.layers.0.self_attn."
+    assert worker.hessian(block + "q_proj") is worker.hessian(block + "v_proj")
+    assert worker.hessian(block + "q_proj") is not worker.hessian(block + "o_proj")
+
+
+def test_shares_are_whole_blocks_and_cover_every_pair_once(tiny_llama_path):
+    worker = tiny_worker(tiny_llama_path)
+    shapes = {n: tuple(w.shape) for n, w in worker.original.items()}
+    shares = plan_tasks(stored_pairs(worker), shapes, 2)
+    pairs = [[p for t in share for p in t.pairs] for share in shares]
+    assert all(pairs)
+    flat = [p for share in pairs for p in share]
+    assert len(flat) == len(set(flat)) == len(stored_pairs(worker))
+    assert {n.split(".")[2] for n, _ in pairs[0]} == {"0"}
+    assert {n.split(".")[2] for n, _ in pairs[1]} == {"1"}
+
+
+def test_a_second_worker_reads_the_database_and_computes_nothing(tiny_llama_path, tmp_path):
+    first = tiny_worker(tiny_llama_path, tmp_path / "set")
+    build_all(first)
+    first.levels.flush()
+    assert len(first.levels.built()) == len(stored_pairs(first))
+    second = tiny_worker(tiny_llama_path, tmp_path / "set")
+    loaded, rebuilt = load_stored_(second, stored_pairs(second))
+    assert (loaded, rebuilt) == (len(stored_pairs(second)), 0)
+    assert second.computed == []  # nothing recomputed
+    for key in first.cache:
+        if stored_option(key[1]):
+            assert torch.equal(second.cache.get(key), first.cache.get(key))
+
+
+def test_a_corrupted_or_truncated_variant_is_rebuilt_never_used(tiny_llama_path, tmp_path):
+    first = tiny_worker(tiny_llama_path, tmp_path / "set")
+    build_all(first)
+    first.levels.flush()
+    (bad_name, bad_option), (cut_name, cut_option) = stored_pairs(first)[:2]
+    bad = first.levels.path(bad_name, bad_option)
+    raw = bytearray(bad.read_bytes())
+    raw[-5] ^= 0xFF  # one flipped byte in the tensor data
+    bad.write_bytes(bytes(raw))
+    cut = first.levels.path(cut_name, cut_option)
+    cut.write_bytes(cut.read_bytes()[:-100])  # truncated
+    second = tiny_worker(tiny_llama_path, tmp_path / "set")
+    loaded, rebuilt = load_stored_(second, stored_pairs(second))
+    assert rebuilt == 2 and loaded == len(stored_pairs(second)) - 2
+    assert sorted(second.levels.rejected) == sorted([bad, cut])
+    assert sorted(second.computed) == sorted([(bad_name, bad_option.label),
+                                              (cut_name, cut_option.label)])
+    for key in [(bad_name, bad_option), (cut_name, cut_option)]:
+        assert torch.equal(second.cache.get(key), first.cache.get(key))
+    second.levels.flush()  # the rebuilt files are whole again
+    assert LevelDatabase(tmp_path / "set", second.levels.params).load(bad_name, bad_option) \
+        is not None
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_file(tiny_llama_path, tmp_path,
+                                                                    monkeypatch):
+    real_open = open
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "w" in mode and str(path).endswith(".tmp"):
+            def write(_data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            f.write = write
+        return f
+
+    monkeypatch.setattr(level_db, "open", full_disk_open, raising=False)
+    worker = tiny_worker(tiny_llama_path, tmp_path / "set")
+    with pytest.raises(LevelDatabaseError) as info:  # raised by the next write, or the flush
+        build_all(worker)
+        worker.levels.flush()
+    message = str(info.value)
+    assert "disk is full" in message and "\n" not in message
+    assert not list((tmp_path / "set").rglob("*.tmp"))
+    assert not list((tmp_path / "set").rglob("*.safetensors"))
+
+
+def test_an_unwritable_path_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(LevelDatabaseError, match=r"levels\.path: cannot write"):
+        LevelDatabase(blocker / "levels").create({})
+
+
+def test_rtn_variants_stay_in_memory(tiny_llama_path, tmp_path):
+    worker = tiny_worker(tiny_llama_path, tmp_path / "set", ["int4-g32-asym", "int8-ch-sym",
+                                                             "fp16", "nf4"])
+    for name in worker.modules:
+        for option in worker.space.genes[0].options:
+            worker.variant(name, option)
+    worker.levels.flush()
+    assert worker.computed == [] and not list((tmp_path / "set").rglob("*.safetensors"))

@@ -1,0 +1,209 @@
+"""Building the level database on one worker: batched GPTQ over every layer of a shape, loading.
+
+A *build task* is a set of layers and options (:func:`plan_tasks` cuts a worker's share of the
+layers into one task per weight shape, so each task is one batched GPTQ problem). For its GPTQ
+options the task's layers are grouped by the Hessian they read (q/k/v share their input, gate/up
+theirs), each group stacked along rows, the stacks of one shape stacked into a batch; the inverse
+Hessian factors of the batch are computed once and serve every GPTQ option of the task, and
+:func:`~.gptq.gptq_quantize_batch` quantizes the whole batch at once. Other stored options (MSE
+clipping, Wanda) are computed one layer at a time: they have no per-column loop to batch.
+
+Memory: the batch is cut so that the float32 weights of a chunk stay under ``max_weight_bytes``
+and its factors under ``max_factor_bytes``; factors are computed a few Hessians at a time
+(a Cholesky needs about four copies of its matrix).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from mpsearch.spaces.options import QuantOption
+
+from .gptq import dampened_inverse_cholesky, gptq_quantize_batch
+from .level_db import stored_option
+from .registry import HESSIAN, handler_for
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+Pair = tuple[str, QuantOption]
+GIB = 1 << 30
+_BLOCK = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class BuildTask:
+    """Layers of one input width and the stored options to build for them."""
+
+    layers: tuple[str, ...]
+    options: tuple[QuantOption, ...]
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return [(n, o) for o in self.options for n in self.layers]
+
+
+def needs_hessian(option: QuantOption) -> bool:
+    """GPTQ-like: the options whose handler asks for the layer's Hessian (batched here)."""
+    return option.format == "int" and HESSIAN in handler_for(option).statistics(option)
+
+
+def block_of(name: str) -> str:
+    """The block a layer belongs to (its first number: ``model.layers.7.mlp.up_proj`` → 7), or
+    its own name when it has none; a worker's share is made of whole blocks."""
+    m = _BLOCK.search(name)
+    return m.group() if m else name
+
+
+def plan_tasks(pairs: Iterable[Pair], shapes: dict[str, tuple[int, int]], workers: int,
+               owner: Mapping[str, int] | None = None) -> list[list[BuildTask]]:
+    """Divide the stored-option ``pairs`` among ``workers``: whole blocks, dealt round-robin
+    (every block has the same layers, so the shares are even), each share cut into one task per
+    input width and option set (layers reading one input share a width). ``shapes``: layer →
+    (out, in); ``owner``: block → worker, to keep the shares of an earlier plan. Returns one list
+    of tasks per worker (some may be empty)."""
+    wanted: dict[str, list[QuantOption]] = {}
+    for name, option in pairs:
+        if stored_option(option) and option not in wanted.setdefault(name, []):
+            wanted[name].append(option)
+    blocks: dict[str, list[str]] = {}
+    for name in wanted:
+        blocks.setdefault(block_of(name), []).append(name)
+    shares: list[list[str]] = [[] for _ in range(max(workers, 1))]
+    for i, (block, names) in enumerate(blocks.items()):
+        shares[owner[block] if owner is not None else i % len(shares)].extend(names)
+    out = []
+    for share in shares:
+        tasks: dict[tuple, list[str]] = {}
+        for name in share:
+            tasks.setdefault((shapes[name][1], tuple(wanted[name])), []).append(name)
+        out.append([BuildTask(tuple(names), options) for (_, options), names in tasks.items()])
+    return out
+
+
+def statistics_reserve(worker: Worker) -> int:
+    """Device bytes to leave free beside the variant cache for a level build: the layers'
+    Hessians (an upper bound: as if none were shared) and one batch of GPTQ factors."""
+    options = {o for gene in worker.space.genes for o in gene.options}
+    if not any(needs_hessian(o) for o in options) and not worker.setup.proxies:
+        return 0
+    cols = [w.shape[1] for w in worker.original.values()]
+    return sum(4 * c * c for c in cols) + worker.setup.gptq_max_factor_bytes
+
+
+def _stacks(worker: Worker, names: Sequence[str]) -> list[list[str]]:
+    """``names`` grouped by the Hessian they read (one tensor object per shared input)."""
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(id(worker.hessian(name)), []).append(name)
+    return list(groups.values())
+
+
+def _by_shape(worker: Worker, stacks: list[list[str]]) -> list[list[list[str]]]:
+    """Stacks grouped by their stacked shape (rows of the stack × input width) and device (a
+    model spread over several GPUs keeps each layer's statistics on its block's device)."""
+    groups: dict[tuple[int, int, torch.device], list[list[str]]] = {}
+    for stack in stacks:
+        w = worker.original[stack[0]]
+        rows = sum(worker.original[n].shape[0] for n in stack)
+        groups.setdefault((rows, w.shape[1], w.device), []).append(stack)
+    return list(groups.values())
+
+
+def _chunks(stacks: list[list[str]], worker: Worker) -> list[list[list[str]]]:
+    """Stacks of one shape, cut so each chunk's weights and factors fit the setup's limits."""
+    rows = sum(worker.original[n].shape[0] for n in stacks[0])
+    cols = worker.original[stacks[0][0]].shape[1]
+    per_weight, per_factor = 4 * rows * cols, 4 * cols * cols
+    n = max(1, min(worker.setup.gptq_max_weight_bytes // per_weight,
+                   worker.setup.gptq_max_factor_bytes // per_factor))
+    return [stacks[i:i + n] for i in range(0, len(stacks), n)]
+
+
+def _factors(worker: Worker, chunk: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """U and the dead-input mask of each stack's Hessian, a few Hessians at a time."""
+    hs = [worker.hessian(stack[0]) for stack in chunk]
+    d = hs[0].shape[0]
+    U = torch.empty(len(hs), d, d, device=hs[0].device)
+    dead = torch.empty(len(hs), d, dtype=torch.bool, device=hs[0].device)
+    step = max(1, GIB // (4 * d * d))
+    for i in range(0, len(hs), step):
+        U[i:i + step], dead[i:i + step] = dampened_inverse_cholesky(
+            torch.stack(hs[i:i + step]), worker.setup.gptq_percdamp)
+    return U, dead
+
+
+def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption, U: torch.Tensor,
+                dead: torch.Tensor) -> dict[str, torch.Tensor]:
+    W = torch.stack([torch.cat([worker.original[n] for n in stack]) for stack in chunk])
+    mask = None
+    if option.sparse:  # prune as the option says, then GPTQ the survivors (SparseGPT-like)
+        handler = handler_for(option)
+        mask = torch.stack([torch.cat([
+            handler.keep_mask(worker.original[n], option, worker.layer_inputs(n, option))
+            for n in stack]) for stack in chunk])
+    Q = gptq_quantize_batch(W, U, dead, option.bits, option.group_size, option.symmetric,
+                            worker.setup.gptq_block_size, mask)
+    del W
+    out = {}
+    for b, stack in enumerate(chunk):
+        parts = Q[b].split([worker.original[n].shape[0] for n in stack])
+        out.update({n: p.clone() for n, p in zip(stack, parts, strict=True)})
+    return out
+
+
+@torch.inference_mode()
+def build_task_(worker: Worker, task: BuildTask,
+                on_layers: Callable[[QuantOption, int], None] | None = None) -> int:
+    """Compute every variant of ``task`` the worker has not cached; they are kept in its cache
+    and queued for its level database. ``on_layers(option, n)`` follows the progress. Returns
+    how many variants were computed."""
+    todo = [(n, o) for n, o in task.pairs if (n, o) not in worker.cache]
+    done = 0
+    gptq = [o for o in task.options if needs_hessian(o) and any(p[1] == o for p in todo)]
+    if gptq:
+        names = sorted({n for n, o in todo if o in gptq}, key=list(task.layers).index)
+        for chunk in [c for same in _by_shape(worker, _stacks(worker, names))
+                      for c in _chunks(same, worker)]:
+            U, dead = _factors(worker, chunk)
+            for option in gptq:
+                for name, w in _gptq_chunk(worker, chunk, option, U, dead).items():
+                    if (name, option) in todo:
+                        worker.keep_variant(name, option, w)
+                        done += 1
+                if on_layers is not None:
+                    on_layers(option, sum(len(s) for s in chunk))
+            del U, dead
+    for name, option in todo:
+        if option not in gptq:
+            worker.variant(name, option)
+            done += 1
+            if on_layers is not None:
+                on_layers(option, 1)
+    return done
+
+
+def load_stored_(worker: Worker, pairs: Iterable[Pair], threads: int = 8) -> tuple[int, int]:
+    """Read the stored variants of ``pairs`` the worker lacks into its cache, checking each
+    file's checksum; a missing or rejected one is computed again (and stored). Returns
+    (loaded, rebuilt)."""
+    assert worker.levels is not None
+    todo = [(n, o) for n, o in pairs if stored_option(o) and (n, o) not in worker.cache]
+    loaded, again = 0, []
+    for name, option, w in worker.levels.load_many(todo, threads):
+        if w is None:
+            again.append((name, option))
+            continue
+        worker.cache.put((name, option), w.to(worker.device).contiguous())
+        loaded += 1
+    rebuilt = 0
+    if again:
+        shapes = {n: tuple(worker.original[n].shape) for n, _ in again}
+        for task in plan_tasks(again, shapes, 1)[0]:
+            rebuilt += build_task_(worker, task)
+    return loaded, rebuilt

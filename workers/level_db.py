@@ -1,0 +1,299 @@
+"""The level database: compressed weights that are expensive to make, computed once and kept on disk.
+
+A variant (the weight of one layer under one option) that needs calibration statistics or many
+passes over the weight is computed once per model + calibration + option and stored here, so every
+worker of a cluster, every later study on the same model and calibration (``resume``, ``--extend``,
+a new study) and ``apply``/export read it instead of computing it again. Which variants are stored
+(:func:`stored_option`):
+
+- GPTQ integers (``rounding: gptq``): the Hessian of the layer's inputs plus d_col column steps;
+- Wanda pruning (``sparsity_method: wanda``): the activation norms of the calibration inputs;
+- MSE clipping (``clip: true``): 21 trial roundings of every group.
+
+Plain RTN integers, FP8, NVFP4, MXFP4, NF4, fp16 and magnitude pruning stay in memory only: each
+is one elementwise pass over the weight (about a millisecond per 8B layer on a GPU, 0.1 s on a
+CPU core), cheaper than reading the same bytes back from disk, and needs no calibration data.
+
+Layout (docs/level_db.md): under the root (the spec's ``levels.path``, or ``<store>.levels`` beside
+a SQLite store), one *level set* per model + calibration, ``<root>/<set key>/``, with
+``manifest.json`` (what model and calibration made it) and ``build.log`` (one line per variant
+written, with the worker that computed it); one folder per option, ``<set>/<option key>/``, named
+by a fingerprint of the option and its GPTQ parameters, holding ``option.json`` and one
+safetensors file per layer, ``<layer name>.safetensors``, whose header carries the SHA-256 of its
+tensor bytes. A file is written to a temporary name and renamed, so a reader sees a whole file or
+none; one whose checksum does not match (truncated, corrupted) is removed and rebuilt, never used.
+Per-layer proxy errors (Hessian-weighted output error) live beside the variants in
+``<option key>/proxies/<layer name>.json``, for every option (RTN ones included).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from mpsearch.spaces.options import QuantOption
+
+from .errors import WorkerError
+from .registry import needs_calibration
+
+FORMAT_VERSION = 1
+MANIFEST, BUILD_LOG = "manifest.json", "build.log"
+
+
+class LevelDatabaseError(WorkerError):
+    """The level database cannot be written or read (unwritable path, full disk)."""
+
+
+def stored_option(option: QuantOption) -> bool:
+    """Whether ``option``'s variants go to the level database (see the module docstring)."""
+    return needs_calibration(option) or option.clip
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able ``parts``."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_fingerprint(path: str, dtype: str) -> str:
+    """The identity of a model directory: its config and the size and mtime of its weight files
+    (a changed checkpoint gets a new level set), and the dtype it is loaded in."""
+    p = Path(path)
+    parts: list[Any] = [str(p.resolve()) if p.exists() else path, dtype]
+    if p.is_dir():
+        config = p / "config.json"
+        parts.append(config.read_text(encoding="utf-8") if config.is_file() else None)
+        for f in sorted(p.iterdir()):
+            if f.suffix in (".safetensors", ".bin", ".pt"):
+                st = f.stat()
+                parts.append((f.name, st.st_size, st.st_mtime_ns))
+    return fingerprint(*parts)
+
+
+def _one_line(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full (no space left on device)"
+    return exc.strerror or str(exc)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class LevelDatabase:
+    """One level set (one model + calibration) on disk: see the module docstring for the layout.
+
+    Writes are durable once :meth:`flush` returns; :meth:`save` queues them to a background
+    thread (so a search need not wait for the disk), :meth:`save_now` writes at once. Every
+    write failure is a :class:`LevelDatabaseError` with one line naming the path and the cause,
+    raised by the next :meth:`save` or :meth:`flush`.
+    """
+
+    def __init__(self, directory: str | Path, params: Mapping[str, Any] | None = None,
+                 writer: str = "") -> None:
+        """``params``: the computation's parameters that change a variant (GPTQ's dampening and
+        block size), part of each option's key; ``writer``: who is writing, for ``build.log``."""
+        self.dir = Path(directory)
+        self.params = dict(params or {})
+        self.writer = writer
+        self.rejected: list[Path] = []  # files that failed their checksum (removed, rebuilt)
+        self._queue: queue.Queue[tuple[str, QuantOption, torch.Tensor] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: LevelDatabaseError | None = None
+
+    # -- where things are ---------------------------------------------------------------------
+    def option_key(self, option: QuantOption) -> str:
+        used = self.params if option.rounding == "gptq" else {}
+        return f"{option.label}-{fingerprint(repr(option), used)[:8]}"
+
+    def path(self, name: str, option: QuantOption) -> Path:
+        return self.dir / self.option_key(option) / f"{name}.safetensors"
+
+    def has(self, name: str, option: QuantOption) -> bool:
+        return self.path(name, option).is_file()
+
+    def missing(self, pairs: Iterable[tuple[str, QuantOption]]) -> list[tuple[str, QuantOption]]:
+        return [(n, o) for n, o in pairs if stored_option(o) and not self.has(n, o)]
+
+    def create(self, manifest: Mapping[str, Any]) -> None:
+        """Make the level set's folder and its manifest; an unwritable path is a one-line error."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            target = self.dir / MANIFEST
+            if not target.is_file():
+                body = {"format_version": FORMAT_VERSION, **manifest}
+                _write_bytes(target, json.dumps(body, indent=1, default=str).encode())
+            probe = self.dir / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise LevelDatabaseError(f"levels.path: cannot write the level database at "
+                                     f"{self.dir}: {_one_line(exc)}; name a writable directory "
+                                     "in the spec's levels.path") from None
+
+    def manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.dir / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    # -- writing ------------------------------------------------------------------------------
+    def _encode(self, name: str, option: QuantOption, weight: torch.Tensor) -> tuple[bytes, str]:
+        w = weight.detach().contiguous().cpu()
+        # one tensor: the file's data section is exactly its bytes
+        digest = hashlib.sha256(memoryview(w.view(torch.uint8).reshape(-1).numpy())).hexdigest()
+        meta = {"sha256": digest, "layer": name, "option": option.label,
+                "format_version": str(FORMAT_VERSION)}
+        return save_safetensors({"weight": w}, metadata=meta), digest
+
+    def _write(self, path: Path, name: str, option: QuantOption, weight: torch.Tensor) -> None:
+        try:
+            folder = path.parent
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                _write_bytes(folder / "option.json", json.dumps(
+                    {"option": option.label, "repr": repr(option), "params": self.params}).encode())
+            data, digest = self._encode(name, option, weight)
+            _write_bytes(path, data)
+            with open(self.dir / BUILD_LOG, "a", encoding="utf-8") as log:
+                log.write(f"{time.time():.3f}\t{self.writer}\t{option.label}\t{name}\t{digest}\n")
+        except OSError as exc:
+            raise LevelDatabaseError(f"level database: cannot write {path}: {_one_line(exc)}"
+                                     ) from None
+
+    def save_now(self, name: str, option: QuantOption, weight: torch.Tensor) -> None:
+        self._write(self.path(name, option), name, option, weight)
+
+    def save(self, name: str, option: QuantOption, weight: torch.Tensor) -> None:
+        """Queue ``weight`` to be written in the background (it must not change afterwards)."""
+        self._raise_pending()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="level-db-writer",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put((name, option, weight))
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                name, option, weight = item
+                if self._error is None:
+                    self._write(self.path(name, option), name, option, weight)
+            except LevelDatabaseError as exc:
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def flush(self) -> None:
+        """Wait until every queued write is on disk; raises the first write's failure."""
+        if self._thread is not None:
+            self._queue.join()
+        self._raise_pending()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    # -- reading ------------------------------------------------------------------------------
+    def load(self, name: str, option: QuantOption,
+             device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """The stored variant, checked against its checksum; None when absent or rejected
+        (a rejected file is removed and listed in :attr:`rejected`, so it is built again)."""
+        path = self.path(name, option)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LevelDatabaseError(f"level database: cannot read {path}: {_one_line(exc)}"
+                                     ) from None
+        weight = _verified(raw, name)
+        if weight is None:
+            self.rejected.append(path)
+            path.unlink(missing_ok=True)
+            return None
+        return weight.to(device)
+
+    def load_many(self, pairs: Iterable[tuple[str, QuantOption]], threads: int = 8
+                  ) -> Iterable[tuple[str, QuantOption, torch.Tensor | None]]:
+        """:meth:`load` of each pair (on the CPU), reading and checking files in ``threads``
+        threads (file reads and SHA-256 release the GIL), yielded in order."""
+        pairs = list(pairs)
+        with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+            for (name, option), weight in zip(pairs, pool.map(lambda p: self.load(*p), pairs),
+                                              strict=True):
+                yield name, option, weight
+
+    # -- proxies ------------------------------------------------------------------------------
+    def _proxy_path(self, name: str, option: QuantOption) -> Path:
+        return self.dir / self.option_key(option) / "proxies" / f"{name}.json"
+
+    def save_proxy(self, name: str, option: QuantOption, values: Mapping[str, float]) -> None:
+        path = self._proxy_path(name, option)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_bytes(path, json.dumps(dict(values)).encode())
+        except OSError as exc:
+            raise LevelDatabaseError(f"level database: cannot write {path}: {_one_line(exc)}"
+                                     ) from None
+
+    def load_proxy(self, name: str, option: QuantOption) -> dict[str, float] | None:
+        try:
+            values = json.loads(self._proxy_path(name, option).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return values if isinstance(values, dict) else None
+
+    def built(self) -> list[tuple[str, str, str]]:
+        """(writer, option label, layer) of every variant written, from ``build.log``."""
+        try:
+            lines = (self.dir / BUILD_LOG).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return []
+        return [(f[1], f[2], f[3]) for f in (ln.split("\t") for ln in lines) if len(f) >= 4]
+
+
+def _verified(raw: bytes, name: str) -> torch.Tensor | None:
+    """The weight of a stored file, or None when it is truncated, corrupted or another layer's."""
+    try:
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        meta = header.get("__metadata__") or {}
+        if meta.get("layer") != name:
+            return None
+        if hashlib.sha256(raw[8 + n:]).hexdigest() != meta.get("sha256"):
+            return None
+        return load_safetensors(raw)["weight"]
+    except (ValueError, KeyError, SafetensorError, UnicodeDecodeError):
+        return None
