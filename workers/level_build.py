@@ -199,7 +199,7 @@ def load_stored_(worker: Worker, pairs: Iterable[Pair], threads: int = 8) -> tup
         if w is None:
             again.append((name, option))
             continue
-        worker.cache.put((name, option), w.to(worker.device).contiguous())
+        worker.cache.put((name, option), w.to(worker.original[name].device).contiguous())
         loaded += 1
     rebuilt = 0
     if again:

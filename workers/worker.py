@@ -296,7 +296,7 @@ class Worker:
         key = (name, option)
         if key not in self.cache:
             stored = self.levels is not None and stored_option(option)
-            w = self.levels.load(name, option, self.device) if stored else None  # type: ignore[union-attr]
+            w = self.levels.load(name, option, self.original[name].device) if stored else None  # type: ignore[union-attr]
             if w is None:
                 with torch.inference_mode():
                     w = self._compress(name, option)
