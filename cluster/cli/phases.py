@@ -1,5 +1,5 @@
 """The setup phases of ``mpsearch run`` on the terminal: one progress line per phase, then the
-search bar; on a file or a pipe, one line when a phase starts and one when it ends, no bars."""
+search bar; on a file or a pipe, one line when a phase ends (its count and seconds), no bars."""
 
 from __future__ import annotations
 
@@ -36,9 +36,6 @@ class PhaseDisplay:
         # on a file, the phases are plain lines: no bar of theirs in the final render
         self.tasks[key] = self.progress.add_task(text, total=total or None, note="",
                                                  visible=self.live)
-        if not self.live:
-            self.console.print(f"{text}: started ({total} to do)" if total else f"{text}: started",
-                               highlight=False)
 
     def advance(self, key: str, n: int = 1) -> None:
         if key in self.tasks:
@@ -53,7 +50,10 @@ class PhaseDisplay:
         self.progress.update(self.tasks[key], completed=task.total or task.completed,
                              note=f"{seconds:.1f} s")
         if not self.live:  # phases overlap: the time is since the phase was announced
-            self.console.print(f"{self.texts[key]}: done ({seconds:.1f} s)", highlight=False)
+            count = f"{int(task.total or task.completed)}, " if (task.total or
+                                                                 task.completed) else ""
+            self.console.print(f"{self.texts[key]}: done ({count}{seconds:.1f} s)",
+                               highlight=False)
 
     def probe(self) -> None:
         """One more profile probe was scored."""
