@@ -4,7 +4,8 @@
     python bench/setup_time.py                                               # CPU, llama-tiny
 
 The model is built from a config with random weights on the device (nothing that big is
-downloaded or carried), saved beside the run with MiniLM's tokenizer, and scored with next-token
+downloaded or carried), saved beside the run with a tokenizer trained on the standard-library
+corpus (so nothing but the project is needed), and scored with next-token
 KL on a calibration file of ``--samples`` lines of ``--seq-len`` tokens (standard-library prose).
 The space is the issue's: q/k/v and gate/up tied within each block, options
 int3-g128-asym-gptq, int4-g128-asym-gptq, int4-g128-asym, int8-g128-asym, fp16, searched by the
@@ -29,7 +30,6 @@ import gc
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -49,7 +49,7 @@ from mpsearch.workers.calibration import load_texts, stdlib_texts
 from mpsearch.workers.config import CalibrationConfig
 from mpsearch.workers.layers import discover_layers
 from mpsearch.workers.level_build import build_task_, plan_tasks
-from mpsearch.workers.model_loading import load_tokenizer, resolve_model_path
+from mpsearch.workers.model_loading import load_tokenizer
 from mpsearch.workers.variant_cache import VariantCache
 from mpsearch.workers.worker import Worker, WorkerSetup
 
@@ -58,7 +58,7 @@ from worker_throughput import sync, timed  # noqa: E402  (a sibling script, not 
 
 LLAMA = {  # name: (hidden, layers, intermediate, heads, kv heads, vocab)
     "llama-8b": (4096, 32, 14336, 32, 8, 128256),
-    "llama-tiny": (256, 2, 768, 8, 2, 30522),  # MiniLM's vocabulary: its tokenizer is used
+    "llama-tiny": (256, 2, 768, 8, 2, 4000),
 }
 OPTIONS = ["int3-g128-asym-gptq", "int4-g128-asym-gptq", "int4-g128-asym", "int8-g128-asym",
            "fp16"]
@@ -91,10 +91,23 @@ def build_model(args, work: Path) -> torch.nn.Module:
         torch.set_default_dtype(default)
     model.config.architectures = ["LlamaForCausalLM"]
     model.save_pretrained(work / "model")
-    minilm = Path(resolve_model_path("minilm"))
-    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm / f, work / "model" / f)
+    save_tokenizer(work / "model", min(vocab, 32000))
     return model
+
+
+def save_tokenizer(folder: Path, vocab: int) -> None:
+    """A word-piece tokenizer trained on the standard-library corpus (no download, no package:
+    the GPU machine has neither), saved as a transformers tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(stdlib_texts(), trainers.WordPieceTrainer(
+        vocab_size=vocab, special_tokens=["[PAD]", "[UNK]"]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]"
+                            ).save_pretrained(folder)
 
 
 def write_calibration(path: Path, tokenizer, samples: int, seq_len: int) -> None:
