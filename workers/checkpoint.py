@@ -10,6 +10,7 @@ options.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 PLAN_FILE = "mpsearch_plan.json"  # the plan, copied beside the weights it produced
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 
 
 class CheckpointError(WorkerError):
@@ -60,6 +62,22 @@ def _prepare_out(out_dir: str | Path) -> Path:
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint to {out}: {exc.strerror or exc}") from None
     return out
+
+
+def _copy_side_files(source: str, out: Path) -> None:
+    """Everything in the model directory but its weights and config: sentence-transformers'
+    modules (``modules.json``, ``1_Pooling/``, ``2_Normalize/``), READMEs, tokenizer files."""
+    src = Path(source)
+    if not src.is_dir():
+        return
+    for item in src.iterdir():
+        if item.name == "config.json" or item.name.endswith(WEIGHT_FILES) or \
+                item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, out / item.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, out / item.name)
 
 
 def weights_only_setup(model_path: str, kind: str, dtype: str = "float32") -> WorkerSetup:
@@ -117,6 +135,7 @@ def write_checkpoint(model: str, options: Mapping[str, QuantOption], out_dir: st
         setup = weights_only_setup(info.path, info.kind, dtype)
     loaded = cast("PreTrainedModel", plan_worker(setup, options).model.cpu())
     try:
+        _copy_side_files(info.path, out)  # sentence-transformers' modules, READMEs
         loaded.save_pretrained(out)
         AutoTokenizer.from_pretrained(info.path).save_pretrained(out)
         if plan is not None:

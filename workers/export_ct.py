@@ -34,7 +34,14 @@ from torch import nn
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.runtime import fused_conflicts, refusal
 
-from .checkpoint import PLAN_FILE, CheckpointError, _planned_modules, _prepare_out, plan_worker
+from .checkpoint import (
+    PLAN_FILE,
+    CheckpointError,
+    _copy_side_files,
+    _planned_modules,
+    _prepare_out,
+    plan_worker,
+)
 from .layers import oriented_shape
 from .registry import Encoded, FormatError, handler_for
 from .worker import WorkerSetup
@@ -42,7 +49,6 @@ from .worker import WorkerSetup
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 
 
 class ExportError(CheckpointError):
@@ -208,22 +214,6 @@ def _shapes_model(setup: WorkerSetup) -> nn.Module:
     config = AutoConfig.from_pretrained(setup.model_path)
     with torch.device("meta"):
         return _auto_class(setup.kind).from_config(config)
-
-
-def _copy_side_files(source: str, out: Path) -> None:
-    """Everything in the model directory but its weights and config: sentence-transformers'
-    modules (``modules.json``, ``1_Pooling/``, ``2_Normalize/``), READMEs, tokenizer files."""
-    src = Path(source)
-    if not src.is_dir():
-        return
-    for item in src.iterdir():
-        if item.name == "config.json" or item.name.endswith(WEIGHT_FILES) or \
-                item.name.startswith("."):
-            continue
-        if item.is_dir():
-            shutil.copytree(item, out / item.name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(item, out / item.name)
 
 
 def weight_bytes(directory: str | Path) -> int:

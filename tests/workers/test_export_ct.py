@@ -122,3 +122,16 @@ def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_
     (tmp_path / "full" / "f").write_text("")
     with pytest.raises(CheckpointError, match="not an empty directory"):
         export_compressed_tensors(setup, {layer: parse_option("int4-g32-sym")}, tmp_path / "full")
+
+
+def test_dense_checkpoint_of_an_encoder_keeps_its_sentence_transformers_modules(minilm_path,
+                                                                                tmp_path):
+    from mpsearch.workers.checkpoint import write_checkpoint
+
+    out = write_checkpoint(minilm_path, {"encoder.layer.0.attention.self.query":
+                                         parse_option("int4-g32-asym")}, tmp_path / "dense")
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling",
+                                                               "Normalize"]
+    assert (out / "1_Pooling" / "config.json").is_file()
+    assert (out / "sentence_bert_config.json").is_file()
