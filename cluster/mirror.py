@@ -10,10 +10,11 @@ for any run). It runs behind :class:`~mpsearch.searcher.known.KnownResultsSearch
 already stored is evaluated again. A later resume replays only the trials the current strategy
 proposed, after telling it the earlier ones again.
 
-**Mirroring.** The driver brings the mirror up to the store when a session starts, after a
-flush at most every ``every`` seconds, and when it ends; every command that opens a study does
-the same (:func:`sync_mirror`). A mirror that cannot be written never stops a search: the store
-has the trials, and the next command rebuilds the mirror from it.
+**Mirroring.** The driver brings the mirror up to the store when a session starts (a deleted or
+edited mirror is rebuilt there), in a thread of its own after commits (at most every ``every``
+seconds), and when it ends (:class:`SessionMirror`); the commands that open one study for more
+than a glance do the same (:func:`sync_mirror`, see ``cli/optuna.py``). A mirror that cannot be
+written never stops a search: the store has the trials, and the next command rebuilds it.
 """
 
 from __future__ import annotations
