@@ -9,8 +9,9 @@ Two phases, each reported for every worker count and as speed-ups over the first
 - ``cold``: for each count, new workers; every worker's variant cache filled (each uniform option
   once, so quantizing is not timed), then timed at once: what a freshly started machine gives
   when nothing else is done (its first GPU kernels, clocks and allocations fall in the timing);
-- ``warm``: one pool of max(N) workers; every worker's cache filled (and the level database
-  built, ``--level-db``), then ``--warmup`` untimed evaluations on every worker; then each count
+- ``warm``: one pool of max(N) workers; the level database built across them and read by each
+  (``--level-db DIR``, the driver's setup phases), every worker's cache filled, then
+  ``--warmup`` untimed evaluations on every worker; then each count
   is timed on the first workers of the same pool, so every count meets the same warmed
   processes and GPUs and the speed-up is the parallelism alone.
 
@@ -21,10 +22,12 @@ device and materialised with random weights block by block on the devices its pl
 loop. Prints the placement per device, evaluations per second, the ratio of an evaluation to a
 plain forward pass over the same tokens, and the memory of each device.
 
-    python bench/gpu_scaling.py --tokenizer DIR --gpus 1 2                # nvidia-h200-x2
-    python bench/gpu_scaling.py --tokenizer DIR --big --big-gpus 2        # nvidia-h200-x2
-    python bench/gpu_scaling.py --model PATH --device cpu --gpus 1 2      # the loop on CPUs
-    python bench/gpu_scaling.py --tokenizer DIR --big --shape tiny --device cpu   # the big path
+    python bench/gpu_scaling.py --gpus 1 2 [--level-db DIR]             # nvidia-h200-x2
+    python bench/gpu_scaling.py --big --big-gpus 2                      # nvidia-h200-x2
+    python bench/gpu_scaling.py --model PATH --device cpu --gpus 1 2    # the loop on CPUs
+    python bench/gpu_scaling.py --big --shape tiny --device cpu         # the big path on CPUs
+
+Without ``--tokenizer DIR`` a word-piece tokenizer is trained on the built-in corpus.
 """
 
 from __future__ import annotations
@@ -74,13 +77,20 @@ def llama_config(shape: str):
                        dtype="bfloat16", architectures=["LlamaForCausalLM"])
 
 
-def copy_tokenizer(tokenizer: Path, out: Path) -> None:
+def copy_tokenizer(tokenizer: Path | None, out: Path) -> None:
+    """The tokenizer files of ``tokenizer``, or (None) a word-piece tokenizer trained on the
+    standard-library corpus (bench/setup_time.py's: the GPU machine has no tokenizer to copy)."""
+    if tokenizer is None:
+        from setup_time import save_tokenizer  # bench/ is on the path of a bench script
+
+        save_tokenizer(out, 32000)
+        return
     for f in tokenizer.iterdir():
         if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
             shutil.copy(f, out / f.name)
 
 
-def build_llama_1b(out: Path, tokenizer: Path) -> str:
+def build_llama_1b(out: Path, tokenizer: Path | None) -> str:
     """Save a Llama of TinyLlama's shape (hidden 2048, 22 layers) with random bf16 weights."""
     import torch
     from transformers import LlamaForCausalLM
@@ -93,7 +103,7 @@ def build_llama_1b(out: Path, tokenizer: Path) -> str:
     return str(out)
 
 
-def config_only(shape: str, out: Path, tokenizer: Path) -> str:
+def config_only(shape: str, out: Path, tokenizer: Path | None) -> str:
     """A model directory with a config and a tokenizer and no weights (random at load)."""
     out.mkdir(parents=True, exist_ok=True)
     llama_config(shape).save_pretrained(out)
@@ -197,7 +207,15 @@ def scaling(args: argparse.Namespace, setup: WorkerSetup, space: SearchSpace,
         top = max(args.gpus)
         t0 = time.perf_counter()
         pool = RayExecutor(setup, space, top, cpus=cpus, gpus=gpus, depth=args.depth)
-        on_every_worker(pool, uniform, top)  # caches (and the level database) filled
+        if args.level_db:  # built across the workers once, then read by each
+            from mpsearch.cluster.warmup import set_up_workers
+            from mpsearch.workers.worker import level_database
+
+            set_up_workers(pool, space, level_database(setup),
+                           {"model": setup.model_path, "dtype": setup.dtype,
+                            "bench": "gpu_scaling", "samples": args.samples,
+                            "seq_len": args.seq_len})
+        on_every_worker(pool, uniform, top)  # caches filled (from the level database, if any)
         warmup = RandomSearcher(space, budget, seed=10_000).ask(args.warmup)
         on_every_worker(pool, warmup, top)
         print(f"warm pool of {top}: started, caches filled and {args.warmup} evaluations per "
@@ -261,7 +279,8 @@ def big(args: argparse.Namespace, setup: WorkerSetup, space: SearchSpace,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model directory (default: build the Llama of --shape)")
-    ap.add_argument("--tokenizer", type=Path, help="directory with tokenizer files for it")
+    ap.add_argument("--tokenizer", type=Path,
+                    help="directory with tokenizer files for it (default: train one)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2], help="worker counts")
     ap.add_argument("--phases", nargs="+", default=["cold", "warm"], choices=["cold", "warm"])
@@ -285,8 +304,6 @@ def main() -> None:
     shape = args.shape or ("80b" if args.big else "1b")
     if args.model:
         path = args.model
-    elif args.tokenizer is None:
-        ap.error("--tokenizer DIR is needed to build a model (or give --model)")
     elif args.big:
         path = config_only(shape, tmp / f"llama-{shape}", args.tokenizer)
     else:
@@ -301,9 +318,7 @@ def main() -> None:
                         args.seq_len, batch_size=1, dtype=args.dtype, device=args.device,
                         threads=1 if args.device == "cpu" else 4)
     if args.level_db:
-        if "level_db" not in {f.name for f in dataclasses.fields(WorkerSetup)}:
-            ap.error("--level-db: this checkout's workers have no level database")
-        setup = dataclasses.replace(setup, level_db=args.level_db)  # type: ignore[call-arg]
+        setup = dataclasses.replace(setup, level_db=args.level_db)
     use_gpu = args.device == "cuda"
     count = args.big_gpus if args.big else max(args.gpus)
     connect(None, num_cpus=(8 if args.big else 4) * count + 2 if use_gpu else count + 1,
