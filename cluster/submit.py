@@ -79,7 +79,7 @@ def spec_data(spec_path: str | Path) -> dict[str, Any]:
     path = Path(spec_path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):  # ValueError: not UTF-8, NUL
         raw = None
     if not isinstance(raw, dict):
         load_spec(path)  # raises the precise one-line error

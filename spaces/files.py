@@ -20,6 +20,8 @@ def read_text_file(path: Path, what: str, error: type[MpsearchError]) -> str:
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise error(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise error(f"{str(path)!r}: cannot read {what}: {exc}") from None
     if len(data) > MAX_FILE_BYTES:
         raise error(f"{path}: {what} is larger than {MAX_FILE_BYTES >> 20} MiB")
     try:

@@ -58,7 +58,8 @@ def write_parquet(study: StudyRecord, trials: list[TrialRecord], out: str | Path
     path = Path(out)
     table = trials_table(study, trials)
     try:
-        pq.write_table(table, path)
+        with path.open("wb") as f:  # a file, not a URI: pyarrow reads "s3://..." or "http:..." as one
+            pq.write_table(table, f)
     except OSError as exc:
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

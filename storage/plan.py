@@ -139,6 +139,8 @@ def read_plan(source: str | Path) -> Plan:
         raise PlanError(f"cannot read plan {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PlanError(f"{path}: not JSON ({exc}); pass a file written by `mpsearch export`") from None
+    except (ValueError, RecursionError) as exc:  # a NUL in the path; JSON nested too deeply
+        raise PlanError(f"cannot read plan {str(path)!r}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise PlanError(f"{path}: not an mpsearch plan (no \"format\": \"{PLAN_FORMAT}\"); "
                         "pass a file written by `mpsearch export`")

@@ -61,16 +61,22 @@ def main() -> None:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err.print(Text.assemble(("error: ", "bold red"), " ".join(text.split()), hint),
+        err.print(Text.assemble(("error: ", "bold red"), one_line(" ".join(text.split())), hint),
                   soft_wrap=True, highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
     except typer.Abort:
         err.print("error: aborted")
         sys.exit(1)
     except MpsearchError as exc:
-        err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        err.print(Text.assemble(("error: ", "bold red"), one_line(str(exc))), soft_wrap=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that would break or garble the line (newlines, control
+    and separator characters from a hostile input) written as its escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class _LineHandler(logging.Handler):

@@ -108,13 +108,15 @@ def spec_fields(model: str):
         "version": value_or_junk(st.sampled_from([1, 2])),
         "study": value_or_junk(st.sampled_from(["fz", "a.b-c_d", "", "../x", "é"])),
         "model": value_or_junk(section({}, optional={
-            "name": value_or_junk(st.sampled_from([model, "minilm", "no/such/model", "./none"])),
+            "name": value_or_junk(st.sampled_from([model, "minilm", "no/such/model", "./none",
+                                                   "nul\x00model", "/"])),
             "kind": value_or_junk(st.sampled_from(["auto", "causal-lm", "encoder", "x"])),
             "dtype": value_or_junk(st.sampled_from(["float32", "bfloat16", "int8"])),
             "device": value_or_junk(st.sampled_from(["cpu", "cuda", "tpu"]))})),
         "calibration": value_or_junk(section({}, optional={
             "source": value_or_junk(st.sampled_from(["stdlib-docs", "calib.txt", "bad.txt",
-                                                     "calib.jsonl", "missing.txt", "/"])),
+                                                     "calib.jsonl", "missing.txt", "/",
+                                                     "nul\x00.txt"])),
             "samples": value_or_junk(NUMBERS), "seq_len": value_or_junk(NUMBERS),
             "offset": value_or_junk(NUMBERS), "batch_size": value_or_junk(NUMBERS),
             "text_field": value_or_junk(TEXT)})),
@@ -129,7 +131,7 @@ def spec_fields(model: str):
                                                       "total_bytes": value_or_junk(NUMBERS)})),
         "objective": value_or_junk(st.sampled_from(
             ["auto", "kl", "embedding_distortion", "os:system", "builtins:eval", "loss.py:mse",
-             "loss.py:nope", "missing.py:f", "not-registered"])),
+             "loss.py:nope", "missing.py:f", "not-registered", "nul\x00.py:f", "/:f"])),
         "kl_top_k": value_or_junk(NUMBERS),
         "searcher": value_or_junk(section({}, optional={
             "name": value_or_junk(st.sampled_from(["evolutionary", "optuna", "random", "uniform",
@@ -218,7 +220,7 @@ VALUES = st.one_of(
                      "plan.json", "bad.txt", "out.parquet", "out.html", "out.json", "/",
                      "env:NOPE", "http://127.0.0.1:1", "127.0.0.1:1", "optuna", "evolutionary",
                      '{"offspring": 4}', "{", "compressed-tensors", "gguf", "x" * 300]),
-    st.text(max_size=10))
+    st.text(max_size=10).filter(lambda v: "\x00" not in v))  # no OS passes a NUL in argv
 
 
 def argument_lists(name: str, command):
