@@ -80,6 +80,29 @@ def _copy_side_files(source: str, out: Path) -> None:
             shutil.copy2(item, out / item.name)
 
 
+def check_plan_shapes(model_path: str, kind: str,
+                      shapes: Mapping[str, tuple[int, int]]) -> None:
+    """:class:`CheckpointError` unless every layer of ``shapes`` (name → (out, in), as the plan
+    records them) exists in the model with that shape: a plan made for another model is refused
+    before anything is written. Reads the config only (the model on the meta device)."""
+    from transformers import AutoConfig
+
+    from .model_loading import _auto_class
+
+    with torch.device("meta"):
+        model = _auto_class(kind).from_config(AutoConfig.from_pretrained(model_path))
+    modules = quantizable_modules(model)
+    for name, shape in shapes.items():
+        if name not in modules:
+            raise CheckpointError(f"the model has no quantizable layer {name!r}; the plan was "
+                                  "made for another model (pass it with --model)")
+        if oriented_shape(modules[name]) != tuple(shape):
+            out_f, in_f = oriented_shape(modules[name])
+            raise CheckpointError(f"layer {name} is {out_f}×{in_f} in {model_path}, the plan's "
+                                  f"is {shape[0]}×{shape[1]}: the plan was made for another "
+                                  "model (pass it with --model)")
+
+
 def weights_only_setup(model_path: str, kind: str, dtype: str = "float32") -> WorkerSetup:
     """A worker setup without calibration samples: enough to apply options whose handlers need
     no statistics (a worker on it refuses GPTQ and Wanda options, naming the layer)."""

@@ -263,6 +263,7 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
     """The plan's checkpoint in ``format`` (dense, compressed-tensors or gguf), re-scored if
     asked (a GGUF file through transformers' GGUF loader)."""
     from mpsearch.workers.checkpoint import (
+        check_plan_shapes,
         needs_calibration,
         rescore_checkpoint,
         weights_only_setup,
@@ -280,6 +281,12 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
         raise MpsearchError(f"{plan.source}: the plan names no model; pass --model PATH")
     if verify and scoring.calibration is None:
         raise MpsearchError(f"{plan.source}: the plan records no calibration; cannot --verify")
+    shapes = {layer["name"]: (layer["out_features"], layer["in_features"])
+              for layer in plan.data["layers"] if "in_features" in layer and "out_features" in layer}
+    from mpsearch.workers.config import ModelConfig
+
+    info = inspect_model(ModelConfig(name=source, kind=scoring.kind))
+    check_plan_shapes(info.path, info.kind, shapes)
     calibrated = any(needs_calibration(o) for o in plan.options.values())
     setup = _scoring_setup(scoring, source) if scoring.calibration and (calibrated or verify) \
         else None

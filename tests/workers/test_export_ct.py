@@ -135,3 +135,15 @@ def test_dense_checkpoint_of_an_encoder_keeps_its_sentence_transformers_modules(
                                                                "Normalize"]
     assert (out / "1_Pooling" / "config.json").is_file()
     assert (out / "sentence_bert_config.json").is_file()
+
+
+def test_a_plan_for_another_model_is_refused_by_its_shapes(tiny_llama_path):
+    from mpsearch.workers.checkpoint import check_plan_shapes
+
+    up = "model.layers.0.mlp.up_proj"
+    check_plan_shapes(tiny_llama_path, "causal-lm", {up: (128, 64)})
+    with pytest.raises(CheckpointError, match=f"layer {up} is 128×64 in .*, the plan's is "
+                                              "256×64: the plan was made for another model"):
+        check_plan_shapes(tiny_llama_path, "causal-lm", {up: (256, 64)})
+    with pytest.raises(CheckpointError, match="no quantizable layer 'transformer.h.0.mlp.c_fc'"):
+        check_plan_shapes(tiny_llama_path, "causal-lm", {"transformer.h.0.mlp.c_fc": (256, 64)})
