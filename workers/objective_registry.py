@@ -26,6 +26,9 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
+from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.files import read_text_file
+
 from .errors import WorkerError
 
 BUILTIN_OBJECTIVES = ("auto", "kl", "embedding_distortion")
@@ -67,9 +70,9 @@ def _check_file_function(path: Path, name: str, value: str) -> str:
     if not name.isidentifier():
         raise ValueError(f"objective {value!r}: {name!r} is not a function name")
     try:
-        source = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"objective {value!r}: cannot read {path}: {exc.strerror or exc}") from None
+        source = read_text_file(path, "objective file", SpecError)
+    except SpecError as exc:  # unreadable, or not UTF-8 (the message names the byte offset)
+        raise ValueError(f"objective {value!r}: {exc}") from None
     try:
         tree = ast.parse(source, filename=str(path))
     except (SyntaxError, ValueError) as exc:  # ValueError: null bytes

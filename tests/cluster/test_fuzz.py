@@ -13,7 +13,8 @@ for ``profile``'s measuring and the Jobs API client. ``--verify`` and ``--wait``
 (they start processes and wait on a cluster; their own tests cover them). The figures (examples,
 distinct errors, tracebacks) are printed at the end of each test (``pytest -s``).
 
-``MPSEARCH_FUZZ_EXAMPLES`` sets the examples per test (CI: the default, bounded).
+``MPSEARCH_FUZZ_EXAMPLES`` sets the examples per test (CI: the default, 60, bounded; a
+derandomized run, so CI sees the same inputs each time). 1,500 per test ran clean here.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("MPSEARCH_FUZZ_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("MPSEARCH_FUZZ_EXAMPLES", "60"))  # per test; about 40 s for both
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])

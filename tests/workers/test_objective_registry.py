@@ -44,6 +44,9 @@ def test_a_file_objective_is_checked_without_running_the_file(tmp_path):
 def test_a_file_objective_that_is_not_python_or_missing_is_refused(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_bytes(b"def f(a, b, c):\n  return \xff\n")
+    with pytest.raises(SpecError, match="not UTF-8 text: byte 0xff at offset 25"):
+        spec(f"{bad}:f")
+    bad.write_text("def f(a, b, c):\n  return (\n")
     with pytest.raises(SpecError, match="not valid Python"):
         spec(f"{bad}:f")
     with pytest.raises(SpecError, match="cannot read"):
