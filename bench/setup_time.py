@@ -230,6 +230,8 @@ def in_process(args, model: torch.nn.Module, work: Path, results: dict, out: Pat
             r["per_layer_check"] = per_layer_check(worker, option)
             log(f"  batched vs per layer: {json.dumps(r['per_layer_check'])}", results, out)
     worker.release_statistics()
+    if "ratio" in args.skip:
+        return
     spilled = VariantCache(device, 0)  # every variant in pinned host memory
     start = time.perf_counter()
     for key in list(worker.cache):
@@ -307,7 +309,8 @@ def main() -> None:
                    "(default: a fresh one under /tmp)")
     p.add_argument("--out", default=".", help="where setup_time.json goes")
     p.add_argument("--cli-timeout", type=float, default=400.0)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: inprocess,cli")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: inprocess, ratio "
+                   "(the spilled evaluation ratio), cli")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     out = Path(args.out)

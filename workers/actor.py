@@ -93,8 +93,10 @@ class WorkerActor:
         every stored-kind variant this worker computed."""
         worker = self.worker
         worker.release_statistics()
-        if wait and worker.levels is not None:
-            worker.levels.flush()
+        if worker.levels is not None:
+            worker.levels.start_writing()
+            if wait:
+                worker.levels.flush()
         return list(worker.computed)
 
     def load_stored(self, pairs: list[tuple[str, QuantOption]]) -> tuple[int, int]:

@@ -9,8 +9,7 @@ Hessian factors of the batch are computed once and serve every GPTQ option of th
 clipping, Wanda) are computed one layer at a time: they have no per-column loop to batch.
 
 Memory: the batch is cut so that the float32 weights of a chunk stay under ``max_weight_bytes``
-and its factors under ``max_factor_bytes``; factors are computed a few Hessians at a time
-(a Cholesky needs about four copies of its matrix).
+and its factors under ``max_factor_bytes``; factors are computed one Hessian at a time.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 Pair = tuple[str, QuantOption]
-GIB = 1 << 30
 _BLOCK = re.compile(r"\d+")
 
 
@@ -126,15 +124,15 @@ def _chunks(stacks: list[list[str]], worker: Worker) -> list[list[list[str]]]:
 
 
 def _factors(worker: Worker, chunk: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """U and the dead-input mask of each stack's Hessian, a few Hessians at a time."""
+    """U and the dead-input mask of each stack's Hessian, one Hessian at a time: a batched
+    Cholesky rounds differently on a GPU, and GPTQ's error feedback would turn that into other
+    codes than the per-layer path's (one at a time they are the same, bit for bit)."""
     hs = [worker.hessian(stack[0]) for stack in chunk]
     d = hs[0].shape[0]
     U = torch.empty(len(hs), d, d, device=hs[0].device)
     dead = torch.empty(len(hs), d, dtype=torch.bool, device=hs[0].device)
-    step = max(1, GIB // (4 * d * d))
-    for i in range(0, len(hs), step):
-        U[i:i + step], dead[i:i + step] = dampened_inverse_cholesky(
-            torch.stack(hs[i:i + step]), worker.setup.gptq_percdamp)
+    for i, H in enumerate(hs):
+        U[i], dead[i] = dampened_inverse_cholesky(H, worker.setup.gptq_percdamp)
     return U, dead
 
 

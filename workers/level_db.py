@@ -187,13 +187,18 @@ class LevelDatabase:
         self._write(self.path(name, option), name, option, weight)
 
     def save(self, name: str, option: QuantOption, weight: torch.Tensor) -> None:
-        """Queue ``weight`` to be written in the background (it must not change afterwards)."""
+        """Queue ``weight`` to be written in the background (it must not change afterwards).
+        The writer starts at :meth:`start_writing` or :meth:`flush`, so a build is not slowed
+        by copies and hashing beside it."""
         self._raise_pending()
+        self._queue.put((name, option, weight))
+
+    def start_writing(self) -> None:
+        """Start (once) the thread that writes what :meth:`save` queued."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._drain, name="level-db-writer",
                                             daemon=True)
             self._thread.start()
-        self._queue.put((name, option, weight))
 
     def _drain(self) -> None:
         while True:
@@ -215,8 +220,8 @@ class LevelDatabase:
 
     def flush(self) -> None:
         """Wait until every queued write is on disk; raises the first write's failure."""
-        if self._thread is not None:
-            self._queue.join()
+        self.start_writing()
+        self._queue.join()
         self._raise_pending()
 
     def close(self) -> None:

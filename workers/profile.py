@@ -28,6 +28,7 @@ from mpsearch.spaces.space import SearchSpace
 
 from .errors import WorkerError
 from .gptq import hessian_error
+from .level_db import stored_option
 from .worker import Worker, WorkerSetup
 
 Pair = tuple[str, QuantOption]  # (gene name, option)
@@ -112,8 +113,17 @@ def layer_proxy(worker: Worker, name: str, option: QuantOption) -> float:
     if stored is not None and "hessian_error" in stored:
         return float(stored["hessian_error"])
     W = worker.original[name]
-    W_hat = worker.variant(name, option).to(W.device, non_blocking=False)
-    value = hessian_error(W, W_hat, worker.hessian(name))
+    if stored_option(option) or (name, option) in worker.cache:
+        W_hat = worker.variant(name, option).to(W.device, non_blocking=False)
+    else:  # cheap to make again: not cached now (the search caches what it uses)
+        with torch.inference_mode():
+            W_hat = worker._compress(name, option)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # a proxy: 10 mantissa bits are plenty
+    try:
+        value = hessian_error(W, W_hat, worker.hessian(name))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     if levels is not None:
         levels.save_proxy(name, option, {"hessian_error": value})
     return value

@@ -91,7 +91,7 @@ class WorkerSetup:
     phased: bool = False
     # Batched GPTQ's memory per chunk: float32 weights, and inverse-Hessian factors (the down
     # projections of an 8B model's 32 blocks take 26 GiB: one chunk on an H200).
-    gptq_max_weight_bytes: int = 8 << 30
+    gptq_max_weight_bytes: int = 16 << 30
     gptq_max_factor_bytes: int = 28 << 30
 
 
@@ -264,10 +264,17 @@ class Worker:
         return H
 
     def release_statistics(self) -> None:
-        """Free the Hessians (after the level database and the proxies are built)."""
+        """Free the Hessians (after the level database and the proxies are built); the variant
+        cache may then use the device memory they held."""
+        had = bool(self.input_stats)
         self.input_stats.clear()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and had:
             torch.cuda.empty_cache()
+            cache = self.cache
+            if self.setup.cache_device_bytes is None and isinstance(cache, VariantCache):
+                free, _total = torch.cuda.mem_get_info(self.device)
+                room = free - 2 * self._peak_activation_bytes - (1 << 30)
+                cache.device_cap_bytes = cache.bytes()["device"] + max(room, 0)
 
     def act_norm(self, name: str) -> torch.Tensor:
         """‖X_j‖₂ per input column of layer ``name`` (Wanda's activation norms)."""
@@ -314,8 +321,8 @@ class Worker:
         self.cache.put((name, option), w)
         if stored_option(option):
             self.computed.append((name, option.label))
-            if self.levels is not None:
-                self.levels.save(name, option, w)
+            if self.levels is not None:  # the cached copy: a spilled one frees the device's
+                self.levels.save(name, option, self.cache.get((name, option)))
 
     def share_variants(self, source: Worker) -> None:
         """Take compressed weights from ``source`` (same model and space) instead of computing

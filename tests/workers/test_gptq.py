@@ -10,6 +10,7 @@ from mpsearch.workers.gptq import (
     gptq_quantize,
     gptq_quantize_batch,
     hessian_error,
+    lower_triangular_inverse,
     output_error,
 )
 from mpsearch.workers.registry import quantize_weight
@@ -135,3 +136,12 @@ def test_layers_sharing_a_hessian_may_be_stacked_along_rows():
     stacked = gptq_quantize_batch(W, U, dead, 4, 32)[0]
     parts = [gptq_quantize(part, H[0], 4, 32) for part in W[0].split([8, 16, 16])]
     torch.testing.assert_close(stacked, torch.cat(parts), rtol=1e-6, atol=1e-6)
+
+
+def test_the_blocked_triangular_inverse_is_the_inverse():
+    torch.manual_seed(5)
+    A = torch.randn(3, 300, 300, dtype=torch.float64)
+    L = torch.linalg.cholesky(A @ A.transpose(1, 2) + 300 * torch.eye(300, dtype=torch.float64))
+    inv = lower_triangular_inverse(L, leaf=64)  # three levels of blocks, odd sizes
+    torch.testing.assert_close(inv, torch.linalg.inv(L), rtol=1e-10, atol=1e-12)
+    assert torch.all(inv.triu(1) == 0)
