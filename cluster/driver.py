@@ -164,14 +164,16 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
           on_start: Callable[[StudyRecord, int], None] | None = None,
           on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None,
           writer_options: Mapping[str, Any] | None = None,
-          switch_to: SearcherConfig | None = None) -> SessionResult:
+          switch_to: SearcherConfig | None = None,
+          optuna_mirror: bool = True) -> SessionResult:
     """Run, continue or extend ``study`` (already opened in ``store``) until it has its completed
     evaluations; see the module docstring for the steps and what survives a crash.
 
     ``on_start(study, completed)`` is called once the stored trials are replayed, ``on_result``
     after every result; ``writer_options`` (``group``, ``window``) tune the group commits.
     ``switch_to`` continues the study with another strategy from here on (recorded with the
-    study; see :mod:`.mirror`). Raises :class:`~mpsearch.storage.lease.StudyLeasedError`
+    study; see :mod:`.mirror`); ``optuna_mirror=False`` keeps no Optuna mirror (a benchmark of
+    the loop alone). Raises :class:`~mpsearch.storage.lease.StudyLeasedError`
     when another driver holds the study,
     :class:`~mpsearch.storage.optuna_mirror.MirrorConflictError` when a foreign Optuna study
     has its name, and whatever the executor or the store raise (after flushing). A stop
@@ -182,7 +184,7 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
     if switch_to is not None:
         switch_to.check()  # an unknown strategy or parameter: refused before anything is written
     with StudyLease(store, study.id, study.name, ttl=lease_ttl) as lease, \
-            SessionMirror(store, study) as mirror:
+            SessionMirror(store, study, enabled=optuna_mirror) as mirror:
         mirror.check()  # a foreign Optuna study of the name: refused before anything is written
         store.mark_running_failed(study.id, "driver stopped before the result arrived")
         if extend:

@@ -124,7 +124,8 @@ class SessionMirror:
     for Optuna's tables), and once more when the session ends without an error. A failure to
     write it is kept as :attr:`note`, not raised."""
 
-    def __init__(self, store: TrialStore, study: StudyRecord, every: float = 2.0) -> None:
+    def __init__(self, store: TrialStore, study: StudyRecord, every: float = 2.0,
+                 enabled: bool = True) -> None:
         self.study, self.every = study, every
         self.objectives = 1
         self.note: str | None = None
@@ -133,6 +134,8 @@ class SessionMirror:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.mirror: OptunaMirror | None = None
+        if not enabled:  # a session that keeps no mirror (a benchmark of the loop alone)
+            return
         try:
             self.mirror = OptunaMirror(store)
         except SpecError as exc:  # an in-memory store: no file to put the mirror beside
