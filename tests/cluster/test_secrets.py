@@ -131,7 +131,7 @@ def test_an_env_reference_is_stored_as_written(ray_session, tiny_llama_path, tmp
     from mpsearch.storage import TrialStore
 
     record = TrialStore(url, create=False).study("env-ref")
-    assert record.spec["storage"] == {"url": "env:MPSEARCH_TEST_STORE"}
+    assert record.spec["storage"]["url"] == "env:MPSEARCH_TEST_STORE"
     # resume reads the stored spec: the reference need not be set where resume runs
     res = cli_inprocess.invoke("resume", "--study", "env-ref", "--db", url, "--address", address)
     assert res.code == 0 and "the study already has its evaluations" in res.stderr, res.stderr
