@@ -283,7 +283,7 @@ def _done(listener: SetupListener, plan: _Plan, step: _Step, value: Any, result:
     if step.key == "proxies":
         plan.proxy_values.update(value)
     elif step.key == "flush":
-        result.computed[label] = [tuple(p) for p in value]  # type: ignore[misc]
+        result.computed[label] = [tuple(p) for p in value]
         return
     elif step.key == "load":
         result.loaded += value[0]
@@ -371,6 +371,7 @@ class SetUpWorkers:
                  executor_options: dict[str, Any] | None = None) -> None:
         spec = job.spec
         root = levels_root(spec.levels, store_url)
+        self.db_dir: Path | None
         self.db_dir, manifest = (None, None) if root is None else level_set(
             root, job.model.path, spec.model.dtype, job.texts, spec.calibration)
         db = None

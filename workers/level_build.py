@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -143,7 +143,8 @@ def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption, U: 
     if option.sparse:  # prune as the option says, then GPTQ the survivors (SparseGPT-like)
         handler = handler_for(option)
         mask = torch.stack([torch.cat([
-            handler.keep_mask(worker.original[n], option, worker.layer_inputs(n, option))
+            cast(torch.Tensor, handler.keep_mask(worker.original[n], option,  # sparse: a mask
+                                                 worker.layer_inputs(n, option)))
             for n in stack]) for stack in chunk])
     Q = gptq_quantize_batch(W, U, dead, option.bits, option.group_size, option.symmetric,
                             worker.setup.gptq_block_size, mask)
@@ -201,7 +202,7 @@ def load_stored_(worker: Worker, pairs: Iterable[Pair], threads: int = 8) -> tup
         loaded += 1
     rebuilt = 0
     if again:
-        shapes = {n: tuple(worker.original[n].shape) for n, _ in again}
+        shapes = {n: (worker.original[n].shape[0], worker.original[n].shape[1]) for n, _ in again}
         for task in plan_tasks(again, shapes, 1)[0]:
             rebuilt += build_task_(worker, task)
     return loaded, rebuilt

@@ -163,7 +163,7 @@ class LevelDatabase:
     def _encode(self, name: str, option: QuantOption, weight: torch.Tensor) -> tuple[bytes, str]:
         w = weight.detach().contiguous().cpu()
         # one tensor: the file's data section is exactly its bytes
-        digest = hashlib.sha256(memoryview(w.view(torch.uint8).reshape(-1).numpy())).hexdigest()
+        digest = hashlib.sha256(w.view(torch.uint8).reshape(-1).numpy().data).hexdigest()
         meta = {"sha256": digest, "layer": name, "option": option.label,
                 "format_version": str(FORMAT_VERSION)}
         return save_safetensors({"weight": w}, metadata=meta), digest
