@@ -72,17 +72,21 @@ def status(
         return
     table = Table(title=f"studies in {store.masked_url}",
                   title_justify="left")
+    # one strategy a line ("→ optuna from trial 37" below the first), never broken inside a line
+    strategies = {p.name: "\n→ ".join(s.name if not s.from_trial else
+                                       f"{s.name} from trial {s.from_trial}"
+                                       for s in ran(history[p.name])) for p in rows}
+    widest = max((len(line) for text in strategies.values() for line in text.split("\n")),
+                 default=0)
     for col in ("study", "status", "phase", "completed", "failed", "running", "best", "strategy",
                 "generation", "driver"):
-        table.add_column(col)
+        table.add_column(col, min_width=widest if col == "strategy" else None)
     for p in rows:
         generation = _find(p.searcher_state, "generation")
         driver = "—" if p.driver is None else f"{p.driver} ({p.heartbeat_age:.0f} s ago)"
-        strategy = " → ".join(s.name if not s.from_trial else f"{s.name} from trial {s.from_trial}"
-                              for s in ran(history[p.name]))
         phase = p.phase if p.driver is not None and p.phase else "—"  # only while it runs
         table.add_row(p.name, p.status, phase, f"{p.completed}/{p.evaluations}", str(p.failed),
-                      str(p.running), fmt_obj(p.best), strategy,
+                      str(p.running), fmt_obj(p.best), strategies[p.name],
                       "—" if generation is None else str(generation), driver)
     out.print(table)
 

@@ -74,15 +74,17 @@ class OutageExecutor:
         return [(key, Outcome(objective(c), 0.0, "w")) for key, c in done]
 
 
-def terminate_backends(url: str) -> None:
-    """What a PostgreSQL restart does to a client: every connection to the database is killed."""
+def terminate_backends(url: str, must_find: bool = True) -> int:
+    """What a PostgreSQL restart does to a client: every connection to the database is killed;
+    returns how many there were."""
     admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         n = conn.scalar(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                              "WHERE datname = :db AND pid <> pg_backend_pid()"),
                         {"db": make_url(url).database})
     admin.dispose()
-    assert n >= 1  # the run's connection was there to be terminated
+    assert n >= 1 or not must_find  # the run's connection was there to be terminated
+    return n
 
 
 class SqliteLock:
@@ -200,8 +202,9 @@ def test_backoff_grows_and_the_window_is_measured_from_the_first_failure():
 
 @pytest.mark.slow
 def test_a_real_run_survives_three_terminated_connections(ray_session, pg_url, tiny_llama_path):
-    """``run_job`` on Ray workers and PostgreSQL; a watcher terminates every connection of the
-    database three times as trials complete; the study still ends exact and without repeats."""
+    """``run_job`` on Ray workers and PostgreSQL; its result hook terminates every connection of the
+    database three times as trials complete (after the 5th, 12th and 20th result); the study still
+    ends exact and without repeats."""
     from mpsearch.cluster.job import run_job
     from mpsearch.cluster.spec import parse_spec
     from mpsearch.storage.models import Base
@@ -219,33 +222,19 @@ def test_a_real_run_survives_three_terminated_connections(ray_session, pg_url, t
         "evaluations": evaluations, "workers": {"count": 2, "cpus": 1},
         "storage": {"url": pg_url, "retry_seconds": 60}, "seed": 3})
     store = TrialStore(pg_url)
-    done = threading.Event()
     cuts = []
 
-    def watch() -> None:
-        reader = create_engine(pg_url, pool_pre_ping=True)
-        for threshold in (5, 12, 20):
-            while not done.is_set():
-                try:
-                    with reader.connect() as conn:
-                        n = conn.scalar(text("SELECT count(*) FROM mps_trial WHERE status = "
-                                             "'complete'")) or 0
-                except Exception:
-                    n = 0
-                if n >= threshold:
-                    terminate_backends(pg_url)
-                    cuts.append(n)
-                    break
-                time.sleep(0.1)
-        reader.dispose()
+    def cut(stats, _candidate, _outcome) -> None:
+        # inside the driver's loop, as results arrive (a watcher polling the table from another
+        # thread raced a fast run to its end): at the first result past each threshold at which
+        # the run is connected (while it waits out an outage it holds no connection to cut)
+        if len(cuts) < 3 and stats.completed >= (5, 12, 20)[len(cuts)] \
+                and terminate_backends(pg_url, must_find=False):
+            cuts.append(stats.completed)
+        time.sleep(0.1)  # the tiny model's 30 results would otherwise all arrive within one
+        # outage's first backoff (0.5 s), leaving no connected moment for the next cut
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        result = run_job(spec, store)
-    finally:
-        done.set()
-        watcher.join(10)
+    result = run_job(spec, store, on_result=cut)
     assert len(cuts) == 3, cuts
     trials = store.trials("terminated")
     complete = [t for t in trials if t.status == COMPLETE]
