@@ -156,10 +156,16 @@ def is_driven(store: TrialStore, study: StudyRecord) -> bool:
 
 
 def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
-    """``INSERT`` of many rows of one shape through the DBAPI's own executemany: SQLAlchemy's
-    per-row parameter processing costs more than the database here. Enums go in by name, as
-    SQLAlchemy's non-native Enum type stores them."""
+    """``INSERT`` of many rows of one shape through the DBAPI's own executemany (PostgreSQL:
+    ``COPY``): SQLAlchemy's per-row parameter processing costs more than the database here. Enums
+    go in by name, as SQLAlchemy's non-native Enum type stores them."""
     columns = list(rows[0])
+    if conn.dialect.name == "postgresql":  # COPY: a fraction of the server's work per row
+        with conn.connection.dbapi_connection.cursor() as cursor, cursor.copy(
+                f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(tuple(v.name if isinstance(v, Enum) else v for v in r.values()))
+        return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
            f"VALUES ({', '.join([mark] * len(columns))})")
