@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, SearchSpace
@@ -161,10 +161,14 @@ def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
     go in by name, as SQLAlchemy's non-native Enum type stores them."""
     columns = list(rows[0])
     if conn.dialect.name == "postgresql":  # COPY: a fraction of the server's work per row
-        with conn.connection.dbapi_connection.cursor() as cursor, cursor.copy(
-                f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row(tuple(v.name if isinstance(v, Enum) else v for v in r.values()))
+        sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        try:
+            with conn.connection.dbapi_connection.cursor() as cursor, cursor.copy(sql) as copy:
+                for r in rows:
+                    copy.write_row(tuple(v.name if isinstance(v, Enum) else v for v in r.values()))
+        except dbapi_error as exc:  # the DBAPI's own cursor: wrapped as SQLAlchemy wraps errors
+            raise DBAPIError.instance(sql, None, exc, dbapi_error) from exc
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "

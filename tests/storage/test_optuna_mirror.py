@@ -156,3 +156,32 @@ def test_the_study_the_optuna_strategy_kept_before_mirrors_is_rebuilt_as_the_mir
     trials = load(builder.store, name).trials
     assert sorted(t.user_attrs["mpsearch_trial"] for t in trials) == [0, 1]
     assert len(trials[0].distributions["blk.0.fc"].choices) == len(SPACE.genes[0].options)
+
+
+@pytest.mark.postgres
+def test_rows_copied_into_postgres_come_back_and_a_failed_copy_is_a_sqlalchemy_error(pg_url):
+    """The mirror's bulk rows go into PostgreSQL with COPY through the DBAPI's own cursor: the
+    values read back as written, and an error there is wrapped as SQLAlchemy wraps its own (the
+    mirror's error translation and the retry logic read SQLAlchemy's errors)."""
+    from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select
+    from sqlalchemy.exc import DBAPIError
+
+    from mpsearch.storage.optuna_mirror import _insert_many
+
+    table = Table(f"copied_{uuid.uuid4().hex[:8]}", MetaData(), Column("trial_id", Integer),
+                  Column("key", String(64)), Column("value_json", String(64)))
+    engine = create_engine(pg_url)
+    try:
+        table.create(engine)
+        rows = [{"trial_id": i, "key": f"k{i}", "value_json": None if i == 2 else f"[{i}]"}
+                for i in range(4)]
+        with engine.begin() as conn:
+            _insert_many(conn, table, rows)
+        with engine.connect() as conn:
+            assert [dict(r._mapping) for r in conn.execute(select(table).order_by(
+                table.c.trial_id))] == rows
+        with engine.begin() as conn, pytest.raises(DBAPIError, match="invalid input syntax"):
+            _insert_many(conn, table, [{"trial_id": "not a number", "key": "k", "value_json": "v"}])
+    finally:
+        table.drop(engine, checkfirst=True)
+        engine.dispose()
