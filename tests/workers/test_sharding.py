@@ -39,6 +39,12 @@ def one_block_each(setup, space):
             working + blocks[1].hard + blocks[1].variants)
 
 
+def spread(setup, space):
+    """``setup`` on two "devices" (both the CPU), one block each."""
+    return dataclasses.replace(setup, devices=("cpu", "cpu"),
+                               device_budgets=one_block_each(setup, space))
+
+
 def random_candidates(space, n, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [Candidate(tuple(int(torch.randint(k, (1,), generator=g)) for k in space.sizes))
@@ -49,8 +55,7 @@ def random_candidates(space, n, seed=0):
 def test_two_device_worker_scores_exactly_like_one_device_worker(tiny_llama_path):
     setup, space = setup_for(tiny_llama_path)
     one = Worker(setup, space)
-    two = Worker(dataclasses.replace(setup, devices=("cpu", "cpu"),
-                                     device_budgets=one_block_each(setup, space)), space)
+    two = Worker(spread(setup, space), space)
     assert one.placement is None
     assert [s.blocks for s in two.placement.shares] == [("model.layers.0",), ("model.layers.1",)]
     candidates = [space.uniform(o) for o in space.uniform_options()] + random_candidates(space, 4)
@@ -69,8 +74,7 @@ def test_two_device_worker_scores_exactly_like_one_device_worker(tiny_llama_path
 def test_a_spread_gpt2_with_tied_head_scores_like_one_device(tiny_gpt2_path):
     setup, space = setup_for(tiny_gpt2_path)
     one = Worker(setup, space)
-    two = Worker(dataclasses.replace(setup, devices=("cpu", "cpu"),
-                                     device_budgets=one_block_each(setup, space)), space)
+    two = Worker(spread(setup, space), space)
     assert two.model.lm_head.weight is two.model.transformer.wte.weight
     for c in random_candidates(space, 3, seed=1):
         assert two.evaluate(c).objective == one.evaluate(c).objective
@@ -144,9 +148,8 @@ def test_ray_workers_report_their_placement_and_refuse_in_one_line(tiny_llama_pa
     from mpsearch.workers.errors import WorkerError
 
     setup, space = setup_for(tiny_llama_path, samples=2)
-    spread = dataclasses.replace(setup, devices=("cpu", "cpu"),
-                                 device_budgets=one_block_each(setup, space))
-    executor = RayExecutor(spread, space, 1, cpus=1)
+    two = spread(setup, space)
+    executor = RayExecutor(two, space, 1, cpus=1)
     try:
         report_placement(executor)
         executor.submit(0, random_candidates(space, 1)[0])
@@ -157,7 +160,7 @@ def test_ray_workers_report_their_placement_and_refuse_in_one_line(tiny_llama_pa
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and all(line.startswith(executor.labels[0]) for line in lines)
     assert "model.layers.0;" in lines[0] and "model.layers.1;" in lines[1]
-    tiny = dataclasses.replace(spread, device_budgets=(1 << 20, 1 << 20))
+    tiny = dataclasses.replace(two, device_budgets=(1 << 20, 1 << 20))
     with pytest.raises(WorkerError) as err:
         RayExecutor(tiny, space, 1, cpus=1)
     message = str(err.value)
