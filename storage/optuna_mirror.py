@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
@@ -155,26 +154,24 @@ def is_driven(store: TrialStore, study: StudyRecord) -> bool:
             LeaseRow.study_id == study.id, LeaseRow.expires_at >= now)) == 1
 
 
-def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
-    """``INSERT`` of many rows of one shape through the DBAPI's own executemany (PostgreSQL:
-    ``COPY``): SQLAlchemy's per-row parameter processing costs more than the database here. Enums
-    go in by name, as SQLAlchemy's non-native Enum type stores them."""
-    columns = list(rows[0])
+def _insert_many(conn: Any, table: Any, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    """``INSERT`` of many rows (tuples in ``columns``' order) through the DBAPI's own executemany
+    (PostgreSQL: ``COPY``): SQLAlchemy's per-row parameter processing costs more than the
+    database here."""
     if conn.dialect.name == "postgresql":  # COPY: a fraction of the server's work per row
         sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         dbapi_error = conn.dialect.loaded_dbapi.Error
         try:
             with conn.connection.dbapi_connection.cursor() as cursor, cursor.copy(sql) as copy:
-                for r in rows:
-                    copy.write_row(tuple(v.name if isinstance(v, Enum) else v for v in r.values()))
+                for row in rows:
+                    copy.write_row(row)
         except dbapi_error as exc:  # the DBAPI's own cursor: wrapped as SQLAlchemy wraps errors
             raise DBAPIError.instance(sql, None, exc, dbapi_error) from exc
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
            f"VALUES ({', '.join([mark] * len(columns))})")
-    conn.exec_driver_sql(sql, [tuple(v.name if isinstance(v, Enum) else v for v in r.values())
-                               for r in rows])
+    conn.exec_driver_sql(sql, rows)
 
 
 @dataclass
@@ -357,38 +354,43 @@ class OptunaMirror:
         return len(new)
 
     def _insert(self, study: StudyRecord, progress: _Progress, rows: list[Any]) -> None:
-        """Write ``rows`` (store trials) as Optuna trials: one executemany per Optuna table."""
+        """Write ``rows`` (store trials) as Optuna trials: one bulk insert per Optuna table (the
+        trials first, then their ids read back by number), with each row a tuple built from
+        pieces made once per sync (a gene's parameter rows, the JSON of a constant)."""
         from optuna.distributions import distribution_to_json
         from optuna.storages._rdb import models as om
-        from optuna.trial import TrialState
 
         dists = distributions(study.space)
         # every (gene, choice)'s parameter row but its trial id, built once
-        param_rows = [[{"param_name": g.name, "distribution_json": distribution_to_json(dists[g.name]),
-                        "param_value": dists[g.name].to_internal_repr(o.label)} for o in g.options]
+        param_rows = [[(g.name, dists[g.name].to_internal_repr(o.label),
+                        distribution_to_json(dists[g.name])) for o in g.options]
                       for g in study.space.genes]
-        budget = study.budget
+        budget, two = study.budget, progress.objectives == 2
         complete = [r.status == COMPLETE and r.objective is not None
                     and not math.isnan(r.objective) for r in rows]
         trials = om.TrialModel.__table__
+        first = progress.count
         with self._session() as session:
             conn = session.connection()
-            made = conn.execute(
-                insert(trials).returning(trials.c.trial_id, sort_by_parameter_order=True),
-                [{"number": progress.count + i, "study_id": progress.optuna_id,
-                  "state": TrialState.COMPLETE if ok else TrialState.FAIL,
-                  "datetime_start": r.started_at, "datetime_complete": r.finished_at}
-                 for i, (r, ok) in enumerate(zip(rows, complete, strict=True))]).scalars().all()
-            params, values, user, system = [], [], [], []
+            # Enums by name, as SQLAlchemy's non-native Enum type stores them
+            _insert_many(conn, trials, ("number", "study_id", "state", "datetime_start",
+                                        "datetime_complete"),
+                         [(first + i, progress.optuna_id, "COMPLETE" if ok else "FAIL",
+                           r.started_at, r.finished_at)
+                          for i, (r, ok) in enumerate(zip(rows, complete, strict=True))])
+            made = conn.execute(select(trials.c.trial_id).where(
+                trials.c.study_id == progress.optuna_id, trials.c.number >= first)
+                .order_by(trials.c.number)).scalars().all()
+            params: list[tuple[Any, ...]] = []
+            values: list[tuple[Any, ...]] = []
+            user: list[tuple[Any, ...]] = []
+            system: list[tuple[Any, ...]] = []
             for tid, r, ok in zip(made, rows, complete, strict=True):
-                params += [{"trial_id": tid, **gene[c]}
-                           for gene, c in zip(param_rows, r.choices, strict=True)]
+                params += [(tid, *gene[c]) for gene, c in zip(param_rows, r.choices, strict=True)]
                 if ok:
-                    objectives = [r.objective] + ([r.avg_bits] if progress.objectives == 2 else [])
-                    for k, v in enumerate(objectives):
+                    for k, v in enumerate((r.objective, r.avg_bits) if two else (r.objective,)):
                         stored, kind = om.TrialValueModel.value_to_stored_repr(v)
-                        values.append({"trial_id": tid, "objective": k, "value": stored,
-                                       "value_type": kind})
+                        values.append((tid, k, stored, kind.name))
                 attrs: dict[str, Any] = {TRIAL_ATTR: r.number, "origin": r.origin,
                                          "avg_bits": r.avg_bits, "total_bytes": r.total_bytes}
                 if r.objective is not None and math.isnan(r.objective):
@@ -396,15 +398,16 @@ class OptunaMirror:
                 attrs.update(r.extra or {})
                 if r.error:
                     attrs["error"] = r.error
-                user += [{"trial_id": tid, "key": k, "value_json": json.dumps(v)}
-                         for k, v in attrs.items()]
+                user += [(tid, k, json.dumps(v)) for k, v in attrs.items()]
                 excess = budget_constraint(budget, r.avg_bits, r.total_bytes, r.feasible)
-                system.append({"trial_id": tid, "key": CONSTRAINTS,
-                               "value_json": json.dumps([excess])})
-            for model, batch in ((om.TrialParamModel, params), (om.TrialValueModel, values),
-                                 (om.TrialUserAttributeModel, user),
-                                 (om.TrialSystemAttributeModel, system)):
+                system.append((tid, CONSTRAINTS, json.dumps([excess])))
+            for model, columns, batch in (
+                    (om.TrialParamModel, ("trial_id", "param_name", "param_value",
+                                          "distribution_json"), params),
+                    (om.TrialValueModel, ("trial_id", "objective", "value", "value_type"), values),
+                    (om.TrialUserAttributeModel, ("trial_id", "key", "value_json"), user),
+                    (om.TrialSystemAttributeModel, ("trial_id", "key", "value_json"), system)):
                 if batch:
-                    _insert_many(conn, model.__table__, batch)
+                    _insert_many(conn, model.__table__, columns, batch)
         progress.count += len(rows)
         progress.mirrored.update(r.number for r in rows)

@@ -173,15 +173,15 @@ def test_rows_copied_into_postgres_come_back_and_a_failed_copy_is_a_sqlalchemy_e
     engine = create_engine(pg_url)
     try:
         table.create(engine)
-        rows = [{"trial_id": i, "key": f"k{i}", "value_json": None if i == 2 else f"[{i}]"}
-                for i in range(4)]
+        columns = ("trial_id", "key", "value_json")
+        rows = [(i, f"k{i}", None if i == 2 else f"[{i}]") for i in range(4)]
         with engine.begin() as conn:
-            _insert_many(conn, table, rows)
+            _insert_many(conn, table, columns, rows)
         with engine.connect() as conn:
-            assert [dict(r._mapping) for r in conn.execute(select(table).order_by(
+            assert [tuple(r) for r in conn.execute(select(table).order_by(
                 table.c.trial_id))] == rows
         with engine.begin() as conn, pytest.raises(DBAPIError, match="invalid input syntax"):
-            _insert_many(conn, table, [{"trial_id": "not a number", "key": "k", "value_json": "v"}])
+            _insert_many(conn, table, columns, [("not a number", "k", "v")])
     finally:
         table.drop(engine, checkfirst=True)
         engine.dispose()
