@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -159,7 +159,7 @@ def search_context(needs: Needs, study: StudyRecord, store: TrialStore,
 
 def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budget: Budget,
           make_executor: ExecutorFactory, *, seed: int = 0,
-          resources: JobResources | None = None, extend: int = 0,
+          frontier: Sequence[Budget] = (), resources: JobResources | None = None, extend: int = 0,
           lease_ttl: float = DEFAULT_TTL,
           on_start: Callable[[StudyRecord, int], None] | None = None,
           on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None,
@@ -169,8 +169,10 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
     """Run, continue or extend ``study`` (already opened in ``store``) until it has its completed
     evaluations; see the module docstring for the steps and what survives a crash.
 
-    ``on_start(study, completed)`` is called once the stored trials are replayed, ``on_result``
-    after every result; ``writer_options`` (``group``, ``window``) tune the group commits.
+    ``frontier`` (budget points, tightest first; ``budget`` is then the loosest) searches every
+    point at once (``searcher/frontier.py``). ``on_start(study, completed)`` is called once the
+    stored trials are replayed, ``on_result`` after every result; ``writer_options``
+    (``group``, ``window``) tune the group commits.
     ``switch_to`` continues the study with another strategy from here on (recorded with the
     study; see :mod:`.mirror`); ``optuna_mirror=False`` keeps no Optuna mirror (a benchmark of
     the loop alone). Raises :class:`~mpsearch.storage.lease.StudyLeasedError`
@@ -198,7 +200,7 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
         earlier = [t for t in trials if t.number < first]
 
         def fresh() -> Searcher:
-            made = make_searcher(searcher, space, budget, seed, context)
+            made = make_searcher(searcher, space, budget, seed, context, frontier)
             return told_first(made, earlier) if first else made
 
         strategy, replayed = replay(fresh, trials, first=first)

@@ -38,9 +38,10 @@ class PreparedJob:
     spec: JobSpec
     model: ModelInfo
     space: SearchSpace
-    budget: Budget
+    budget: Budget  # the loosest point of a frontier: what a feasible trial meets
     objective: str
     texts: tuple[str, ...]
+    frontier: tuple[Budget, ...] = ()  # every budget point, tightest first, when more than one
 
 
 def resolve_objective(spec: JobSpec, kind: str) -> str:
@@ -65,11 +66,14 @@ def prepare(spec: JobSpec) -> PreparedJob:
             "space.runtime %s: option %s removed (%s)", spec.space.runtime, label, why)
     space = build_space(info.layers, runtime.rules, runtime.ties, info.total_params,
                         spec.space.unsearched_bits)
-    budget = spec.budget.to_budget()
-    space.check_budget(budget)
+    points = spec.budget.to_budgets()
+    for point in points:  # the tightest first: the one a frontier's error names
+        space.check_budget(point, "budget" if len(points) == 1 else
+                           f"frontier budget {points.index(point) + 1} of {len(points)},")
     objective = resolve_objective(spec, info.kind)
     texts = tuple(load_texts(spec.calibration))
-    return PreparedJob(spec, info, space, budget, objective, texts)
+    return PreparedJob(spec, info, space, points[-1], objective, texts,
+                       points if len(points) > 1 else ())
 
 
 def profile_key(job: PreparedJob, samples: int | None = None) -> ProfileKey:
@@ -164,7 +168,7 @@ def open_job_study(job: PreparedJob, store: TrialStore) -> StudyRecord:
     study, created = store.open_study(
         spec.study, spec.model_dump(mode="json"), identity, job.space, job.model.path,
         job.objective, spec.evaluations, budget=job.budget, kind=spec.model.kind,
-        dtype=spec.model.dtype, calibration=calibration)
+        dtype=spec.model.dtype, calibration=calibration, frontier=job.frontier)
     if not created:
         _check_space(study, job.space)
     return study
@@ -203,7 +207,7 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
 
     try:
         result = drive(store, study, spec.searcher, job.budget, make_executor, seed=spec.seed,
-                       resources=resources, extend=extend, lease_ttl=lease_ttl,
+                       frontier=job.frontier, resources=resources, extend=extend, lease_ttl=lease_ttl,
                        on_start=on_start, on_result=on_result, switch_to=switch_to,
                        writer_options={"retry_seconds": spec.storage.retry_seconds})
     finally:

@@ -6,6 +6,7 @@ Importing this package loads neither torch, Ray nor a database driver.
 from .base import Evaluation, Needs, SearchContext, Searcher, SearcherParams
 from .dynamic_program import dp_frontier, solve_dp
 from .evolutionary import EvolutionarySearcher
+from .frontier import FrontierSearcher
 from .hybrid import HybridSearcher
 from .integer_program import Knapsack, Solution, lagrangian_greedy, pareto_sweep, solve, solve_milp
 from .ip_searcher import IntegerProgramSearcher
@@ -23,6 +24,7 @@ __all__ = [
     "Evaluation",
     "EvolutionarySearcher",
     "Executor",
+    "FrontierSearcher",
     "HybridSearcher",
     "IntegerProgramSearcher",
     "Knapsack",

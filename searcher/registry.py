@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -65,18 +66,25 @@ def searcher_needs(config: SearcherConfig) -> Needs:
 
 
 def make_searcher(config: SearcherConfig, space: SearchSpace, budget: Budget,
-                  seed: int, context: SearchContext | None = None) -> Searcher:
+                  seed: int, context: SearchContext | None = None,
+                  frontier: Sequence[Budget] = ()) -> Searcher:
     """The configured strategy, preceded by the uniform baselines when asked for.
 
     ``context`` carries the study's name, the Optuna storage URL and a given profile (see
     :class:`SearchContext`); without it every strategy still runs (Optuna in memory, profiles
-    measured).
+    measured). ``frontier`` (more than one budget, tightest first; ``budget`` is then the
+    loosest) runs the strategy once per budget behind a
+    :class:`~mpsearch.searcher.frontier.FrontierSearcher`, sharing every evaluation.
     """
+    from .frontier import FrontierSearcher
     from .sequential import SequentialSearcher
 
     config.check()
     cls = searcher_class(config.name)
-    main = cls(space, budget, seed, cls.Params(**config.params), context)
+    params = cls.Params(**config.params)
+    main: Searcher = cls(space, budget, seed, params, context)
+    if len(frontier) > 1 and config.name != UniformSearcher.name:
+        main = FrontierSearcher([cls(space, point, seed, params, context) for point in frontier])
     if not config.baselines or config.name == UniformSearcher.name:
         return main
     return SequentialSearcher([UniformSearcher(space, budget, seed), main])

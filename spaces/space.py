@@ -145,13 +145,14 @@ class SearchSpace:
         """The configuration of least stored bits (each gene at its cheapest option)."""
         return Candidate(tuple(min(range(len(b)), key=b.__getitem__) for b in self._gene_bits))
 
-    def check_budget(self, budget: Budget) -> None:
-        """Raise :class:`BudgetError` naming the minimum when no configuration meets ``budget``."""
+    def check_budget(self, budget: Budget, label: str = "budget") -> None:
+        """Raise :class:`BudgetError` naming ``budget`` (as ``label``: "budget", or a frontier's
+        point) and the minimum when no configuration meets it."""
         least = self.cost(self.cheapest())
         if budget.admits(least):
             return
         raise BudgetError(
-            f"budget {budget.describe()} is below the cheapest configuration of the space "
+            f"{label} {budget.describe()} is below the cheapest configuration of the space "
             f"(avg_bits {least.avg_bits:.4f}, total_bytes {least.total_bytes:,.0f}); "
             "raise the budget or add cheaper options"
         )

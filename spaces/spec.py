@@ -8,10 +8,20 @@ sparsity_pattern: "2:4"}``); fields left out take their defaults.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from .limits import MAX_BITS
 from .options import QuantOption
@@ -75,19 +85,79 @@ class SpaceConfig(BaseModel):
         return [rule.to_rule() for rule in self.layers]
 
 
+def _bound(item: Any) -> Callable[[Any], Any]:
+    """The validator of a budget bound of ``item``'s type: one value, or a non-empty list of them
+    (a frontier; sorted, repeats dropped). Errors name the offending entry of a list."""
+    adapter: TypeAdapter[float] = TypeAdapter(item)
+
+    def one(value: Any, where: str = "") -> float:
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            raise ValueError(f"{where}{exc.errors()[0]['msg'].lower()}, got {value!r}") from None
+
+    def check(value: Any) -> float | list[float] | None:
+        if value is None:
+            return None
+        if isinstance(value, list | tuple):
+            if not value:
+                raise ValueError("a frontier needs at least one budget")
+            return sorted({one(v, f"entry {i}: ") for i, v in enumerate(value)})
+        return one(value)
+
+    return check
+
+
+# Every budget kind takes one value, or a list of them to search a frontier in one study; a new
+# kind declares its value type and its bound the same way (``X | list[X] | None``, ``_bound(X)``).
+Bits = Annotated[float, Field(gt=0, le=MAX_BITS, allow_inf_nan=False)]
+Bytes = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+BitsBound = Annotated[float | list[float] | None, PlainValidator(_bound(Bits))]
+BytesBound = Annotated[float | list[float] | None, PlainValidator(_bound(Bytes))]
+
+
 class BudgetConfig(BaseModel):
+    """The budget: each bound one number, or one of them a list (a frontier searched at once).
+
+    ``avg_bits: [3.0, 3.5, 4.0]`` searches three budgets in one study: the same level database,
+    profile and evaluations serve all of them (``searcher/frontier.py``). The bounds given as
+    numbers apply at every point of the frontier. Any bound can be the list; only one may be,
+    since the points of a frontier are ordered along one axis.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    avg_bits: float | None = Field(default=None, gt=0, le=MAX_BITS, allow_inf_nan=False,
-                                   description="average effective bits")
-    total_bytes: float | None = Field(default=None, gt=0, allow_inf_nan=False,
-                                      description="whole-model bytes")
+    avg_bits: BitsBound = Field(default=None, description="average effective bits")
+    total_bytes: BytesBound = Field(default=None, description="whole-model bytes")
 
     @model_validator(mode="after")
     def _one_bound(self) -> BudgetConfig:
-        if self.avg_bits is None and self.total_bytes is None:
+        given = self._bounds()
+        if not any(v is not None for v in given.values()):
             raise ValueError("give avg_bits or total_bytes (or both)")
+        lists = [k for k, v in given.items() if isinstance(v, list)]
+        if len(lists) > 1:
+            raise ValueError(f"only one budget kind may be a list (a frontier has one axis); "
+                             f"got lists for {', '.join(lists)}")
         return self
 
+    def _bounds(self) -> dict[str, float | list[float] | None]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+    @property
+    def axis(self) -> str | None:
+        """The bound given as a list (the frontier's axis), None for a one-budget study."""
+        return next((k for k, v in self._bounds().items() if isinstance(v, list)), None)
+
+    def to_budgets(self) -> tuple[Budget, ...]:
+        """Every budget point, tightest first: one for a plain budget, one per list entry else."""
+        given = self._bounds()
+        axis = self.axis
+        values = given[axis] if axis is not None else [None]
+        assert isinstance(values, list)
+        return tuple(Budget(**{**given, **({axis: v} if axis else {})})  # type: ignore[arg-type]
+                     for v in values)
+
     def to_budget(self) -> Budget:
-        return Budget(self.avg_bits, self.total_bytes)
+        """The loosest point: what a trial must meet to be feasible for the study at all."""
+        return self.to_budgets()[-1]

@@ -46,6 +46,9 @@ class StudyRow(Base):
     # these columns gain them empty; the store fills them from the stored spec once, on opening.
     budget_avg_bits: Mapped[float | None]
     budget_total_bytes: Mapped[float | None]
+    # A frontier study's budget points, tightest first, each as Budget's fields (the two columns
+    # above hold the loosest); None for a study of one budget.
+    budget_frontier: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     model_kind: Mapped[str | None] = mapped_column(String(20))  # as the spec says: auto, causal-lm
     dtype: Mapped[str | None] = mapped_column(String(20))
     calibration_source: Mapped[str | None] = mapped_column(Text)  # None: the study has no data

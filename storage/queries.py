@@ -110,6 +110,17 @@ class StudyQueries:
     def study(self, study: StudyKey) -> StudyRecord:
         raise NotImplementedError
 
+    def best(self, study: StudyKey, top: int = 5, max_bits: float | None = None,
+             max_bytes: float | None = None, origin: str | None = None) -> list[TrialRecord]:
+        raise NotImplementedError
+
+    def frontier(self, study: StudyKey) -> list[tuple[Budget, TrialRecord | None]]:
+        """The best trial at each budget the study searched (``StudyRecord.budgets``, tightest
+        first; one for a study of one budget), as ``best`` ranks them; None where none fits."""
+        record = self.study(study)
+        return [(b, next(iter(self.best(record.id, 1, b.avg_bits, b.total_bytes)), None))
+                for b in record.budgets]
+
     def trial(self, study: StudyKey, number: int) -> TrialRecord:
         """Trial ``number`` of ``study``, whatever its status; :class:`TrialNotFoundError` if none."""
         with translating(self.url, "read trial"), self._session() as s:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,10 +53,16 @@ class StudyRecord:
     evaluations: int
     status: str
     created_at: datetime
-    budget: Budget = Budget()
+    budget: Budget = Budget()  # the loosest point of a frontier: what makes a trial feasible
     kind: str = "auto"  # the model kind as the spec gave it (auto, causal-lm, encoder)
     dtype: str = "float32"
     calibration: CalibrationRecord | None = None
+    frontier: tuple[Budget, ...] = ()  # a frontier study's budget points, tightest first
+
+    @property
+    def budgets(self) -> tuple[Budget, ...]:
+        """Every budget the study searched: the frontier's points, or its one budget."""
+        return self.frontier or (self.budget,)
 
 
 @dataclass(frozen=True)
@@ -106,14 +112,18 @@ def _study(row: StudyRow) -> StudyRecord:
     return StudyRecord(row.id, row.name, row.spec, row.spec_hash, SearchSpace.from_dict(row.space),
                        row.model, row.objective, row.evaluations, row.status, row.created_at,
                        Budget(row.budget_avg_bits, row.budget_total_bytes),
-                       row.model_kind or "auto", row.dtype or "float32", calibration)
+                       row.model_kind or "auto", row.dtype or "float32", calibration,
+                       tuple(Budget(**point) for point in row.budget_frontier or ()))
 
 
 def typed_columns(budget: Budget, kind: str, dtype: str,
-                  calibration: CalibrationRecord | None) -> dict[str, Any]:
-    """The typed study columns (see ``StudyRow``) of these values."""
+                  calibration: CalibrationRecord | None,
+                  frontier: tuple[Budget, ...] = ()) -> dict[str, Any]:
+    """The typed study columns (see ``StudyRow``) of these values; ``frontier`` (more than one
+    point) is stored beside ``budget``, its loosest point."""
     c = calibration
     return dict(budget_avg_bits=budget.avg_bits, budget_total_bytes=budget.total_bytes,
+                budget_frontier=[asdict(b) for b in frontier] if len(frontier) > 1 else None,
                 model_kind=kind, dtype=dtype,
                 calibration_source=None if c is None else c.source,
                 calibration_text_field=None if c is None else c.text_field,

@@ -165,14 +165,16 @@ class TrialStore(StudyQueries):
     def open_study(self, name: str, spec: dict[str, Any], identity: dict[str, Any],
                    space: SearchSpace, model: str, objective: str, evaluations: int, *,
                    budget: Budget | None = None, kind: str = "auto", dtype: str = "float32",
-                   calibration: CalibrationRecord | None = None) -> tuple[StudyRecord, bool]:
+                   calibration: CalibrationRecord | None = None,
+                   frontier: tuple[Budget, ...] = ()) -> tuple[StudyRecord, bool]:
         """The study ``name``, created if new; returns (study, created).
 
         ``identity`` is the part of the spec that defines what the study searches; an existing
         study must have the same, otherwise :class:`StudyConflictError`. A rerun may raise the
-        evaluation budget. ``budget``, ``kind``, ``dtype`` and ``calibration`` are stored as typed
-        columns at creation, for the commands that later read the study (plans, checkpoints,
-        comparisons); ``spec`` is kept as written, for ``resume``.
+        evaluation budget. ``budget`` (a frontier's loosest point), ``frontier`` (its points),
+        ``kind``, ``dtype`` and ``calibration`` are stored as typed columns at creation, for the
+        commands that later read the study (plans, checkpoints, comparisons); ``spec`` is kept as
+        written, for ``resume``.
         """
         digest = spec_hash(identity)
         with translating(self.url, f"open study {name!r}"), self._session() as s, s.begin():
@@ -189,7 +191,8 @@ class TrialStore(StudyQueries):
             row = StudyRow(name=name, spec=spec, spec_hash=digest, space=space.to_dict(),
                            model=model, objective=objective, evaluations=evaluations,
                            status=RUNNING, created_at=now, updated_at=now,
-                           **typed_columns(budget or Budget(), kind, dtype, calibration))
+                           **typed_columns(budget or Budget(), kind, dtype, calibration,
+                                           frontier))
             s.add(row)
             s.flush()
             return _study(row), True

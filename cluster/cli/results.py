@@ -87,21 +87,31 @@ def pareto(
         which = "feasible " if feasible_only else ""
         raise NoResultError(f"study {study!r} has no completed {which}trial within "
                             f"{_filters(max_bits, max_bytes)}")
+    best_at: dict[int, list[str]] = {}  # trial → the budgets it is the best configuration at
+    for point, chosen in store.frontier(study):
+        if chosen is not None:
+            best_at.setdefault(chosen.number, []).append(point.describe())
     if as_json:
-        out.print_json(json.dumps([{**trial_json(record, t), "feasible": t.feasible}
-                                   for t in front]))
+        out.print_json(json.dumps([{**trial_json(record, t), "feasible": t.feasible,
+                                    "best_at": best_at.get(t.number, [])} for t in front]))
         return
-    out.print(_pareto_table(record, front))
+    out.print(_pareto_table(record, front, best_at))
 
 
-def _pareto_table(study: StudyRecord, front: list[TrialRecord]) -> Table:
-    table = Table(title=f"study {study.name}: Pareto front (objective vs effective bits)",
+def _pareto_table(study: StudyRecord, front: list[TrialRecord],
+                  best_at: dict[int, list[str]]) -> Table:
+    budgets = ", ".join(b.describe() for b in study.budgets)
+    table = Table(title=f"study {study.name}: Pareto front (objective vs effective bits); "
+                        f"{'frontier' if study.frontier else 'budget'} {budgets}",
                   title_justify="left")
-    for col in ("trial", "avg bits", "bytes", "objective", "budget", "origin", "layers"):
-        table.add_column(col, justify="left" if col in ("budget", "origin", "layers") else "right")
+    for col in ("trial", "avg bits", "bytes", "objective", "budget", "best at", "origin",
+                "layers"):
+        table.add_column(col, justify="right" if col in ("trial", "avg bits", "bytes",
+                                                         "objective") else "left")
     for t in front:
         table.add_row(str(t.number), f"{t.avg_bits:.4f}", fmt_bytes(t.total_bytes),
-                      fmt_obj(t.objective), "within" if t.feasible else "over", t.origin,
+                      fmt_obj(t.objective), "within" if t.feasible else "over",
+                      "; ".join(best_at.get(t.number, [])) or "—", t.origin,
                       study.space.summarize(t.candidate))
     return table
 
