@@ -23,9 +23,10 @@ import torch
 
 from mpsearch.spaces.options import QuantOption
 
-from .gptq import dampened_inverse_cholesky, gptq_quantize_batch
+from . import level_codec
+from .gptq import dampened_inverse_cholesky, gptq_encode_batch
 from .level_db import stored_option
-from .registry import HESSIAN, handler_for
+from .registry import HESSIAN, Encoded, handler_for
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -137,7 +138,9 @@ def _factors(worker: Worker, chunk: list[list[str]]) -> tuple[torch.Tensor, torc
 
 
 def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption, U: torch.Tensor,
-                dead: torch.Tensor) -> dict[str, torch.Tensor]:
+                dead: torch.Tensor) -> dict[str, Encoded]:
+    """Each layer's parts (codes, scales, zero points, mask) under ``option``, from one batched
+    GPTQ over the chunk's stacks."""
     W = torch.stack([torch.cat([worker.original[n] for n in stack]) for stack in chunk])
     mask = None
     if option.sparse:  # prune as the option says, then GPTQ the survivors (SparseGPT-like)
@@ -146,13 +149,19 @@ def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption, U: 
             cast(torch.Tensor, handler.keep_mask(worker.original[n], option,  # sparse: a mask
                                                  worker.layer_inputs(n, option)))
             for n in stack]) for stack in chunk])
-    Q = gptq_quantize_batch(W, U, dead, option.bits, option.group_size, option.symmetric,
-                            worker.setup.gptq_block_size, mask)
-    del W
+    codes = gptq_encode_batch(W, U, dead, option.bits, option.group_size, option.symmetric,
+                              worker.setup.gptq_block_size, mask)
+    del W, mask
     out = {}
     for b, stack in enumerate(chunk):
-        parts = Q[b].split([worker.original[n].shape[0] for n in stack])
-        out.update({n: p.clone() for n, p in zip(stack, parts, strict=True)})
+        start = 0
+        for n in stack:
+            r = slice(start, start + worker.original[n].shape[0])
+            start = r.stop
+            out[n] = Encoded(option, codes.codes[b, r].float().add_(codes.q_min),
+                             codes.scale[b, r].clone(),
+                             None if codes.zero is None else codes.zero[b, r].clone(),
+                             mask=None if codes.mask is None else codes.mask[b, r].clone())
     return out
 
 
@@ -171,9 +180,10 @@ def build_task_(worker: Worker, task: BuildTask,
                       for c in _chunks(same, worker)]:
             U, dead = _factors(worker, chunk)
             for option in gptq:
-                for name, w in _gptq_chunk(worker, chunk, option, U, dead).items():
+                for name, enc in _gptq_chunk(worker, chunk, option, U, dead).items():
                     if (name, option) in todo:
-                        worker.keep_variant(name, option, w)
+                        w = level_codec.dequantize(enc, worker.original[name].dtype)
+                        worker.keep_variant(name, option, w, enc)
                         done += 1
                 if on_layers is not None:
                     on_layers(option, sum(len(s) for s in chunk))

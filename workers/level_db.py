@@ -19,9 +19,13 @@ a SQLite store), one *level set* per model + calibration, ``<root>/<set key>/``,
 ``manifest.json`` (what model and calibration made it) and ``build.log`` (one line per variant
 written, with the worker that computed it); one folder per option, ``<set>/<option key>/``, named
 by a fingerprint of the option and its GPTQ parameters, holding ``option.json`` and one
-safetensors file per layer, ``<layer name>.safetensors``, whose header carries the SHA-256 of its
-tensor bytes. A file is written to a temporary name and renamed, so a reader sees a whole file or
-none; one whose checksum does not match (truncated, corrupted) is removed and rebuilt, never used.
+safetensors file per layer, ``<layer name>.safetensors``: what the format really holds (packed
+integer codes, fp16 scales, zero points: :mod:`.level_codec`), whose header carries the SHA-256
+of its tensor bytes and the layout's version. A file is written to a temporary name and renamed,
+so a reader sees a whole file or none; one whose checksum does not match (truncated, corrupted)
+or of another layout version is removed and rebuilt, never used. :meth:`LevelDatabase.load`
+decodes a variant on the reader's device into the weight the trial was scored with;
+:meth:`LevelDatabase.load_parts` hands back its codes, scales and zero points (the exports').
 Per-layer proxy errors (Hessian-weighted output error) live beside the variants in
 ``<option key>/proxies/<layer name>.json``, for every option (RTN ones included).
 """
@@ -47,10 +51,11 @@ from safetensors.torch import save as save_safetensors
 
 from mpsearch.spaces.options import QuantOption
 
+from . import level_codec
 from .errors import WorkerError
-from .registry import needs_calibration
+from .level_codec import FORMAT_VERSION
+from .registry import Encoded, needs_calibration
 
-FORMAT_VERSION = 1
 MANIFEST, BUILD_LOG = "manifest.json", "build.log"
 
 
@@ -119,7 +124,8 @@ class LevelDatabase:
         self.params = dict(params or {})
         self.writer = writer
         self.rejected: list[Path] = []  # files that failed their checksum (removed, rebuilt)
-        self._queue: queue.Queue[tuple[str, QuantOption, torch.Tensor] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, QuantOption, level_codec.Parts, dict[str, str]]
+                                 | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: LevelDatabaseError | None = None
 
@@ -132,7 +138,8 @@ class LevelDatabase:
         return self.dir / self.option_key(option) / f"{name}.safetensors"
 
     def has(self, name: str, option: QuantOption) -> bool:
-        return self.path(name, option).is_file()
+        """Whether a file of this layout version is stored (its checksum is checked on read)."""
+        return _header_version(self.path(name, option)) == str(FORMAT_VERSION)
 
     def missing(self, pairs: Iterable[tuple[str, QuantOption]]) -> list[tuple[str, QuantOption]]:
         return [(n, o) for n, o in pairs if stored_option(o) and not self.has(n, o)]
@@ -160,38 +167,40 @@ class LevelDatabase:
             return None
 
     # -- writing ------------------------------------------------------------------------------
-    def _encode(self, name: str, option: QuantOption, weight: torch.Tensor) -> tuple[bytes, str]:
-        w = weight.detach().contiguous().cpu()
-        # one tensor: the file's data section is exactly its bytes
-        digest = hashlib.sha256(w.view(torch.uint8).reshape(-1).numpy().data).hexdigest()
-        meta = {"sha256": digest, "layer": name, "option": option.label,
-                "format_version": str(FORMAT_VERSION)}
-        return save_safetensors({"weight": w}, metadata=meta), digest
-
-    def _write(self, path: Path, name: str, option: QuantOption, weight: torch.Tensor) -> None:
+    def _write(self, path: Path, name: str, option: QuantOption, parts: level_codec.Parts,
+               meta: dict[str, str]) -> None:
         try:
             folder = path.parent
             if not folder.is_dir():
                 folder.mkdir(parents=True, exist_ok=True)
                 _write_bytes(folder / "option.json", json.dumps(
                     {"option": option.label, "repr": repr(option), "params": self.params}).encode())
-            data, digest = self._encode(name, option, weight)
-            _write_bytes(path, data)
+            on_cpu = {k: v.cpu() for k, v in parts.items()}
+            digest = level_codec.digest(on_cpu)
+            header = {**meta, "sha256": digest, "layer": name, "option": option.label,
+                      "format_version": str(FORMAT_VERSION)}
+            _write_bytes(path, save_safetensors(on_cpu, metadata=header))
             with open(self.dir / BUILD_LOG, "a", encoding="utf-8") as log:
                 log.write(f"{time.time():.3f}\t{self.writer}\t{option.label}\t{name}\t{digest}\n")
         except OSError as exc:
             raise LevelDatabaseError(f"level database: cannot write {path}: {_one_line(exc)}"
                                      ) from None
 
-    def save_now(self, name: str, option: QuantOption, weight: torch.Tensor) -> None:
-        self._write(self.path(name, option), name, option, weight)
+    def save_now(self, name: str, option: QuantOption, enc: Encoded | torch.Tensor,
+                 dtype: torch.dtype | None = None) -> None:
+        """Write ``enc`` (a variant's parts, or a weight kept dense) at once; ``dtype``: the
+        model's, that the variant is scored in (default: the dense weight's, or float32)."""
+        self._write(self.path(name, option), name, option,
+                    *level_codec.encode(enc, dtype or _dtype_of(enc)))
 
-    def save(self, name: str, option: QuantOption, weight: torch.Tensor) -> None:
-        """Queue ``weight`` to be written in the background (it must not change afterwards).
-        The writer starts at :meth:`start_writing` or :meth:`flush`, so a build is not slowed
-        by copies and hashing beside it."""
+    def save(self, name: str, option: QuantOption, enc: Encoded | torch.Tensor,
+             dtype: torch.dtype | None = None) -> None:
+        """Queue ``enc`` to be written in the background: it is packed now (on its device, a
+        fraction of the weight's bytes), copied and hashed by the writer thread, which starts at
+        :meth:`start_writing` or :meth:`flush`, so a build is not slowed by copies and hashing
+        beside it."""
         self._raise_pending()
-        self._queue.put((name, option, weight))
+        self._queue.put((name, option, *level_codec.encode(enc, dtype or _dtype_of(enc))))
 
     def start_writing(self) -> None:
         """Start (once) the thread that writes what :meth:`save` queued."""
@@ -206,9 +215,9 @@ class LevelDatabase:
             try:
                 if item is None:
                     return
-                name, option, weight = item
+                name, option, parts, meta = item
                 if self._error is None:
-                    self._write(self.path(name, option), name, option, weight)
+                    self._write(self.path(name, option), name, option, parts, meta)
             except LevelDatabaseError as exc:
                 self._error = exc
             finally:
@@ -231,10 +240,10 @@ class LevelDatabase:
             self._thread = None
 
     # -- reading ------------------------------------------------------------------------------
-    def load(self, name: str, option: QuantOption,
-             device: torch.device | str = "cpu") -> torch.Tensor | None:
-        """The stored variant, checked against its checksum; None when absent or rejected
-        (a rejected file is removed and listed in :attr:`rejected`, so it is built again)."""
+    def _read(self, name: str, option: QuantOption
+              ) -> tuple[level_codec.Parts, dict[str, str]] | None:
+        """The checked tensors and metadata of a stored file (CPU); None when absent or
+        rejected (a rejected file is removed and listed in :attr:`rejected`)."""
         path = self.path(name, option)
         try:
             raw = path.read_bytes()
@@ -243,22 +252,39 @@ class LevelDatabase:
         except OSError as exc:
             raise LevelDatabaseError(f"level database: cannot read {path}: {_one_line(exc)}"
                                      ) from None
-        weight = _verified(raw, name)
-        if weight is None:
+        found = _verified(raw, name)
+        if found is None:
             self.rejected.append(path)
             path.unlink(missing_ok=True)
-            return None
-        return weight.to(device)
+        return found
 
-    def load_many(self, pairs: Iterable[tuple[str, QuantOption]], threads: int = 8
+    def load_parts(self, name: str, option: QuantOption, device: torch.device | str = "cpu"
+                   ) -> tuple[Encoded | torch.Tensor, torch.dtype] | None:
+        """The stored variant as the format holds it: its :class:`~.registry.Encoded` (integer
+        codes, scales, zero points, mask; a weight kept dense: the tensor) on ``device``, and the
+        dtype it was scored in; checked against its checksum. None when absent or rejected (a
+        rejected file is removed and listed in :attr:`rejected`, so it is built again)."""
+        found = self._read(name, option)
+        return None if found is None else _decoded(found, option, device)
+
+    def load(self, name: str, option: QuantOption,
+             device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """The stored variant decoded on ``device``: bit for bit the weight the trial was scored
+        with; None when absent or rejected (see :meth:`load_parts`)."""
+        found = self.load_parts(name, option, device)
+        return None if found is None else _weight(*found)
+
+    def load_many(self, pairs: Iterable[tuple[str, QuantOption]], threads: int = 8,
+                  device: torch.device | str = "cpu"
                   ) -> Iterable[tuple[str, QuantOption, torch.Tensor | None]]:
-        """:meth:`load` of each pair (on the CPU), reading and checking files in ``threads``
-        threads (file reads and SHA-256 release the GIL), yielded in order."""
+        """:meth:`load` of each pair, reading and checking files in ``threads`` threads (file
+        reads and SHA-256 release the GIL) and decoding on ``device`` in this one, in order."""
         pairs = list(pairs)
         with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
-            for (name, option), weight in zip(pairs, pool.map(lambda p: self.load(*p), pairs),
-                                              strict=True):
-                yield name, option, weight
+            for (name, option), found in zip(pairs, pool.map(lambda p: self._read(*p), pairs),
+                                             strict=True):
+                yield name, option, None if found is None else _weight(
+                    *_decoded(found, option, device))
 
     # -- proxies ------------------------------------------------------------------------------
     def _proxy_path(self, name: str, option: QuantOption) -> Path:
@@ -289,16 +315,54 @@ class LevelDatabase:
         return [(f[1], f[2], f[3]) for f in (ln.split("\t") for ln in lines) if len(f) >= 4]
 
 
-def _verified(raw: bytes, name: str) -> torch.Tensor | None:
-    """The weight of a stored file, or None when it is truncated, corrupted or another layer's."""
+def _decoded(found: tuple[level_codec.Parts, dict[str, str]], option: QuantOption,
+             device: torch.device | str) -> tuple[Encoded | torch.Tensor, torch.dtype]:
+    parts, meta = found
+    enc = level_codec.decode(parts, meta, option, device)
+    default = enc.dtype if isinstance(enc, torch.Tensor) else torch.float32
+    return enc, level_codec.target_dtype(meta, default)
+
+
+def _weight(enc: Encoded | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return enc if isinstance(enc, torch.Tensor) else level_codec.dequantize(enc, dtype)
+
+
+def _dtype_of(enc: Encoded | torch.Tensor) -> torch.dtype:
+    return enc.dtype if isinstance(enc, torch.Tensor) else torch.float32
+
+
+def _header(raw: bytes) -> dict[str, Any]:
+    n = int.from_bytes(raw[:8], "little")
+    if n <= 0 or n > len(raw) - 8:
+        raise ValueError("not a safetensors header")
+    return json.loads(raw[8:8 + n])
+
+
+def _header_version(path: Path) -> str | None:
+    """The layout version a stored file's header names (None: absent or unreadable)."""
     try:
-        n = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8:8 + n])
-        meta = header.get("__metadata__") or {}
-        if meta.get("layer") != name:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little")
+            if len(head) < 8 or n <= 0 or n > 1 << 20:
+                return None
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    version = meta.get("format_version")
+    return version if isinstance(version, str) else None
+
+
+def _verified(raw: bytes, name: str) -> tuple[level_codec.Parts, dict[str, str]] | None:
+    """The tensors and metadata of a stored file, or None when it is truncated, corrupted,
+    another layer's or of another layout version (never misread)."""
+    try:
+        meta = _header(raw).get("__metadata__") or {}
+        if meta.get("layer") != name or meta.get("format_version") != str(FORMAT_VERSION):
             return None
-        if hashlib.sha256(raw[8 + n:]).hexdigest() != meta.get("sha256"):
+        parts = load_safetensors(raw)
+        if level_codec.digest(parts) != meta.get("sha256"):
             return None
-        return load_safetensors(raw)["weight"]
-    except (ValueError, KeyError, SafetensorError, UnicodeDecodeError):
+        return parts, meta
+    except (ValueError, KeyError, SafetensorError, UnicodeDecodeError, AttributeError):
         return None

@@ -243,9 +243,11 @@ class IntHandler(FormatHandler):
             return super().encode(w, option, inputs)
         keep = self.keep_mask(w, option, inputs)
         grids: list[tuple[torch.Tensor, torch.Tensor]] = []
-        q_hat = gptq_quantize(w, self._hessian(option, inputs), option.bits, option.group_size,
-                              option.symmetric, inputs.gptq_block_size, inputs.gptq_percdamp,
-                              keep, grids=grids)
+        # float32 in, float32 out: ŵ = s·(q − z) exactly, so the codes are read back exactly
+        # (a bf16 ŵ of an 8-bit code can be a whole step off); GPTQ itself runs in float32
+        q_hat = gptq_quantize(w.float(), self._hessian(option, inputs), option.bits,
+                              option.group_size, option.symmetric, inputs.gptq_block_size,
+                              inputs.gptq_percdamp, keep, grids=grids)
         scale = torch.cat([s for s, _ in grids], dim=1)
         zero = torch.cat([z for _, z in grids], dim=1)
         group = option.group_for(w.shape[1])

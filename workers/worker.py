@@ -35,6 +35,7 @@ from torch import nn
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
+from . import level_codec
 from .errors import WorkerError
 from .gptq import HessianAccumulator
 from .layers import get_weight, quantizable_modules, set_weight_
@@ -43,7 +44,7 @@ from .level_db import LevelDatabase, stored_option
 from .model_loading import load_model, load_tokenizer
 from .objectives import make_objective, slice_reference
 from .placement import Placement
-from .registry import ACT_NORM, HESSIAN, LayerInputs, handler_for, quantize_weight
+from .registry import ACT_NORM, HESSIAN, Encoded, LayerInputs, handler_for, quantize_weight
 from .sharding import ShardedVariantCache, sharded_cache, spread_model
 from .variant_cache import VariantCache
 
@@ -298,22 +299,34 @@ class Worker:
     def _compress(self, name: str, option: QuantOption) -> torch.Tensor:
         return quantize_weight(self.original[name], option, inputs=self.layer_inputs(name, option))
 
+    def _encode(self, name: str, option: QuantOption) -> Encoded:
+        """The stored parts of layer ``name`` under ``option`` (what the level database keeps)."""
+        return handler_for(option).encode(self.original[name], option,
+                                          self.layer_inputs(name, option))
+
     def variant(self, name: str, option: QuantOption) -> torch.Tensor:
-        """The weight of layer ``name`` under ``option`` (device or host), computed once."""
+        """The weight of layer ``name`` under ``option`` (device or host), computed once.
+        A stored-kind variant is read from the level database when it holds it, else encoded
+        and decoded (the very weight its file will decode to) and queued for the database."""
         key = (name, option)
         if key not in self.cache:
-            stored = self.levels is not None and stored_option(option)
-            w = self.levels.load(name, option, self.original[name].device) if stored else None  # type: ignore[union-attr]
-            if w is None:
-                with torch.inference_mode():
-                    w = self._compress(name, option)
-                self.keep_variant(name, option, w)
-            else:
+            stored = stored_option(option)
+            w = self.levels.load(name, option, self.original[name].device) \
+                if stored and self.levels is not None else None
+            if w is not None:
                 self.cache.put(key, w.contiguous())
+            else:
+                with torch.inference_mode():
+                    enc = self._encode(name, option) if stored else None
+                    w = self._compress(name, option) if enc is None else \
+                        level_codec.dequantize(enc, self.original[name].dtype)
+                self.keep_variant(name, option, w, enc)
         return self.cache.get(key)
 
-    def keep_variant(self, name: str, option: QuantOption, w: torch.Tensor) -> None:
-        """Cache a variant this worker computed (and queue it for the level database)."""
+    def keep_variant(self, name: str, option: QuantOption, w: torch.Tensor,
+                     enc: Encoded | None = None) -> None:
+        """Cache a variant this worker computed, ``w`` (``enc``'s decode when given), and queue
+        ``enc`` (the format's parts; without it, ``w``) for the level database."""
         if not bool(torch.isfinite(w).all()):
             raise WorkerError(f"layer {name} under {option.label}: the compressed weight is "
                               "not finite")
@@ -321,8 +334,8 @@ class Worker:
         self.cache.put((name, option), w)
         if stored_option(option):
             self.computed.append((name, option.label))
-            if self.levels is not None:  # the cached copy: a spilled one frees the device's
-                self.levels.save(name, option, self.cache.get((name, option)))
+            if self.levels is not None:
+                self.levels.save(name, option, enc if enc is not None else w, w.dtype)
 
     def share_variants(self, source: Worker) -> None:
         """Take compressed weights from ``source`` (same model and space) instead of computing
@@ -330,6 +343,7 @@ class Worker:
         worker scores on its own (held-out ones, say)."""
         self.cache = source.cache
         self._compress = source._compress  # type: ignore[method-assign]
+        self._encode = source._encode  # type: ignore[method-assign]
 
     def warm_cache(self) -> None:
         """Compress every (layer, option) of the space now (benchmarks, profiles)."""

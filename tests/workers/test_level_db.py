@@ -9,24 +9,26 @@ import pytest
 import torch
 
 from mpsearch.spaces import SpaceConfig, build_space
-from mpsearch.workers import level_db
+from mpsearch.spaces.options import QuantOption
+from mpsearch.workers import level_codec, level_db
 from mpsearch.workers.calibration import load_texts
 from mpsearch.workers.config import CalibrationConfig, ModelConfig
 from mpsearch.workers.level_build import build_task_, load_stored_, plan_tasks
 from mpsearch.workers.level_db import LevelDatabase, LevelDatabaseError, stored_option
 from mpsearch.workers.model_loading import inspect_model
+from mpsearch.workers.registry import Encoded
 from mpsearch.workers.worker import Worker, WorkerSetup
 
 OPTIONS = ["int3-g32-asym-gptq", "int4-g32-asym-gptq", "int4-g32-asym", "int4-g32-asym-clip",
            "fp16"]
 
 
-def tiny_worker(path: str, level_dir=None, options=OPTIONS) -> Worker:
+def tiny_worker(path: str, level_dir=None, options=OPTIONS, dtype="float32") -> Worker:
     info = inspect_model(ModelConfig(name=path))
     cfg = SpaceConfig.model_validate({"layers": [{"match": r"layers\.\d+\.", "options": options}]})
     space = build_space(info.layers, cfg.rules(), (), info.total_params)
     texts = tuple(load_texts(CalibrationConfig(samples=6, seq_len=24)))
-    setup = WorkerSetup(info.path, info.kind, "kl", texts, 24, threads=1,
+    setup = WorkerSetup(info.path, info.kind, "kl", texts, 24, threads=1, dtype=dtype,
                         level_db=None if level_dir is None else str(level_dir))
     return Worker(setup, space)
 
@@ -145,3 +147,58 @@ def test_rtn_variants_stay_in_memory(tiny_llama_path, tmp_path):
             worker.variant(name, option)
     worker.levels.flush()
     assert worker.computed == [] and not list((tmp_path / "set").rglob("*.safetensors"))
+
+
+GPTQ_GRID = ["int2-g32-asym-gptq", "int3-g64-sym-gptq", "int4-g32-sym-gptq", "int4-ch-asym-gptq",
+             "int8-g64-asym-gptq", "int8-ch-sym-gptq"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_stored_variant_decodes_bit_for_bit_to_the_weight_the_trial_scored(
+        tiny_llama_path, tmp_path, dtype):
+    worker = tiny_worker(tiny_llama_path, tmp_path / "set", GPTQ_GRID, dtype)
+    build_all(worker)  # batched GPTQ, as a level build
+    name = "model.layers.1.self_attn.k_proj"
+    worker.variant(name, QuantOption.from_label("int3-g32-asym-gptq"))  # the per-layer path
+    worker.levels.flush()
+    reader = LevelDatabase(tmp_path / "set", worker.levels.params)
+    for (layer, option) in [*stored_pairs(worker), (name, QuantOption.from_label(
+            "int3-g32-asym-gptq"))]:
+        scored = worker.cache.get((layer, option))
+        assert torch.equal(reader.load(layer, option), scored), (layer, option.label)
+        enc, scored_dtype = reader.load_parts(layer, option)
+        assert isinstance(enc, Encoded) and scored_dtype == scored.dtype
+        low = level_codec.q_min(option)
+        assert enc.values.min() >= low and enc.values.max() <= low + 2**option.bits - 1
+        assert torch.equal(enc.values, enc.values.round())
+        assert (enc.zero_point is None) == option.symmetric
+        assert torch.equal(enc.dequantize(scored.dtype), scored)
+        # the file holds the packed codes and the fp16 grid, not the dequantized weight
+        rows, cols = scored.shape
+        groups = cols // option.group_for(cols)
+        grid = rows * groups * (2 + (0 if option.symmetric else 1))
+        size = reader.path(layer, option).stat().st_size
+        assert size < rows * cols * option.bits / 8 + grid + 1024
+    assert sorted(worker.computed) == sorted([(n, o.label) for n, o in stored_pairs(worker)]
+                                             + [(name, "int3-g32-asym-gptq")])
+
+
+def test_a_file_of_the_old_layout_is_rebuilt_never_misread(tiny_llama_path, tmp_path):
+    worker = tiny_worker(tiny_llama_path, tmp_path / "set", ["int4-g32-asym-gptq", "fp16"])
+    name, option = stored_pairs(worker)[0]
+    old = worker.levels.path(name, option)
+    old.parent.mkdir(parents=True)
+    weight = torch.zeros(tuple(worker.original[name].shape))  # a v1 file: the dense weight
+    from safetensors.torch import save_file
+    save_file({"weight": weight}, old, metadata={
+        "sha256": level_codec.digest({"weight": weight}), "layer": name,
+        "option": option.label, "format_version": "1"})
+    assert not worker.levels.has(name, option)
+    assert worker.levels.missing([(name, option)]) == [(name, option)]
+    assert worker.levels.load(name, option) is None and not old.exists()  # removed
+    assert worker.levels.rejected == [old]
+    w = worker.variant(name, option)  # computed again, not the zeros
+    assert not torch.equal(w, weight)
+    worker.levels.flush()
+    assert worker.levels.has(name, option)
+    assert torch.equal(worker.levels.load(name, option), w)
