@@ -59,7 +59,7 @@ def import_optuna_study(spec: JobSpec, url: str, name: str, store: TrialStore) -
             for t in trials:
                 cost = job.space.cost(t.candidate)
                 number = writer.start(t.candidate, cost.avg_bits, cost.total_bytes,
-                                      job.budget.admits(cost))
+                                      job.space.feasible(t.candidate, job.budget))
                 writer.finish(number, t.objective, "optuna",
                               None if t.objective is not None else "failed in Optuna", None,
                               t.extra or None)

@@ -29,6 +29,7 @@ from .ip_searcher import (
     IntegerProgramParams,
     ProfileParams,
     as_feasible,
+    check_solver,
     profile_measurer,
     profile_needs,
     solve_profile,
@@ -93,6 +94,7 @@ class HybridSearcher(Searcher):
         assert isinstance(self.params, HybridParams)
         self.p: HybridParams = self.params
         self.space.check_budget(self.budget)
+        check_solver(self.space, self.budget, self.p.solver)
         self.levels = LevelMap(self.space)
         self.measurer = profile_measurer(self.space, self.budget, self.p, self.context, self.name)
         evo = EvolutionaryParams(offspring=self.p.offspring, max_switches=self.p.max_switches,

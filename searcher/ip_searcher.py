@@ -25,24 +25,40 @@ from .levels import LevelMap, budget_bits_per_weight, repair_down
 from .profiling import ProfileMeasurer, loss_matrix, normalize_profile, proxy_anchors, wanted_entries
 
 
-def bits_capacity(space: SearchSpace, budget: Budget) -> float:
-    """The most searched bits the budget allows (avg_bits and total_bytes bound the same bits)."""
-    caps = []
-    if budget.avg_bits is not None:
-        caps.append(budget.avg_bits * space.searched_params)
-    if budget.total_bytes is not None:
-        caps.append(8 * budget.total_bytes - space.unsearched_params * space.unsearched_bits)
-    return min(caps) if caps else float(sum(max(space.gene_bits(g, o) for o in range(n))
-                                            for g, n in enumerate(space.sizes)))
+def _multiple(w: np.ndarray, base: np.ndarray) -> float | None:
+    """``a > 0`` with ``w == a · base`` (to float precision), or None."""
+    total = float(base.sum())
+    if total <= 0:
+        return None
+    a = float(w.sum()) / total
+    return a if a > 0 and np.allclose(w, a * base, rtol=1e-12, atol=0) else None
 
 
 def knapsack_for(space: SearchSpace, budget: Budget, loss: np.ndarray) -> Knapsack:
-    """The knapsack of ``space`` under ``budget`` with the (genes × options) ``loss``."""
-    weights = np.zeros((1, *loss.shape))
-    for g, n in enumerate(space.sizes):
-        for o in range(n):
-            weights[0, g, o] = space.gene_bits(g, o)
-    return Knapsack(loss, weights, np.array([bits_capacity(space, budget)]))
+    """The knapsack of ``space`` under ``budget`` with the (genes × options) ``loss``: one row
+    per budget row (``SearchSpace.constraints``), rows that are multiples of an earlier one
+    merged into it with the tighter capacity (avg_bits and total_bytes bound the same bits; so
+    does a memory budget whose KV cache is not searched), so such budgets stay one resource."""
+    rows: list[np.ndarray] = []
+    caps: list[float] = []
+    for row in space.constraints(budget):
+        w = np.zeros(loss.shape)
+        for g, costs in enumerate(row.costs):
+            w[g, :len(costs)] = costs
+        for i, base in enumerate(rows):
+            a = _multiple(w, base)
+            if a is not None:
+                caps[i] = min(caps[i], row.capacity / a)
+                break
+        else:
+            rows.append(w)
+            caps.append(row.capacity)
+    if not rows:  # no bound: the stored bits, with room for every gene's most expensive option
+        w = np.zeros(loss.shape)
+        for g, n in enumerate(space.sizes):
+            w[g, :n] = [space.gene_bits(g, o) for o in range(n)]
+        rows, caps = [w], [float(w.max(axis=1).sum())]
+    return Knapsack(loss, np.stack(rows), np.array(caps))
 
 
 class ProfileParams(SearcherParams):
@@ -87,11 +103,20 @@ class IntegerProgramParams(ProfileParams):
     time_limit: float = Field(default=60.0, gt=0)
 
 
+def check_solver(space: SearchSpace, budget: Budget, solver: str) -> None:
+    """SpecError when ``solver`` cannot take ``budget`` (the dynamic program: one resource)."""
+    rows = len(knapsack_for(space, budget, np.zeros((len(space.genes), max(space.sizes)))).caps)
+    if solver == "dp" and rows > 1:
+        raise SpecError(f"searcher.solver: dp solves one resource, budget {budget.describe()} "
+                        f"has {rows} independent rows; use solver: milp")
+
+
 def solve_profile(space: SearchSpace, budget: Budget, loss: np.ndarray, p: IntegerProgramParams,
                   count: int | None = None) -> list[Solution]:
     """Up to ``count`` optima for the (genes × options) ``loss``: the one at the budget first,
     then a sweep below it."""
     problem = knapsack_for(space, budget, loss)
+    check_solver(space, budget, p.solver)
     count = p.solutions if count is None else count
     cap = float(problem.caps[0])
     first = solve_dp(problem) if p.solver == "dp" else solve(problem, p.time_limit)
@@ -131,6 +156,7 @@ class IntegerProgramSearcher(Searcher):
         assert isinstance(self.params, IntegerProgramParams)
         self.p: IntegerProgramParams = self.params
         self.space.check_budget(self.budget)
+        check_solver(self.space, self.budget, self.p.solver)
         self.levels = LevelMap(self.space)
         self.measurer = profile_measurer(self.space, self.budget, self.p, self.context, self.name)
         self.queue: list[Candidate] | None = None  # solutions, once solved

@@ -63,13 +63,17 @@ class LevelMap:
 
 
 def budget_bits_per_weight(space: SearchSpace, budget: Budget) -> float:
-    """The most average bits per searched weight ``budget`` admits."""
+    """The most average bits per searched weight ``budget`` admits: over the rows that charge
+    weights at a fixed rate (``Constraint.bit_cost``), what is left for the searched weights
+    when every other cost of the row is at its least, at that rate."""
     bounds = []
-    if budget.avg_bits is not None:
-        bounds.append(budget.avg_bits)
-    if budget.total_bytes is not None:
-        unsearched = space.cost_of_bits(0.0).total_bytes
-        bounds.append((budget.total_bytes - unsearched) * 8 / space.searched_params)
+    for row in space.constraints(budget):
+        if row.bit_cost is None:
+            continue
+        # what the row charges beyond the weights' bits (e.g. a searched KV cache), at its least
+        others = sum(min(c - row.bit_cost * space.gene_bits(g, o) for o, c in enumerate(costs))
+                     for g, costs in enumerate(row.costs))
+        bounds.append((row.capacity - others) / row.bit_cost / space.searched_params)
     return min(bounds, default=float("inf"))
 
 
@@ -82,28 +86,55 @@ def budget_window(space: SearchSpace, budget: Budget, width: int) -> list[set[in
     """
     target = budget_bits_per_weight(space, budget)
     tiers = LevelMap(space).tiers
+    rows = space.constraints(budget)
     centers = [min(range(len(ts)), key=lambda t: abs(
-        space.gene_bits(g, ts[t][0]) / space.genes[g].numel - target)) for g, ts in enumerate(tiers)]
+        space.gene_bits(g, ts[t][0]) / max(space.genes[g].numel, 1) - target))
+        for g, ts in enumerate(tiers)]
     below = width
     while True:
         window = [{o for tier in ts[max(0, c - below):c + width + 1] for o in tier}
                   for ts, c in zip(tiers, centers, strict=True)]
-        cheapest = sum(min(space.gene_bits(g, o) for o in w) for g, w in enumerate(window))
-        if budget.admits(space.cost_of_bits(cheapest)) or all(c - below <= 0 for c in centers):
+        cheapest = [min((space.gene_bits(g, o), o) for o in w)[1] for g, w in enumerate(window)]
+        if all(row.admits(cheapest) for row in rows) or all(c - below <= 0 for c in centers):
             return window
         below += 1
 
 
+class _Use:
+    """The summed costs of ``choices`` on each row of a budget, kept as genes move."""
+
+    def __init__(self, space: SearchSpace, budget: Budget, choices: Sequence[int]) -> None:
+        self.rows = space.constraints(budget)
+        self.sums = [row.summed(choices) for row in self.rows]
+
+    def fits(self) -> bool:
+        return all(row.admits_sum(s) for row, s in zip(self.rows, self.sums, strict=True))
+
+    def fits_after(self, gene: int, old: int, new: int) -> bool:
+        return all(row.admits_sum(s + (row.costs[gene][new] - row.costs[gene][old]))
+                   for row, s in zip(self.rows, self.sums, strict=True))
+
+    def relieves(self, gene: int, old: int, new: int) -> bool:
+        """Whether moving ``gene`` from ``old`` to ``new`` lowers a row that is over."""
+        return any(not row.admits_sum(s) and row.costs[gene][new] < row.costs[gene][old]
+                   for row, s in zip(self.rows, self.sums, strict=True))
+
+    def move(self, gene: int, old: int, new: int) -> None:
+        self.sums = [s + (row.costs[gene][new] - row.costs[gene][old])
+                     for row, s in zip(self.rows, self.sums, strict=True)]
+
+
 def repair_down(choices: list[int], levels: LevelMap, budget: Budget, rng: random.Random,
                 keep: frozenset[int] = frozenset()) -> bool:
-    """Lower random genes one tier at a time (sparing ``keep``) until ``choices`` fits ``budget``.
+    """Lower random genes one tier at a time (sparing ``keep``) until ``choices`` meets every row
+    of ``budget``; a gene is lowered only when that lowers a row that is over.
 
     Returns False if even lowering everything lowerable does not fit (the caller discards it).
     """
-    space = levels.space
-    bits = sum(space.gene_bits(g, c) for g, c in enumerate(choices))
-    while not budget.admits(space.cost_of_bits(bits)):
-        lowerable = [g for g, c in enumerate(choices) if levels.can_move(g, c, -1) and g not in keep]
+    use = _Use(levels.space, budget, choices)
+    while not use.fits():
+        lowerable = [g for g, c in enumerate(choices) if levels.can_move(g, c, -1) and g not in keep
+                     and any(use.relieves(g, c, o) for o in levels.tiers[g][levels.tier_of[g][c] - 1])]
         if not lowerable:
             if keep:
                 keep = frozenset()
@@ -111,22 +142,21 @@ def repair_down(choices: list[int], levels: LevelMap, budget: Budget, rng: rando
             return False
         g = rng.choice(lowerable)
         new = levels.move(g, choices[g], -1, rng)
-        bits += space.gene_bits(g, new) - space.gene_bits(g, choices[g])
+        use.move(g, choices[g], new)
         choices[g] = new
     return True
 
 
 def fill_up(choices: list[int], levels: LevelMap, budget: Budget, rng: random.Random) -> None:
-    """Raise random genes one tier at a time while the result still fits ``budget``."""
-    space = levels.space
-    bits = sum(space.gene_bits(g, c) for g, c in enumerate(choices))
+    """Raise random genes one tier at a time while the result still meets ``budget``."""
+    use = _Use(levels.space, budget, choices)
     open_genes = [g for g, c in enumerate(choices) if levels.can_move(g, c, 1)]
     while open_genes:
         g = rng.choice(open_genes)
         new = levels.move(g, choices[g], 1, rng)
-        delta = space.gene_bits(g, new) - space.gene_bits(g, choices[g])
-        if budget.admits(space.cost_of_bits(bits + delta)):
-            choices[g], bits = new, bits + delta
+        if use.fits_after(g, choices[g], new):
+            use.move(g, choices[g], new)
+            choices[g] = new
             if not levels.can_move(g, new, 1):
                 open_genes.remove(g)
         else:

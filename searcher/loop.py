@@ -81,7 +81,7 @@ def run_search(
             proposed = searcher.ask(min(free, wanted))
             for candidate in proposed:
                 cost = space.cost(candidate)  # once per trial: the recorder stores it
-                feasible = budget.admits(cost)
+                feasible = space.feasible(candidate, budget)
                 key = recorder.start(candidate, cost, feasible)
                 executor.submit(key, candidate)
                 in_flight[key] = (candidate, feasible)

@@ -198,12 +198,9 @@ class OptunaSearcher(Searcher):
                 for name, g, c in zip(self.names, self.space.genes, choices, strict=True)}
 
     def _constraint(self, choices: tuple[int, ...]) -> float:
-        cost = self.space.cost(Candidate(choices))
-        excess = []
-        if self.budget.avg_bits is not None:
-            excess.append(cost.avg_bits / self.budget.avg_bits - 1)
-        if self.budget.total_bytes is not None:
-            excess.append(cost.total_bytes / self.budget.total_bytes - 1)
+        """The largest relative excess over the budget's rows (<= 0: feasible)."""
+        excess = [row.value(choices) / row.limit - 1 for row in self.space.constraints(self.budget)
+                  if row.limit > 0]
         return max(excess, default=0.0) if not self.feasible(Candidate(choices)) else \
             min(max(excess, default=0.0), 0.0)
 

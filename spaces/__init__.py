@@ -7,6 +7,7 @@ that only reads stored trials does not build the models.
 
 from typing import TYPE_CHECKING, Any
 
+from .budget import Constraint
 from .errors import BudgetError, MpsearchError, SpecError
 from .options import QuantOption
 from .space import (
@@ -38,6 +39,7 @@ __all__ = [
     "BudgetConfig",
     "BudgetError",
     "Candidate",
+    "Constraint",
     "Cost",
     "Gene",
     "LayerInfo",

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .budget import TOLERANCE, Budget, Constraint, budget_rows
 from .errors import BudgetError, SpecError
 from .options import QuantOption
 from .patterns import TimedPattern
@@ -73,27 +74,6 @@ class Cost:
 
 
 @dataclass(frozen=True)
-class Budget:
-    """Upper bounds a configuration must meet; a bound left None is not enforced."""
-
-    avg_bits: float | None = None
-    total_bytes: float | None = None
-
-    def admits(self, cost: Cost, tol: float = 1e-9) -> bool:
-        if self.avg_bits is not None and cost.avg_bits > self.avg_bits + tol:
-            return False
-        return not (self.total_bytes is not None and cost.total_bytes > self.total_bytes + tol)
-
-    def describe(self) -> str:
-        parts = []
-        if self.avg_bits is not None:
-            parts.append(f"avg_bits <= {self.avg_bits:g}")
-        if self.total_bytes is not None:
-            parts.append(f"total_bytes <= {self.total_bytes:,.0f}")
-        return " and ".join(parts) or "no budget"
-
-
-@dataclass(frozen=True)
 class SearchSpace:
     """Genes to choose for, plus what is not searched (counted in bytes at ``unsearched_bits``)."""
 
@@ -102,6 +82,9 @@ class SearchSpace:
     unsearched_bits: float = 16.0
     _gene_bits: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
     _searched_params: int = field(init=False, repr=False, compare=False)
+    # budget id → (budget, its rows): the rows of the few budgets a search uses, built once
+    _rows: dict[int, tuple[Budget, tuple[Constraint, ...]]] = field(
+        init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         bits = tuple(tuple(g.option_bits(i) for i in range(len(g.options))) for g in self.genes)
@@ -138,24 +121,57 @@ class SearchSpace:
     def cost(self, candidate: Candidate) -> Cost:
         return self.cost_of_bits(self.searched_bits(candidate))
 
+    def constraints(self, budget: Budget) -> tuple[Constraint, ...]:
+        """``budget`` as additive rows over this space's genes (:mod:`.budget`)."""
+        hit = self._rows.get(id(budget))
+        if hit is None or hit[0] is not budget:
+            hit = (budget, budget_rows(self, budget))
+            if len(self._rows) > 16:  # a search uses one budget; a sweep a handful
+                self._rows.clear()
+            self._rows[id(budget)] = hit
+        return hit[1]
+
     def feasible(self, candidate: Candidate, budget: Budget) -> bool:
-        return budget.admits(self.cost(candidate))
+        """Whether ``candidate`` meets every row of ``budget``."""
+        self.validate(candidate)
+        return all(row.admits(candidate.choices) for row in self.constraints(budget))
 
     def cheapest(self) -> Candidate:
         """The configuration of least stored bits (each gene at its cheapest option)."""
         return Candidate(tuple(min(range(len(b)), key=b.__getitem__) for b in self._gene_bits))
 
     def check_budget(self, budget: Budget, label: str = "budget") -> None:
-        """Raise :class:`BudgetError` naming ``budget`` (as ``label``: "budget", or a frontier's
-        point) and the minimum when no configuration meets it."""
-        least = self.cost(self.cheapest())
-        if budget.admits(least):
-            return
-        raise BudgetError(
-            f"{label} {budget.describe()} is below the cheapest configuration of the space "
-            f"(avg_bits {least.avg_bits:.4f}, total_bytes {least.total_bytes:,.0f}); "
-            "raise the budget or add cheaper options"
-        )
+        """Raise :class:`BudgetError` naming the minimum when no configuration meets ``budget``:
+        the bit bounds below the cheapest configuration, a row that even each gene's cheapest
+        option exceeds, or rows of stored bits (and weightless genes' costs) that their common
+        least point does not meet together. Rows of other costs are checked one by one.
+        ``label`` names the budget in the message: "budget", or a frontier's point."""
+        cheapest = self.cheapest()
+        least = self.cost(cheapest)
+        if not budget.admits(least):
+            raise BudgetError(
+                f"{label} {budget.describe()} is below the cheapest configuration of the space "
+                f"(avg_bits {least.avg_bits:.4f}, total_bytes {least.total_bytes:,.0f}); "
+                "raise the budget or add cheaper options")
+        rows = self.constraints(budget)
+        for row in rows:
+            if row.least() > row.limit + TOLERANCE:
+                raise BudgetError(
+                    f"{label} {row.name}: {row.show(row.limit)} is below the smallest "
+                    f"configuration of the space ({row.show(row.least())}); raise the budget or "
+                    "add cheaper options")
+        if all(row.bit_cost is not None for row in rows):
+            # rows of stored bits plus costs of genes without weights (a KV cache): each is at
+            # its least where every gene takes its least bits, ties broken by the other costs
+            least_all = [min((self.gene_bits(g, o), sum(row.costs[g][o] for row in rows), o)
+                             for o in range(n))[2] for g, n in enumerate(self.sizes)]
+            fits = all(row.admits(least_all) for row in rows)
+        else:  # a row of other costs (latency): the rows' least need not meet at one point;
+            fits = True  # each row's own least was checked above
+        if not fits:
+            raise BudgetError(
+                f"{label} {budget.describe()}: no configuration meets every bound at once (the "
+                f"one of least stored bits does not); raise a bound or add cheaper options")
 
     # -- encoding ----------------------------------------------------------------------------
     def validate(self, candidate: Candidate) -> None:
