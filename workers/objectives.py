@@ -59,6 +59,11 @@ class Objective:
         """Final extra numbers from the mean of each extra (default: the means themselves)."""
         return extras
 
+    # Objectives with a Fisher pseudo-target (see .fisher) define
+    # ``fisher_loss(output, batch, generator) -> (loss, items)``: a loss of the full-precision
+    # output whose gradient g has E[g gᵀ] = the objective's Hessian at the reference, summed
+    # over the batch's ``items`` (the objective's count).
+
 
 def _valid_next(mask: torch.Tensor) -> torch.Tensor:
     """Positions t whose next token t+1 exists and is not padding (batch × (seq − 1))."""
@@ -92,6 +97,17 @@ class KLObjective(Objective):
         count = valid.sum()
         return ((kl * valid).sum(), count), {"perplexity": ((nll * valid).sum(), count)}
 
+    def fisher_loss(self, output: Any, batch: Batch,
+                    generator: torch.Generator) -> tuple[torch.Tensor, float]:
+        """−Σ log q(y_t), y_t drawn from the (full-precision) model's own next-token
+        distribution at every valid position: the categorical's Fisher, KL's Hessian."""
+        logq = torch.log_softmax(output.logits.float(), dim=-1)[:, :-1]
+        probs = logq.detach().exp().reshape(-1, logq.shape[-1])
+        y = torch.multinomial(probs, 1, generator=generator).reshape(logq.shape[:-1])
+        valid = _valid_next(batch["attention_mask"])
+        nll = -logq.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        return (nll * valid).sum(), float(valid.sum())
+
     def finish(self, extras: dict[str, float]) -> dict[str, float]:
         nll = extras["perplexity"]
         return {"perplexity": math.exp(nll) if nll < 700 else math.inf}
@@ -123,6 +139,18 @@ class EmbeddingObjective(Objective):
         emb = mean_pool(output.last_hidden_state, batch["attention_mask"])
         d = embedding_distortion(ref, emb)
         return (d.sum(), torch.tensor(float(d.shape[0]), device=d.device)), {}
+
+    def fisher_loss(self, output: Any, batch: Batch,
+                    generator: torch.Generator) -> tuple[torch.Tensor, float]:
+        """Σ v · e with v = P⊥z/‖r‖ (z standard normal, P⊥ orthogonal to the full-precision
+        embedding r = e): E[v vᵀ] = P⊥/‖r‖², the Hessian of 1 − cos(r, e) at e = r."""
+        emb = mean_pool(output.last_hidden_state, batch["attention_mask"]).float()
+        r = emb.detach()
+        norm = r.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        u = r / norm
+        z = torch.randn(r.shape, generator=generator, device=r.device)
+        v = (z - (z * u).sum(dim=-1, keepdim=True) * u) / norm
+        return (v * emb).sum(), float(emb.shape[0])
 
 
 def main_output(output: Any) -> torch.Tensor:

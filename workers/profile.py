@@ -27,6 +27,7 @@ from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import SearchSpace
 
 from .errors import WorkerError
+from .fisher import fisher_diagonals, fisher_error
 from .gptq import hessian_error
 from .level_db import stored_option
 from .worker import Worker, WorkerSetup
@@ -129,8 +130,46 @@ def layer_proxy(worker: Worker, name: str, option: QuantOption) -> float:
     return value
 
 
-@torch.inference_mode()
+PROXY_KINDS = ("hessian", "fisher")
+
+
 def measure_proxies(worker: Worker, pairs: Iterable[Pair],
+                    on_gene: Callable[[], None] | None = None,
+                    kind: str = "hessian") -> dict[tuple[str, str], float]:
+    """The proxy error of each (gene, option), by (gene name, option label): ``hessian``, the
+    Hessian-weighted output error (below), or ``fisher``, the Fisher estimate of the objective's
+    change (:func:`fisher_proxies`)."""
+    if kind == "fisher":
+        return fisher_proxies(worker, pairs, on_gene)
+    if kind != "hessian":
+        raise WorkerError(f"proxy: unknown kind {kind!r}; valid: {', '.join(PROXY_KINDS)}")
+    return hessian_proxies(worker, pairs, on_gene)
+
+
+def fisher_proxies(worker: Worker, pairs: Iterable[Pair],
+                   on_gene: Callable[[], None] | None = None,
+                   draws: int = 1) -> dict[tuple[str, str], float]:
+    """½ Σ F ⊙ (W − Ŵ)² of each (gene, option), summed over the gene's layers: an estimate of the
+    objective's delta from one backward pass per calibration batch (:mod:`.fisher`), on the same
+    scale for every layer. Scores no candidate."""
+    diag = fisher_diagonals(worker, draws)
+    genes = {gene.name: gene for gene in worker.space.genes}
+    out = {}
+    with torch.inference_mode():
+        for gene_name, option in pairs:
+            total = 0.0
+            for layer in genes[gene_name].layers:
+                W = worker.original[layer.name]
+                W_hat = worker.variant(layer.name, option).to(W.device, non_blocking=False)
+                total += fisher_error(diag[layer.name], W, W_hat)
+            out[(gene_name, option.label)] = total
+            if on_gene is not None:
+                on_gene()
+    return out
+
+
+@torch.inference_mode()
+def hessian_proxies(worker: Worker, pairs: Iterable[Pair],
                     on_gene: Callable[[], None] | None = None) -> dict[tuple[str, str], float]:
     """The Hessian-weighted output error of each (gene, option), by (gene name, option label).
 
@@ -150,6 +189,7 @@ def measure_proxies(worker: Worker, pairs: Iterable[Pair],
     return out
 
 
-def space_proxies(setup: WorkerSetup, space: SearchSpace) -> dict[tuple[str, str], float]:
+def space_proxies(setup: WorkerSetup, space: SearchSpace,
+                  kind: str = "hessian") -> dict[tuple[str, str], float]:
     """:func:`measure_proxies` of every (gene, option) of ``space``, on a worker of its own."""
-    return measure_proxies(Worker(setup, space), profile_pairs(space))
+    return measure_proxies(Worker(setup, space), profile_pairs(space), kind=kind)

@@ -1,0 +1,83 @@
+"""The Fisher sensitivity proxy: the objective change a weight perturbation causes, to second order.
+
+Every objective mpsearch scores is a divergence ``D(ref, out)`` from the full-precision output,
+zero with zero gradient at the full-precision weights, so its first change under a perturbation
+ΔW is second order: ``D ≈ ½ vec(ΔW)ᵀ G vec(ΔW)`` with ``G = Jᵀ H_D J`` the Gauss-Newton matrix (for
+KL, the Fisher information of the next-token distributions). Its diagonal is estimated by
+Monte-Carlo gradients (the "true Fisher" with sampled labels, not the empirical one): each batch
+draws a pseudo-target from the full-precision output whose loss has ``E[g gᵀ] = G`` and adds
+``g ⊙ g`` of every searched layer's weight gradient. The proxy of an option is then
+
+    fisher_error = ½ Σ_ij F_ij (W_ij − Ŵ_ij)²
+
+— the score ModelOpt's ``auto_quantize`` uses (squared gradient times squared weight change,
+summed), with the ½ and the normalization that make it an estimate of the objective's delta
+itself, so it compares layers with each other as well as one layer's options (the
+Hessian-weighted error ``tr(ΔW H ΔWᵀ)`` of :mod:`.gptq` is a layer's own output error and does
+not). Pseudo-targets per objective (:meth:`~.objectives.Objective.fisher_loss`):
+
+- ``kl``: a token ``y_t`` drawn from the full-precision next-token distribution at each position,
+  loss ``−Σ_t log q(y_t)``: ``E[g gᵀ]`` is the Fisher of the categorical, the Hessian of KL.
+- ``embedding_distortion``: a direction ``v = P⊥ z / ‖r‖`` (z standard normal, P⊥ the projection
+  orthogonal to the reference embedding r), loss ``Σ v · e``: ``E[v vᵀ] = P⊥/‖r‖²``, the Hessian
+  of 1 − cos at r.
+
+The gradients of independent draws are zero-mean at the full-precision weights, so the square of
+a batch's summed gradient estimates the sum of its per-item Fisher diagonals without per-sample
+gradients. Plain torch on a :class:`~.worker.Worker`; the worker is left at full precision.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+
+from .errors import WorkerError
+from .layers import Conv1D
+from .worker import Worker
+
+
+def fisher_error(F: torch.Tensor, W: torch.Tensor, W_hat: torch.Tensor) -> float:
+    """½ Σ F ⊙ (W − Ŵ)²: the objective change ``W → Ŵ`` causes, by the diagonal Fisher ``F``."""
+    delta = (W.float() - W_hat.float()).to(F.device)
+    return 0.5 * float((F * delta.square()).sum())
+
+
+def fisher_diagonals(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher (Gauss-Newton) of the worker's objective for every searched layer's
+    weight (out × in, float32), averaged over its calibration items (tokens for KL, samples for
+    embeddings) so that :func:`fisher_error` is on the objective's scale. ``draws`` pseudo-targets
+    per batch (more: less Monte-Carlo noise). Raises ``WorkerError`` for an objective without a
+    pseudo-target (a user objective)."""
+    if not hasattr(worker.objective, "fisher_loss"):
+        raise WorkerError(f"proxy: fisher needs the kl or embedding_distortion objective, not "
+                          f"{worker.objective.name!r} (use proxy: hessian)")
+    if draws < 1:
+        raise WorkerError(f"fisher draws must be >= 1, got {draws}")
+    worker.restore_()
+    names = list(worker.modules)
+    params = [cast(torch.Tensor, worker.modules[n].weight) for n in names]
+    wanted = [bool(p.requires_grad) for p in params]
+    F = {n: torch.zeros_like(worker.original[n], dtype=torch.float32) for n in names}
+    generator = torch.Generator(device=worker.device).manual_seed(seed)
+    count = 0.0
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            for batch in worker.batches:
+                for _ in range(draws):
+                    loss, n = worker.objective.fisher_loss(worker.model(**batch), batch,
+                                                           generator)
+                    grads = torch.autograd.grad(loss, params)
+                    for name, g in zip(names, grads, strict=True):
+                        oriented = g.t() if isinstance(worker.modules[name], Conv1D) else g
+                        F[name] += oriented.float().square()
+                    count += n
+    finally:
+        for p, flag in zip(params, wanted, strict=True):
+            p.requires_grad_(flag)
+            p.grad = None
+    count = max(count / draws, 1.0)
+    return {n: f / (count * draws) for n, f in F.items()}
