@@ -22,7 +22,7 @@ study row for ``mpsearch status``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,19 +33,19 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from mpsearch.spaces.errors import MpsearchError
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import SearchSpace
-from mpsearch.storage.profiles import calibration_fingerprint
-from mpsearch.workers.config import CalibrationConfig, LevelsConfig
 from mpsearch.workers.errors import WorkerError
 from mpsearch.workers.level_build import block_of, plan_tasks
-from mpsearch.workers.level_db import LevelDatabase, fingerprint, model_fingerprint, stored_option
+from mpsearch.workers.level_db import LevelDatabase, stored_option
 from mpsearch.workers.profile import profile_pairs
 from mpsearch.workers.worker import WorkerSetup, level_database
 
 from .executor import RayExecutor, first_line
+from .levels import DEFAULT_ROOT, level_set, levels_root
+
+__all__ = ["DEFAULT_ROOT", "SetUpWorkers", "level_set", "levels_root", "set_up_workers"]
 
 Pair = tuple[str, QuantOption]
 PROXY_CHUNK = 32  # (layer, option) pairs per proxy step: the bar moves, round trips stay few
-DEFAULT_ROOT = Path("~/.cache/mpsearch/levels")
 
 
 class SetupListener(Protocol):
@@ -71,29 +71,6 @@ class QuietListener:
 
     def finish(self, key: str) -> None:
         pass
-
-
-# -- where the level database lives -----------------------------------------------------------
-def levels_root(cfg: LevelsConfig, store_url: str) -> Path | None:
-    """The level database's root: the spec's ``levels.path``, else beside a SQLite store file,
-    else ``~/.cache/mpsearch/levels``; None when disabled."""
-    if not cfg.enabled:
-        return None
-    if cfg.path is not None:
-        return Path(cfg.path).expanduser()
-    if store_url.startswith("sqlite:///") and store_url != "sqlite:///:memory:":
-        return Path(store_url.removeprefix("sqlite:///") + ".levels")
-    return DEFAULT_ROOT.expanduser()
-
-
-def level_set(root: Path, model_path: str, dtype: str, texts: Sequence[str],
-              calibration: CalibrationConfig) -> tuple[Path, dict[str, Any]]:
-    """The folder of one model + calibration under ``root``, and its manifest."""
-    model_fp = model_fingerprint(model_path, dtype)
-    calib_fp = calibration_fingerprint(texts, calibration.seq_len)
-    manifest = {"model": model_path, "dtype": dtype, "model_fingerprint": model_fp,
-                "calibration": {**calibration.model_dump(mode="json"), "fingerprint": calib_fp}}
-    return root / fingerprint(model_fp, calib_fp), manifest
 
 
 # -- the phases -------------------------------------------------------------------------------

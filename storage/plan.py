@@ -37,8 +37,10 @@ def mpsearch_version() -> str:
         return "unknown"
 
 
-def build_plan(study: StudyRecord, trial: TrialRecord) -> dict[str, Any]:
-    """The plan of ``trial`` (a JSON-able dict; see ``docs/storage.md`` for every key)."""
+def build_plan(study: StudyRecord, trial: TrialRecord,
+               levels: str | None = None) -> dict[str, Any]:
+    """The plan of ``trial`` (a JSON-able dict; see ``docs/storage.md`` for every key).
+    ``levels``: the level database root the study used (``apply`` reads GPTQ variants there)."""
     layers = []
     for gene, choice in zip(study.space.genes, trial.choices, strict=True):
         option = gene.options[choice]
@@ -62,6 +64,7 @@ def build_plan(study: StudyRecord, trial: TrialRecord) -> dict[str, Any]:
             "model": study.model, "model_kind": study.kind, "dtype": study.dtype,
             "calibration": None if study.calibration is None else study.calibration.section(),
             "spec_hash": study.spec_hash, "mpsearch_version": mpsearch_version(),
+            **({"levels": levels} if levels is not None else {}),
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
         "unsearched_bits": study.space.unsearched_bits,

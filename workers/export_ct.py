@@ -172,8 +172,7 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
         for name, option in options.items():
             if schemes[name] is None:
                 continue
-            enc = handler_for(option).encode(worker.original[name], option,
-                                              worker.layer_inputs(name, option))
+            enc = worker.encoded(name, option)  # from the level database when it holds it
             scored = worker.variant(name, option)
             assert torch.equal(enc.dequantize(scored.dtype).to(scored.device), scored), name
             encoded[name] = enc

@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, _planned_modules, plan_worker
 from .export_ct import ExportError, require
 from .formats import GGUF_BLOCK
 from .layers import get_weight
-from .registry import Encoded, handler_for
+from .registry import Encoded
 from .worker import WorkerSetup
 
 ARCHITECTURES = {"llama": "llama", "gpt2": "gpt2"}  # config.model_type → gguf architecture
@@ -250,8 +250,7 @@ def _layer_tensor(layer: str, kind: str, worker: Any, gguf_name: str, config: An
         data = gguf.quants.quantize(_qk(worker.original[layer].cpu().float().numpy(), gguf_name,
                                         config), qtype)
     else:
-        enc = handler_for(option).encode(worker.original[layer], option,
-                                          worker.layer_inputs(layer, option))
+        enc = worker.encoded(layer, option)  # from the level database when it holds it
         packed = _pack_q4_0(enc) if kind == "Q4_0" else _pack_q8_0(enc)
         data = _qk(packed, gguf_name, config)
     # what a loader computes (float32, then the model's dtype) is what the trial scored

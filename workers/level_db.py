@@ -33,7 +33,6 @@ Per-layer proxy errors (Hessian-weighted output error) live beside the variants 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import queue
@@ -54,9 +53,11 @@ from mpsearch.spaces.options import QuantOption
 from . import level_codec
 from .errors import WorkerError
 from .level_codec import FORMAT_VERSION
-from .registry import Encoded, needs_calibration
+from .level_keys import BUILD_LOG, MANIFEST, fingerprint, model_fingerprint
 
-MANIFEST, BUILD_LOG = "manifest.json", "build.log"
+__all__ = ["BUILD_LOG", "FORMAT_VERSION", "MANIFEST", "LevelDatabase", "LevelDatabaseError",
+           "fingerprint", "model_fingerprint", "stored_option"]
+from .registry import Encoded, needs_calibration
 
 
 class LevelDatabaseError(WorkerError):
@@ -66,27 +67,6 @@ class LevelDatabaseError(WorkerError):
 def stored_option(option: QuantOption) -> bool:
     """Whether ``option``'s variants go to the level database (see the module docstring)."""
     return needs_calibration(option) or option.clip
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able ``parts``."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def model_fingerprint(path: str, dtype: str) -> str:
-    """The identity of a model directory: its config and the size and mtime of its weight files
-    (a changed checkpoint gets a new level set), and the dtype it is loaded in."""
-    p = Path(path)
-    parts: list[Any] = [str(p.resolve()) if p.exists() else path, dtype]
-    if p.is_dir():
-        config = p / "config.json"
-        parts.append(config.read_text(encoding="utf-8") if config.is_file() else None)
-        for f in sorted(p.iterdir()):
-            if f.suffix in (".safetensors", ".bin", ".pt"):
-                st = f.stat()
-                parts.append((f.name, st.st_size, st.st_mtime_ns))
-    return fingerprint(*parts)
 
 
 def _one_line(exc: OSError) -> str:

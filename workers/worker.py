@@ -323,6 +323,17 @@ class Worker:
                 self.keep_variant(name, option, w, enc)
         return self.cache.get(key)
 
+    def encoded(self, name: str, option: QuantOption) -> Encoded:
+        """The stored parts (codes, scales, zero points, mask) of layer ``name`` under ``option``,
+        the ones its scored weight decodes from: read from the level database when it holds
+        them (an export after a study recomputes no GPTQ), else encoded now."""
+        if self.levels is not None and stored_option(option):
+            found = self.levels.load_parts(name, option, self.original[name].device)
+            if found is not None and isinstance(found[0], Encoded):
+                return found[0]
+        with torch.inference_mode():
+            return self._encode(name, option)
+
     def keep_variant(self, name: str, option: QuantOption, w: torch.Tensor,
                      enc: Encoded | None = None) -> None:
         """Cache a variant this worker computed, ``w`` (``enc``'s decode when given), and queue

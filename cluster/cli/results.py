@@ -237,7 +237,7 @@ def export(
     if format != PLAN and not chosen.feasible:
         raise NoResultError(f"trial {chosen.number} of study {study!r} is over the budget "
                             "(infeasible); export a feasible trial")
-    data = build_plan(record, chosen)
+    data = build_plan(record, chosen, levels=_study_levels(record, store.url))
     if format != PLAN:
         _write_checkpoint(Plan(data, f"trial {chosen.number} of study {study}"), format, out_path,
                           None, verify, runtime)
@@ -255,12 +255,29 @@ def apply(
     format: FormatOption = DENSE,
     runtime: RuntimeOption = "transformers",
     verify: VerifyOption = False,
+    levels: Annotated[str | None, typer.Option(
+        help="Level database root to read GPTQ/Wanda variants from (default: the plan's).")
+    ] = None,
 ) -> None:
     """Write a checkpoint of the plan's quantized weights (loads with from_pretrained)."""
     from mpsearch.storage.plan import read_plan
 
     _check_format(format, (DENSE, COMPRESSED_TENSORS, GGUF))
-    _write_checkpoint(read_plan(plan_path), format, out_dir, model, verify, runtime)
+    _write_checkpoint(read_plan(plan_path), format, out_dir, model, verify, runtime, levels)
+
+
+def _study_levels(record, store_url: str) -> str | None:
+    """The level database root the study's runs used (its spec's ``levels``, else beside the
+    store), for the plan's provenance: an export reads the stored variants from it."""
+    from mpsearch.cluster.levels import levels_root
+    from mpsearch.workers.config import LevelsConfig
+
+    try:
+        cfg = LevelsConfig.model_validate(record.spec.get("levels") or {})
+    except ValueError:
+        return None
+    root = levels_root(cfg, store_url)
+    return None if root is None else str(root.resolve())
 
 
 def _check_format(format: str, valid: tuple[str, ...]) -> None:
@@ -269,9 +286,10 @@ def _check_format(format: str, valid: tuple[str, ...]) -> None:
 
 
 def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify: bool,
-                      runtime: str = "transformers") -> None:
+                      runtime: str = "transformers", levels: str | None = None) -> None:
     """The plan's checkpoint in ``format`` (dense, compressed-tensors or gguf), re-scored if
-    asked (a GGUF file through transformers' GGUF loader)."""
+    asked (a GGUF file through transformers' GGUF loader). GPTQ and Wanda variants come from
+    the level database (``levels``, else the plan's) when it holds them, not computed again."""
     from mpsearch.workers.checkpoint import (
         check_plan_shapes,
         needs_calibration,
@@ -300,6 +318,8 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
     calibrated = any(needs_calibration(o) for o in plan.options.values())
     setup = _scoring_setup(scoring, source) if scoring.calibration and (calibrated or verify) \
         else None
+    if setup is not None and calibrated:
+        setup = _with_levels(setup, levels or prov.get("levels"), scoring)
     if format in (COMPRESSED_TENSORS, GGUF):
         if setup is None:
             from mpsearch.workers.config import ModelConfig
@@ -321,6 +341,19 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
         cost = f"{predicted:.0f}" if isinstance(predicted, int | float) else "unknown"
         err.print(f"re-scored objective {fmt_obj(value)}; stored {fmt_obj(prov.get('objective'))}; "
                   f"on disk {on_disk} bytes; cost model {cost} bytes")
+
+
+def _with_levels(setup: WorkerSetup, root: str | None, scoring: ScoringSource) -> WorkerSetup:
+    """``setup`` reading the level set of its model + calibration under ``root``, if built."""
+    from dataclasses import replace
+
+    from mpsearch.cluster.levels import existing_level_set
+    from mpsearch.workers.config import CalibrationConfig
+
+    assert scoring.calibration is not None
+    folder = existing_level_set(root, setup.model_path, setup.dtype, setup.texts,
+                                CalibrationConfig(**scoring.calibration.section()))
+    return setup if folder is None else replace(setup, level_db=str(folder))
 
 
 def _scoring_setup(scoring: ScoringSource, model: str) -> WorkerSetup:
