@@ -71,7 +71,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
         space.check_budget(point, "budget" if len(points) == 1 else
                            f"frontier budget {points.index(point) + 1} of {len(points)},")
     objective = resolve_objective(spec, info.kind)
-    texts = tuple(load_texts(spec.calibration))
+    texts = tuple(load_texts(spec.calibration, info.path))
     return PreparedJob(spec, info, space, points[-1], objective, texts,
                        points if len(points) > 1 else ())
 

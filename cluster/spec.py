@@ -64,10 +64,23 @@ class JobSpec(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The parts that define what a study searches: a rerun must keep them unchanged.
 
-        Where it runs (workers, storage) and for how long (evaluations) may change.
+        Where it runs (workers, storage) and for how long (evaluations) may change. Fields added
+        after studies were stored (:data:`_LATER_DEFAULTS`) are left out at their default, so a
+        study stored before them keeps its identity.
         """
-        return self.model_dump(mode="json", exclude={"workers", "storage", "evaluations",
-                                                       "levels"})
+        identity = self.model_dump(mode="json", exclude={"workers", "storage", "evaluations",
+                                                         "levels"})
+        for section, defaults in _LATER_DEFAULTS.items():
+            for key, default in defaults.items():
+                if identity[section].get(key) == default:
+                    del identity[section][key]
+        return identity
+
+
+# Spec fields added after studies were stored, with their defaults (see ``JobSpec.identity``).
+_LATER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "calibration": {"split": "train", "subset": None, "chat_template": False},
+}
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -58,6 +58,9 @@ class StudyRow(Base):
     calibration_offset: Mapped[int | None]
     calibration_batch_size: Mapped[int | None]
     calibration_fingerprint: Mapped[str | None] = mapped_column(String(64))  # of the texts scored
+    calibration_split: Mapped[str | None] = mapped_column(String(200))  # of a dataset
+    calibration_subset: Mapped[str | None] = mapped_column(String(200))  # of a hub dataset
+    calibration_chat_template: Mapped[bool | None]  # conversations through the model's template
     # What the running driver is doing ("loading the model", "level int4-g128-asym-gptq", ...,
     # "searching"), for ``mpsearch status``.
     phase: Mapped[str | None] = mapped_column(String(200), nullable=True)

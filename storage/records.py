@@ -34,11 +34,15 @@ class CalibrationRecord:
     offset: int = 0
     batch_size: int = 32
     fingerprint: str | None = None
+    split: str = "train"  # of a saved DatasetDict or a hub dataset
+    subset: str | None = None  # a hub dataset's configuration
+    chat_template: bool = False  # samples are conversations rendered by the model's template
 
     def section(self) -> dict[str, Any]:
         """The spec's ``calibration`` section (what loads the same texts again)."""
         return {"source": self.source, "text_field": self.text_field, "samples": self.samples,
-                "seq_len": self.seq_len, "offset": self.offset, "batch_size": self.batch_size}
+                "seq_len": self.seq_len, "offset": self.offset, "batch_size": self.batch_size,
+                "split": self.split, "subset": self.subset, "chat_template": self.chat_template}
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ def _study(row: StudyRow) -> StudyRecord:
             row.calibration_source, row.calibration_text_field or "text",
             row.calibration_samples or 0, row.calibration_seq_len or 0,
             row.calibration_offset or 0, row.calibration_batch_size or 0,
-            row.calibration_fingerprint)
+            row.calibration_fingerprint, row.calibration_split or "train",
+            row.calibration_subset, bool(row.calibration_chat_template))
     return StudyRecord(row.id, row.name, row.spec, row.spec_hash, SearchSpace.from_dict(row.space),
                        row.model, row.objective, row.evaluations, row.status, row.created_at,
                        Budget(row.budget_avg_bits, row.budget_total_bytes),
@@ -131,7 +136,10 @@ def typed_columns(budget: Budget, kind: str, dtype: str,
                 calibration_seq_len=None if c is None else c.seq_len,
                 calibration_offset=None if c is None else c.offset,
                 calibration_batch_size=None if c is None else c.batch_size,
-                calibration_fingerprint=None if c is None else c.fingerprint)
+                calibration_fingerprint=None if c is None else c.fingerprint,
+                calibration_split=None if c is None else c.split,
+                calibration_subset=None if c is None else c.subset,
+                calibration_chat_template=None if c is None else c.chat_template)
 
 
 def legacy_columns(spec: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +151,8 @@ def legacy_columns(spec: dict[str, Any]) -> dict[str, Any]:
     calibration = None
     if isinstance(section, dict):
         fields = {k: section[k] for k in ("source", "text_field", "samples", "seq_len", "offset",
-                                          "batch_size") if k in section}
+                                          "batch_size", "split", "subset", "chat_template")
+                  if k in section}
         calibration = CalibrationRecord(**fields, fingerprint=spec.get("calibration_fingerprint"))
     return typed_columns(Budget(budget.get("avg_bits"), budget.get("total_bytes")),
                          model.get("kind", "auto"), model.get("dtype", "float32"), calibration)

@@ -1,4 +1,9 @@
-"""Calibration text: a built-in real-text source needing no download, or the user's own file.
+"""Calibration text: a built-in real-text source needing no download, or the user's own data.
+
+Sources: the built-in corpus (below), a ``.txt`` file (a sample per non-empty line), a ``.jsonl``
+file (one object per line), or anything ``datasets`` reads (:mod:`.calibration_datasets`: a
+saved dataset directory, parquet, arrow, json, csv, or a named hub dataset). A chat model's
+conversations are rendered with its tokenizer's chat template (``calibration.chat_template``).
 
 The built-in source is prose from the docstrings of Python's standard library: real English about
 real software, on every machine that runs mpsearch. The driver reads the texts once and ships them
@@ -14,9 +19,11 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 from mpsearch.spaces.files import read_text_file
 
+from .calibration_datasets import DATASET_SUFFIXES, dataset_column, is_dataset_source, render_chats
 from .config import CalibrationConfig
 from .errors import WorkerError
 
@@ -96,35 +103,63 @@ def stdlib_texts() -> tuple[str, ...]:
     return tuple(texts)
 
 
-def _file_texts(path: Path, text_field: str) -> list[str]:
+def _file_values(path: Path, text_field: str) -> list[Any]:
+    """The samples of a ``.txt`` file (its non-empty lines) or the ``text_field`` values of a
+    ``.jsonl`` file (an error names the line)."""
     content = read_text_file(path, "calibration file", WorkerError)
-    if path.suffix == ".jsonl":
-        texts = []
-        for lineno, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                texts.append(str(record[text_field]))
-            except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
-                raise WorkerError(f"calibration.source: {path}:{lineno} is not a JSON object with "
-                                  f"a {text_field!r} field") from None
-        return texts
-    return [line.strip() for line in content.splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return [line.strip() for line in content.splitlines() if line.strip()]
+    values = []
+    for lineno, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            raise WorkerError(f"calibration.source: {path}:{lineno} is not a JSON object")
+        if text_field not in record:
+            raise WorkerError(f"calibration.text_field: {path}:{lineno} has no field "
+                              f"{text_field!r}; its fields: {', '.join(map(str, record)) or 'none'}")
+        values.append(record[text_field])
+    return values
 
 
-def load_texts(cfg: CalibrationConfig) -> list[str]:
-    """The ``cfg.samples`` texts starting at ``cfg.offset`` of the configured source."""
+def _source_values(cfg: CalibrationConfig) -> list[Any]:
     if cfg.source == BUILTIN_SOURCE:
-        texts = list(stdlib_texts())
-    else:
-        path = Path(cfg.source).expanduser()
-        if not path.is_file():
-            raise WorkerError(f"calibration.source: no such file {cfg.source!r} "
-                              f"(use {BUILTIN_SOURCE!r} or a .txt/.jsonl path)")
-        texts = _file_texts(path, cfg.text_field)
-    chosen = texts[cfg.offset: cfg.offset + cfg.samples]
+        return list(stdlib_texts())
+    if is_dataset_source(cfg.source):
+        return dataset_column(cfg)
+    path = Path(cfg.source).expanduser()
+    if not path.is_file():
+        raise WorkerError(f"calibration.source: no such file {cfg.source!r} (use "
+                          f"{BUILTIN_SOURCE!r}, a .txt/.jsonl path, a saved dataset directory, a "
+                          f"{'/'.join(DATASET_SUFFIXES)} file or hub:NAME)")
+    return _file_values(path, cfg.text_field)
+
+
+def load_texts(cfg: CalibrationConfig, model_path: str | None = None) -> list[str]:
+    """The ``cfg.samples`` texts starting at ``cfg.offset`` of the configured source; with
+    ``cfg.chat_template``, conversations rendered by the template of ``model_path``'s tokenizer.
+
+    Raises :class:`WorkerError` (one line, naming the field) for a source that is missing,
+    unreadable or empty, a column it lacks, too few samples, a value that is not text (or, with
+    the chat template, not a conversation), or a tokenizer without a chat template.
+    """
+    values = _source_values(cfg)
+    if not values:
+        raise WorkerError(f"calibration.source: {cfg.source!r} has no samples (it is empty)")
+    chosen = values[cfg.offset: cfg.offset + cfg.samples]
     if len(chosen) < cfg.samples:
-        raise WorkerError(f"calibration: source {cfg.source!r} has {len(texts)} samples, "
+        raise WorkerError(f"calibration: source {cfg.source!r} has {len(values)} samples, "
                           f"{cfg.offset + cfg.samples} needed (offset + samples)")
+    if cfg.chat_template:
+        return render_chats(chosen, model_path, cfg.source)
+    for i, value in enumerate(chosen):
+        if not isinstance(value, str):
+            hint = ("; for conversations set calibration.chat_template: true"
+                    if isinstance(value, list) else "")
+            raise WorkerError(f"calibration.text_field: sample {cfg.offset + i} of "
+                              f"{cfg.source!r} is {type(value).__name__}, not text{hint}")
     return chosen

@@ -178,7 +178,7 @@ def scoring_setup(model: str, kind: str, objective: str,
         CalibrationConfig(**calibration)
     info = inspect_model(ModelConfig(name=model, kind=kind))  # type: ignore[arg-type]
     return WorkerSetup(model_path=info.path, kind=info.kind, objective=objective,
-                       texts=tuple(load_texts(cfg)), seq_len=cfg.seq_len,
+                       texts=tuple(load_texts(cfg, info.path)), seq_len=cfg.seq_len,
                        batch_size=cfg.batch_size, dtype=dtype)
 
 

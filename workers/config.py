@@ -44,9 +44,17 @@ class CalibrationConfig(BaseModel):
 
     # "stdlib-docs" is real English prose taken from the docstrings of Python's standard library,
     # present on every machine; otherwise a path to a .txt (one sample per non-empty line) or a
-    # .jsonl file (one object per line, text under `text_field`).
+    # .jsonl file (one object per line, text under `text_field`), a directory saved by
+    # datasets (load_from_disk), a .parquet/.arrow/.json/.csv file (read by datasets), or
+    # "hub:NAME", a Hugging Face Hub dataset (the one source that downloads).
     source: str = "stdlib-docs"
-    text_field: str = "text"
+    text_field: str = "text"  # the column (or .jsonl field) holding each sample
+    # A saved DatasetDict's or a hub dataset's split, and a hub dataset's configuration.
+    split: str = "train"
+    subset: str | None = None
+    # Render each sample (a list of {"role", "content"} messages in `text_field`) with the
+    # model tokenizer's chat template, as a chat model sees its prompts.
+    chat_template: bool = False
     # 32 samples of up to 64 tokens: about 0.3 s per MiniLM evaluation on one CPU core, small
     # enough for hundreds of evaluations in minutes, large enough to rank configurations.
     samples: int = Field(default=32, ge=1, le=MAX_SAMPLES)

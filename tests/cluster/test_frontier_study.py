@@ -1,12 +1,11 @@
 """A frontier study end to end without Ray: the spec's list, the product's driver over a function,
-the stored points, ``pareto``/``best`` per budget, a resumed frontier, and a frontier below the
-cheapest configuration refused before anything is stored."""
+the stored points, ``pareto``/``best`` per budget and a resumed frontier (a frontier below the
+cheapest configuration: ``test_run_refuses.py``)."""
 
 import json
 import random
 
 import pytest
-import yaml
 
 from mpsearch.cluster.driver import drive
 from mpsearch.cluster.spec import parse_spec
@@ -16,7 +15,7 @@ from mpsearch.spaces import Budget, LayerInfo, LayerRule, build_space, parse_opt
 from mpsearch.spaces.errors import SpecError
 from mpsearch.storage import TrialStore
 
-from .conftest import assert_one_line_error, invoke
+from .conftest import invoke
 
 OPTIONS = tuple(parse_option(o) for o in ("int2-g128-asym", "int3-g128-asym", "int4-g128-asym",
                                           "int8-g128-asym", "fp16"))
@@ -106,14 +105,3 @@ def test_a_resumed_frontier_replays_exactly(tmp_path):
     assert ([t.choices for t in store.trials("whole")]
             == [t.choices for t in store.trials("parts")])
 
-
-@pytest.mark.slow  # inspects MiniLM
-def test_a_frontier_below_the_cheapest_configuration_is_one_line_and_stores_nothing(tmp_path):
-    db = tmp_path / "none.db"
-    spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump({"study": "low", "budget": {"avg_bits": [4.0, 2.0, 3.0]},
-                                    "storage": {"url": f"sqlite:///{db}"}}))
-    res = invoke("run", str(spec))
-    assert_one_line_error(res, "frontier budget 1 of 3, avg_bits <= 2 is below the cheapest "
-                               "configuration of the space (avg_bits 2.")
-    assert not db.exists()

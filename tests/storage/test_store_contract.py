@@ -148,18 +148,21 @@ def test_typed_study_columns_are_written_at_creation(store_url):
     from mpsearch.storage import CalibrationRecord
 
     store = TrialStore(store_url)
-    calibration = CalibrationRecord("a.jsonl", "body", 16, 48, 3, 8, "f" * 64)
+    calibration = CalibrationRecord("chats", "messages", 16, 48, 3, 8, "f" * 64, "test", "en",
+                                    True)
+    frontier = (Budget(3.0, 1e6), Budget(3.5, 1e6))
     study, _ = store.open_study("typed", {"budget": {"avg_bits": 1.0}}, {"x": 1}, SPACE, "model",
                                 "kl", 5, budget=Budget(3.5, 1e6), kind="encoder",
-                                dtype="float16", calibration=calibration)
+                                dtype="float16", calibration=calibration, frontier=frontier)
     again = TrialStore(store_url, create=False).study("typed")
     for record in (study, again):  # the typed arguments, not the spec dict's budget
         assert record.budget == Budget(3.5, 1e6)
+        assert record.frontier == record.budgets == frontier
         assert (record.kind, record.dtype, record.calibration) == ("encoder", "float16",
                                                                    calibration)
     assert again.calibration is not None and again.calibration.section() == {
-        "source": "a.jsonl", "text_field": "body", "samples": 16, "seq_len": 48, "offset": 3,
-        "batch_size": 8}
+        "source": "chats", "text_field": "messages", "samples": 16, "seq_len": 48, "offset": 3,
+        "batch_size": 8, "split": "test", "subset": "en", "chat_template": True}
 
 
 def test_an_opened_study_is_named_by_its_id(store_url):
