@@ -64,8 +64,12 @@ def prepare(spec: JobSpec) -> PreparedJob:
     for label, why in runtime.removed.items():
         logging.getLogger("mpsearch.cluster").warning(
             "space.runtime %s: option %s removed (%s)", spec.space.runtime, label, why)
+    if spec.budget.memory is not None and info.kind != "causal-lm":
+        raise SpecError(f"budget.memory: model {spec.model.name!r} is an encoder, which keeps no "
+                        "KV cache; bound its weights with total_bytes instead")
+    attention = info.attention if spec.budget.memory is not None else ()
     space = build_space(info.layers, runtime.rules, runtime.ties, info.total_params,
-                        spec.space.unsearched_bits)
+                        spec.space.unsearched_bits, attention)
     points = spec.budget.to_budgets()
     for point in points:  # the tightest first: the one a frontier's error names
         space.check_budget(point, "budget" if len(points) == 1 else

@@ -6,7 +6,8 @@ option), summed over a candidate's choices, plus a constant, divided by a unit, 
     (constant + Σ_g costs[g][choice_g]) / divisor <= limit
 
 ``avg_bits`` is the stored bits of the searched weights over their count, ``total_bytes`` the
-model's stored bits (searched and not) over 8. A kind that needs facts of the job (a latency
+model's stored bits (searched and not) over 8, ``memory`` those plus the KV cache at a context
+and batch (and an allowance for activations), over 8. A kind that needs facts of the job (a latency
 table measured on the workers) is built by the job and handed over in :attr:`Budget.extra`.
 The cost model (:meth:`SearchSpace.constraints <.space.SearchSpace.constraints>`) turns a budget
 into its rows; every strategy respects all of them (the integer program as rows of its program,
@@ -16,8 +17,10 @@ the level moves of ``searcher/levels.py`` by repairing against each). Pure value
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import SpecError
 
 if TYPE_CHECKING:
     from .space import Cost, SearchSpace
@@ -81,10 +84,32 @@ class Constraint:
 
 
 @dataclass(frozen=True)
+class MemoryBudget:
+    """Serving memory: the stored weights plus the KV cache of ``batch`` sequences of ``context``
+    tokens, plus a stated allowance for activations and the runtime's workspace, in bytes."""
+
+    bytes: float
+    context: int
+    batch: int = 1
+    activations: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the KV cache holds at this load."""
+        return self.context * self.batch
+
+    def describe(self) -> str:
+        extra = f" + {self.activations:,.0f} B activations" if self.activations else ""
+        return (f"memory <= {self.bytes:,.0f} bytes (weights + KV cache at context "
+                f"{self.context} × batch {self.batch}{extra})")
+
+
+@dataclass(frozen=True)
 class Budget:
     """Upper bounds a configuration must meet; a bound left None is not enforced.
 
-    ``avg_bits`` and ``total_bytes`` bound the stored bits; ``extra`` holds rows the job built
+    ``avg_bits`` and ``total_bytes`` bound the stored bits, ``memory`` the bytes of serving (see
+    :func:`memory_row`); ``extra`` holds rows the job built
     against its space (see the module doc). :meth:`admits` checks a stored :class:`Cost` against
     the two bit bounds (what a stored trial's columns can tell); whether a candidate meets the
     whole budget is :meth:`SearchSpace.feasible <.space.SearchSpace.feasible>`.
@@ -92,6 +117,7 @@ class Budget:
 
     avg_bits: float | None = None
     total_bytes: float | None = None
+    memory: MemoryBudget | None = None
     extra: tuple[Constraint, ...] = ()
 
     def admits(self, cost: Cost, tol: float = TOLERANCE) -> bool:
@@ -99,12 +125,26 @@ class Budget:
             return False
         return not (self.total_bytes is not None and cost.total_bytes > self.total_bytes + tol)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The spec's bounds as JSON (``extra`` rows are the job's, rebuilt from their source)."""
+        return {"avg_bits": self.avg_bits, "total_bytes": self.total_bytes,
+                "memory": None if self.memory is None else asdict(self.memory)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Budget:
+        """Read :meth:`to_dict`'s output (points stored before ``memory`` existed have none)."""
+        memory = data.get("memory")
+        return cls(data.get("avg_bits"), data.get("total_bytes"),
+                   None if memory is None else MemoryBudget(**memory))
+
     def describe(self) -> str:
         parts = []
         if self.avg_bits is not None:
             parts.append(f"avg_bits <= {self.avg_bits:g}")
         if self.total_bytes is not None:
             parts.append(f"total_bytes <= {self.total_bytes:,.0f}")
+        if self.memory is not None:
+            parts.append(self.memory.describe())
         parts.extend(row.describe() for row in self.extra)
         return " and ".join(parts) or "no budget"
 
@@ -119,9 +159,31 @@ def budget_rows(space: SearchSpace, budget: Budget) -> tuple[Constraint, ...]:
     if budget.total_bytes is not None:
         rows.append(Constraint("total_bytes", bits, space.unsearched_params * space.unsearched_bits,
                                budget.total_bytes, "bytes", divisor=8.0, bit_cost=1.0))
+    if budget.memory is not None:
+        rows.append(memory_row(space, budget.memory, bits))
     for row in budget.extra:
         if len(row.costs) != len(space.genes) or any(
                 len(c) != n for c, n in zip(row.costs, space.sizes, strict=True)):
             raise ValueError(f"budget row {row.name} was built for another space")
         rows.append(row)
     return tuple(rows)
+
+
+def memory_row(space: SearchSpace, memory: MemoryBudget,
+               bits: tuple[tuple[float, ...], ...]) -> Constraint:
+    """The memory row, in bits over 8: each weight gene's stored bits, each KV gene's cache at
+    the load (``context × batch`` tokens; a quantized cache adds its two fp32 scales per layer),
+    and as the constant the unsearched weights, the cache of attention layers no KV gene chooses
+    for (16-bit) and the activation allowance. Exact from the model's config: every attention
+    layer caches a key and a value of ``kv_heads × head_dim`` per token (no sliding window)."""
+    if not space.attention:
+        raise SpecError("budget.memory: the model has no attention layers whose KV cache the cost "
+                        "model knows (a causal LM with k_proj/v_proj or GPT-2's c_attn); "
+                        "bound its weights with total_bytes instead")
+    tokens = memory.tokens
+    costs = tuple(
+        tuple(b + g.option_kv_bits(o, tokens) for o, b in enumerate(gene_bits))
+        for g, gene_bits in zip(space.genes, bits, strict=True))
+    constant = (space.unsearched_params * space.unsearched_bits + space.fixed_kv_bits(tokens)
+                + 8 * memory.activations)
+    return Constraint("memory", costs, constant, memory.bytes, "bytes", divisor=8.0, bit_cost=1.0)

@@ -31,16 +31,53 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class AttentionInfo:
+    """One attention layer's KV cache, from the model's config: per token it stores a key and a
+    value of ``kv_heads × head_dim`` elements each (grouped-query attention: fewer KV heads)."""
+
+    name: str  # the attention module (``model.layers.0.self_attn``)
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def elements_per_token(self) -> int:
+        return 2 * self.kv_heads * self.head_dim
+
+
+# KV-cache element widths: 16 bits unless a searched choice says otherwise; a quantized cache
+# stores one fp32 scale for the keys and one for the values per layer (vLLM's k_scale, v_scale).
+KV_DEFAULT_BITS = 16
+KV_SCALE_BITS = 2 * 32
+
+
+def kv_bits(attention: AttentionInfo, option: QuantOption | None, tokens: int) -> float:
+    """Bits of ``attention``'s KV cache holding ``tokens`` tokens with elements of ``option``
+    (None: the unquantized 16-bit cache)."""
+    if option is None or option.format == "fp16":
+        return attention.elements_per_token * KV_DEFAULT_BITS * tokens
+    return attention.elements_per_token * option.bits * tokens + KV_SCALE_BITS
+
+
+@dataclass(frozen=True)
 class Gene:
-    """Layers that share one choice (a tie group, or a lone layer), and the options they share."""
+    """Layers that share one choice (a tie group, or a lone layer), and the options they share.
+
+    A *KV gene* has no weight layers: its choice is the KV-cache precision of the attention
+    layers in ``kv`` (``space.kv_cache``); it stores no weight bits, and costs cache bytes.
+    """
 
     name: str
     layers: tuple[LayerInfo, ...]
     options: tuple[QuantOption, ...]
+    kv: tuple[AttentionInfo, ...] = ()
 
     @property
     def numel(self) -> int:
         return sum(layer.numel for layer in self.layers)
+
+    def option_kv_bits(self, index: int, tokens: int) -> float:
+        """Bits of the KV cache of this gene's attention layers holding ``tokens`` tokens."""
+        return sum(kv_bits(a, self.options[index], tokens) for a in self.kv)
 
     def option_bits(self, index: int) -> float:
         """Total bits this gene stores under option ``index``."""
@@ -80,6 +117,9 @@ class SearchSpace:
     genes: tuple[Gene, ...]
     unsearched_params: int = 0
     unsearched_bits: float = 16.0
+    # The model's attention layers (what a memory budget charges for the KV cache); empty when
+    # the job has no memory budget and no KV choice (the cost model then needs no cache facts).
+    attention: tuple[AttentionInfo, ...] = ()
     _gene_bits: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
     _searched_params: int = field(init=False, repr=False, compare=False)
     # budget id → (budget, its rows): the rows of the few budgets a search uses, built once
@@ -108,6 +148,11 @@ class SearchSpace:
     def gene_bits(self, gene: int, option: int) -> float:
         """Total stored bits of gene ``gene`` under option ``option`` (precomputed)."""
         return self._gene_bits[gene][option]
+
+    def fixed_kv_bits(self, tokens: int) -> float:
+        """Bits of the KV cache of the attention layers no KV gene chooses for (16-bit)."""
+        chosen = {a.name for g in self.genes for a in g.kv}
+        return sum(kv_bits(a, None, tokens) for a in self.attention if a.name not in chosen)
 
     # -- cost --------------------------------------------------------------------------------
     def cost_of_bits(self, searched_bits: float) -> Cost:
@@ -211,21 +256,28 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description, stored with a study so trials decode without the model."""
-        return {
+        out: dict[str, Any] = {
             "unsearched_params": self.unsearched_params,
             "unsearched_bits": self.unsearched_bits,
             "genes": [{"name": g.name,
                        "layers": [[ly.name, ly.in_features, ly.out_features] for ly in g.layers],
-                       "options": [o.to_dict() for o in g.options]} for g in self.genes],
+                       "options": [o.to_dict() for o in g.options],
+                       **({"kv": [[a.name, a.kv_heads, a.head_dim] for a in g.kv]} if g.kv else {})}
+                      for g in self.genes],
         }
+        if self.attention:  # only then: spaces stored before carry none
+            out["attention"] = [[a.name, a.kv_heads, a.head_dim] for a in self.attention]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
         genes = tuple(
             Gene(g["name"], tuple(LayerInfo(*ly) for ly in g["layers"]),
-                 tuple(QuantOption.from_dict(o) for o in g["options"]))
+                 tuple(QuantOption.from_dict(o) for o in g["options"]),
+                 tuple(AttentionInfo(*a) for a in g.get("kv", ())))
             for g in data["genes"])
-        return cls(genes, data["unsearched_params"], data["unsearched_bits"])
+        return cls(genes, data["unsearched_params"], data["unsearched_bits"],
+                   tuple(AttentionInfo(*a) for a in data.get("attention", ())))
 
     def summarize(self, candidate: Candidate) -> str:
         """Compact per-option layer counts, e.g. ``int3-g128-asym×10 int4-g128-asym×26``."""
@@ -250,6 +302,7 @@ def build_space(
     ties: Iterable[str] = (),
     total_params: int | None = None,
     unsearched_bits: float = 16.0,
+    attention: Sequence[AttentionInfo] = (),
 ) -> SearchSpace:
     """Apply the spec's layer rules and tie patterns to the discovered layers.
 
@@ -257,7 +310,8 @@ def build_space(
     A tie pattern groups the layers it matches by the values of its capture groups: with
     ``layer\\.(\\d+)\\.attention\\.self\\.(query|key|value)`` nothing is tied, with
     ``layer\\.(\\d+)\\.attention\\.self\\.(?:query|key|value)`` q/k/v are tied within each block, and
-    a pattern without groups ties every layer it matches.
+    a pattern without groups ties every layer it matches. ``attention`` (the model's, for a
+    memory budget) is kept for the cost model.
     """
     compiled = [(rule, TimedPattern(rule.pattern, "space.layers")) for rule in rules]
     chosen: dict[str, tuple[LayerInfo, tuple[QuantOption, ...]]] = {}
@@ -306,4 +360,4 @@ def build_space(
 
     searched = sum(gene.numel for gene in genes)
     unsearched = 0 if total_params is None else max(total_params - searched, 0)
-    return SearchSpace(tuple(genes), unsearched, unsearched_bits)
+    return SearchSpace(tuple(genes), unsearched, unsearched_bits, tuple(attention))

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from .budget import MemoryBudget
 from .limits import MAX_BITS
 from .options import QuantOption
 from .space import Budget, LayerRule
@@ -116,6 +117,33 @@ BitsBound = Annotated[float | list[float] | None, PlainValidator(_bound(Bits))]
 BytesBound = Annotated[float | list[float] | None, PlainValidator(_bound(Bytes))]
 
 
+class MemoryConfig(BaseModel):
+    """``budget.memory``: the bytes a server may use for this model at a load (spaces/budget.py:
+    weights + KV cache of ``batch`` sequences of ``context`` tokens + ``activations``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bytes: BytesBound = Field(description="bytes of weights, KV cache and activation allowance")
+    context: int = Field(gt=0, description="tokens per sequence the KV cache holds")
+    batch: int = Field(default=1, gt=0, description="sequences served at once")
+    activations: float = Field(default=0.0, ge=0, allow_inf_nan=False,
+                               description="bytes allowed for activations and workspace")
+
+    @model_validator(mode="after")
+    def _has_bytes(self) -> MemoryConfig:
+        if self.bytes is None:
+            raise ValueError("budget.memory needs bytes (e.g. bytes: 24.0e9)")
+        return self
+
+    def to_memory(self) -> MemoryBudget | list[MemoryBudget]:
+        """The memory bound, or one per entry of a list of bytes (a frontier)."""
+        def at(b: float) -> MemoryBudget:
+            return MemoryBudget(b, self.context, self.batch, self.activations)
+
+        return [at(b) for b in self.bytes] if isinstance(self.bytes, list) else \
+            at(float(self.bytes or 0))
+
+
 class BudgetConfig(BaseModel):
     """The budget: each bound one number, or one of them a list (a frontier searched at once).
 
@@ -129,20 +157,24 @@ class BudgetConfig(BaseModel):
 
     avg_bits: BitsBound = Field(default=None, description="average effective bits")
     total_bytes: BytesBound = Field(default=None, description="whole-model bytes")
+    memory: MemoryConfig | None = Field(default=None, description="weights + KV cache at a load")
 
     @model_validator(mode="after")
     def _one_bound(self) -> BudgetConfig:
         given = self._bounds()
         if not any(v is not None for v in given.values()):
-            raise ValueError("give avg_bits or total_bytes (or both)")
+            raise ValueError("give avg_bits, total_bytes or memory (or several)")
         lists = [k for k, v in given.items() if isinstance(v, list)]
         if len(lists) > 1:
             raise ValueError(f"only one budget kind may be a list (a frontier has one axis); "
                              f"got lists for {', '.join(lists)}")
         return self
 
-    def _bounds(self) -> dict[str, float | list[float] | None]:
-        return {name: getattr(self, name) for name in type(self).model_fields}
+    def _bounds(self) -> dict[str, Any]:
+        bounds = {name: getattr(self, name) for name in type(self).model_fields}
+        if self.memory is not None:
+            bounds["memory"] = self.memory.to_memory()
+        return bounds
 
     @property
     def axis(self) -> str | None:
@@ -155,7 +187,7 @@ class BudgetConfig(BaseModel):
         axis = self.axis
         values = given[axis] if axis is not None else [None]
         assert isinstance(values, list)
-        return tuple(Budget(**{**given, **({axis: v} if axis else {})})  # type: ignore[arg-type]
+        return tuple(Budget(**{**given, **({axis: v} if axis else {})})
                      for v in values)
 
     def to_budget(self) -> Budget:

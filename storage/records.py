@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,7 +118,7 @@ def _study(row: StudyRow) -> StudyRecord:
                        row.model, row.objective, row.evaluations, row.status, row.created_at,
                        Budget(row.budget_avg_bits, row.budget_total_bytes),
                        row.model_kind or "auto", row.dtype or "float32", calibration,
-                       tuple(Budget(**point) for point in row.budget_frontier or ()))
+                       tuple(Budget.from_dict(point) for point in row.budget_frontier or ()))
 
 
 def typed_columns(budget: Budget, kind: str, dtype: str,
@@ -128,7 +128,7 @@ def typed_columns(budget: Budget, kind: str, dtype: str,
     point) is stored beside ``budget``, its loosest point."""
     c = calibration
     return dict(budget_avg_bits=budget.avg_bits, budget_total_bytes=budget.total_bytes,
-                budget_frontier=[asdict(b) for b in frontier] if len(frontier) > 1 else None,
+                budget_frontier=[b.to_dict() for b in frontier] if len(frontier) > 1 else None,
                 model_kind=kind, dtype=dtype,
                 calibration_source=None if c is None else c.source,
                 calibration_text_field=None if c is None else c.text_field,

@@ -11,7 +11,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from mpsearch.spaces.space import LayerInfo
+from mpsearch.spaces.space import AttentionInfo, LayerInfo
 
 try:  # transformers keeps GPT-2's Conv1D here
     from transformers.pytorch_utils import Conv1D
@@ -47,3 +47,27 @@ def get_weight(module: nn.Module) -> torch.Tensor:
 def set_weight_(module: nn.Module, w: torch.Tensor) -> None:
     """Point the module at ``w`` (out × in) without copying: swapping a cached variant is O(1)."""
     module.weight.data = w.t() if isinstance(module, Conv1D) else w
+
+
+def discover_attention(model: nn.Module, config) -> tuple[AttentionInfo, ...]:
+    """The attention layers that keep a KV cache, with their KV heads and head size from the
+    config: modules with ``k_proj`` and ``v_proj`` (Llama, Mistral, Qwen and their kin) or GPT-2's
+    fused ``c_attn``. Empty for a model with none, or whose config does not say the sizes."""
+    heads = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not isinstance(heads, int) or heads <= 0:
+        return ()
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden else None)
+    if not isinstance(head_dim, int) or head_dim <= 0:
+        return ()
+    found = []
+    for name, module in model.named_modules():
+        k, v = getattr(module, "k_proj", None), getattr(module, "v_proj", None)
+        if isinstance(k, nn.Linear) and isinstance(v, nn.Linear):
+            if k.out_features != kv_heads * head_dim:  # e.g. an encoder-decoder's cross-attention
+                return ()
+            found.append(AttentionInfo(name, kv_heads, head_dim))
+        elif isinstance(getattr(module, "c_attn", None), Conv1D) and name.endswith(".attn"):
+            found.append(AttentionInfo(name, kv_heads, head_dim))
+    return tuple(found)

