@@ -50,3 +50,33 @@ def existing_level_set(root: str | Path | None, model_path: str, dtype: str,
         return None
     folder, _ = level_set(Path(root).expanduser(), model_path, dtype, texts, calibration)
     return folder if folder.is_dir() else None
+
+
+def build_levels(spec: Any, address: str | None = None, listener: Any = None) -> Path:
+    """Build the level database of ``spec``'s model + calibration ahead of time: start the
+    spec's workers (on the Ray cluster at ``address``, or RAY_ADDRESS, else a local one), run
+    their setup phases (:mod:`.warmup`: the statistics, each stored level, the proxies when the
+    strategy uses them) with ``listener`` following them, write everything, stop them. Returns
+    the level set's folder. Raises :class:`~mpsearch.spaces.errors.SpecError` when the spec
+    disables the database, and the setup's one-line errors (unwritable path, missing model)."""
+    from mpsearch.spaces.errors import SpecError
+    from mpsearch.workers.level_db import LevelDatabase
+
+    from .job import connect_for, prepare, worker_setup
+    from .warmup import SetUpWorkers
+
+    root = levels_root(spec.levels, spec.storage.url)
+    if root is None:
+        raise SpecError("levels.enabled is false in the spec: there is no level database to "
+                        "build; set it to true (or drop it)")
+    job = prepare(spec)  # the model, the space, the calibration texts: before any worker
+    folder, manifest = level_set(root, job.model.path, spec.model.dtype, job.texts,
+                                 spec.calibration)
+    LevelDatabase(folder).create(manifest)  # an unwritable path: one line, before Ray starts
+    connect_for(spec, address)
+    workers = SetUpWorkers(job, worker_setup(job), spec.storage.url, listener, load=False)
+    try:
+        assert workers.db_dir is not None
+        return workers.db_dir
+    finally:
+        workers.close()  # waits for every worker's writes

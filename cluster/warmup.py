@@ -154,12 +154,13 @@ def _raise_setup_error(label: str, step: _Step, exc: BaseException) -> None:
 
 def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
                    manifest: dict[str, Any] | None = None, *, proxies: bool = False,
-                   listener: SetupListener | None = None) -> SetupResult:
+                   listener: SetupListener | None = None, load: bool = True) -> SetupResult:
     """Run the setup phases on ``executor``'s actors (see the module docstring).
 
     ``db``: the level set, as the workers' setup names it (:func:`~mpsearch.workers.worker.
     level_database`); None: no level database, each worker computes what it needs when it needs
-    it. Returns the proxies (when asked) and what each worker computed.
+    it. ``load``: every worker then reads what the others built (False: build only, as
+    ``mpsearch levels`` does). Returns the proxies (when asked) and what each worker computed.
 
     Raises:
         WorkerError: a worker could not load the model, the level database cannot be written
@@ -170,11 +171,13 @@ def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
         db.create(manifest or {})
     n = len(executor.actors)
     plan = _Plan(space, db, n, proxies)
+    if db is not None:
+        db.record_planned(plan.stored)
     result = SetupResult(None)
     queues = {slot: deque(plan.steps(slot)) for slot in range(n)}
     _announce(listener, plan, queues)
     _run(executor, queues, listener, plan, result)
-    if db is not None:  # every share is on disk: each worker reads what the others built
+    if db is not None and load:  # every share is on disk: each worker reads the others' shares
         plan.totals["load"] = n
         listener.phase("load", _texts()["load"], n)
         queues = {slot: deque([_Step("load_stored", (plan.stored,), "load", 1)])
@@ -345,7 +348,7 @@ class SetUpWorkers:
 
     def __init__(self, job: Any, setup: WorkerSetup, store_url: str,
                  listener: SetupListener | None = None,
-                 executor_options: dict[str, Any] | None = None) -> None:
+                 executor_options: dict[str, Any] | None = None, load: bool = True) -> None:
         spec = job.spec
         root = levels_root(spec.levels, store_url)
         self.db_dir: Path | None
@@ -364,7 +367,8 @@ class SetUpWorkers:
             setup, job.space, w.count, w.cpus, w.gpus, **options)
         try:
             self.result = set_up_workers(self._executor, job.space, db, manifest,
-                                         proxies=setup.proxies, listener=self.listener)
+                                         proxies=setup.proxies, listener=self.listener,
+                                         load=load)
         except BaseException:
             self.close()
             raise

@@ -53,7 +53,7 @@ from mpsearch.spaces.options import QuantOption
 from . import level_codec
 from .errors import WorkerError
 from .level_codec import FORMAT_VERSION
-from .level_keys import BUILD_LOG, MANIFEST, fingerprint, model_fingerprint
+from .level_keys import BUILD_LOG, MANIFEST, PLANNED, fingerprint, model_fingerprint, read_planned
 
 __all__ = ["BUILD_LOG", "FORMAT_VERSION", "MANIFEST", "LevelDatabase", "LevelDatabaseError",
            "fingerprint", "model_fingerprint", "stored_option"]
@@ -139,6 +139,19 @@ class LevelDatabase:
             raise LevelDatabaseError(f"levels.path: cannot write the level database at "
                                      f"{self.dir}: {_one_line(exc)}; name a writable directory "
                                      "in the spec's levels.path") from None
+
+    def record_planned(self, pairs: Iterable[tuple[str, QuantOption]]) -> None:
+        """Add ``pairs`` to the set's list of planned variants (``mpsearch levels --show``
+        reports layers done out of planned)."""
+        planned = {k: set(v) for k, v in read_planned(self.dir).items()}
+        for name, option in pairs:
+            planned.setdefault(self.option_key(option), set()).add(name)
+        try:
+            _write_bytes(self.dir / PLANNED, json.dumps(
+                {k: sorted(v) for k, v in sorted(planned.items())}, indent=0).encode())
+        except OSError as exc:
+            raise LevelDatabaseError(f"level database: cannot write {self.dir / PLANNED}: "
+                                     f"{_one_line(exc)}") from None
 
     def manifest(self) -> dict[str, Any] | None:
         try:

@@ -12,6 +12,7 @@ from typing import Any
 
 MANIFEST, BUILD_LOG = "manifest.json", "build.log"
 OPTION_FILE = "option.json"
+PLANNED = "planned.json"  # option key → the layers the studies on this set asked for
 
 
 def fingerprint(*parts: Any) -> str:
@@ -42,6 +43,7 @@ class StoredOption:
     label: str
     key: str
     layers: int
+    planned: int  # layers the studies on this set asked for (0: not recorded)
     proxies: int
     bytes: int
 
@@ -61,6 +63,15 @@ class StoredSet:
         return sum(o.bytes for o in self.options)
 
 
+def read_planned(folder: Path) -> dict[str, list[str]]:
+    """Option key → the layers studies on the level set ``folder`` asked for."""
+    try:
+        data = json.loads((folder / PLANNED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, list)} if isinstance(data, dict) else {}
+
+
 def stored_sets(root: Path) -> list[StoredSet]:
     """Every level set under ``root`` (none when it does not exist), option folders by label."""
     if not root.is_dir():
@@ -71,6 +82,7 @@ def stored_sets(root: Path) -> list[StoredSet]:
             manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             manifest = {}
+        planned = read_planned(folder)
         options = []
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
             try:
@@ -80,7 +92,8 @@ def stored_sets(root: Path) -> list[StoredSet]:
             files = list(sub.glob("*.safetensors"))
             proxies = sub / "proxies"
             n_proxies = len(list(proxies.glob("*.json"))) if proxies.is_dir() else 0
-            options.append(StoredOption(str(label), sub.name, len(files), n_proxies,
+            options.append(StoredOption(str(label), sub.name, len(files),
+                                        len(planned.get(sub.name, ())), n_proxies,
                                         sum(f.stat().st_size for f in files)))
         out.append(StoredSet(folder.name, folder, manifest if isinstance(manifest, dict) else {},
                              tuple(options)))

@@ -18,6 +18,7 @@ from mpsearch.spaces.errors import MpsearchError
 
 from .. import signals
 from . import cluster as cli_cluster
+from . import levels as cli_levels
 from . import optuna as cli_optuna
 from . import profile as cli_profile
 from . import results as cli_results
@@ -27,6 +28,7 @@ from .output import err
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Search per-layer mixed-precision configurations of neural networks.")
 app.command()(cli_run.run)
+app.command()(cli_levels.levels)
 app.command()(cli_results.best)
 app.command()(cli_results.trials)
 app.command()(cli_profile.profile)

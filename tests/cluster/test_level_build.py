@@ -188,3 +188,64 @@ def test_a_database_made_for_other_calibration_data_is_not_reused(ray_session, t
     assert len(a.built()) == len(b.built()) == len(stored_pairs(spec))  # built anew
     assert "level:int3-g32-asym-gptq" in phases.keys
     assert a.manifest()["calibration"]["offset"] == 0 and b.manifest()["calibration"]["offset"] == 6
+
+
+_SHOW_AND_LIST_IMPORTS = """
+import json, sys
+from mpsearch.cluster.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("imported:", json.dumps([m for m in ("torch", "ray", "transformers") if m in sys.modules]))
+"""
+
+
+def test_levels_builds_the_database_ahead_and_show_lists_it_without_torch(
+        ray_session, tiny_llama_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from mpsearch.cluster.cli import app
+
+    path = tmp_path / "ahead.yaml"
+    path.write_text(yaml.safe_dump(spec_fields("ahead", tiny_llama_path, tmp_path)))
+    result = CliRunner().invoke(app, ["levels", str(path)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    spec = parse_spec(spec_fields("ahead", tiny_llama_path, tmp_path))
+    db = level_db_of(spec)
+    built = db.built()
+    counts = Counter((label, layer) for _, label, layer in built)
+    assert sorted(counts) == stored_pairs(spec) and set(counts.values()) == {1}
+    assert len({writer for writer, _, _ in built}) == 2  # spread over both workers
+    assert not (tmp_path / "store.db").exists()  # building needs no store
+
+    show = subprocess.run([sys.executable, "-c", _SHOW_AND_LIST_IMPORTS, "levels", str(path),
+                           "--show"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert show.returncode == 0, show.stderr
+    assert show.stdout.rsplit("imported:", 1)[1].strip() == "[]"
+    layers = len(stored_pairs(spec)) // 2
+    rows = [ln for ln in show.stdout.splitlines() if "-gptq" in ln]
+    assert len(rows) == 2 and all(f"{layers}/{layers}" in row for row in rows), show.stdout
+
+    # a study on the same model and calibration then computes nothing
+    phases = Phases()
+    run_job(spec, TrialStore(spec.storage.url), on_phase=phases)
+    assert db.built() == built
+    assert not {k for k in phases.keys if k.startswith("level:") or k == "statistics"}
+
+
+def test_levels_bad_input_is_one_line_and_starts_nothing(tiny_llama_path, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    cases = [(spec_fields("bad", tiny_llama_path, tmp_path, levels=blocker / "levels"),
+              "levels.path: cannot write"),
+             (spec_fields("bad", str(tmp_path / "no-model"), tmp_path), "no-model")]
+    for fields, message in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(fields))
+        res = cli("levels", str(path), cwd=tmp_path)
+        assert res.returncode == 1, res.stderr
+        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
+            res.stderr
+    assert not (tmp_path / "store.db").exists()
