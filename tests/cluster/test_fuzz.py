@@ -243,6 +243,7 @@ def argument_lists(name: str, command):
 # A valid argument list of each command against the small store (near-valid ones change one item)
 VALID_ARGS = {
     "run": ["run", "spec.yaml"], "profile": ["profile", "spec.yaml"],
+    "levels": ["levels", "spec.yaml", "--show"],
     "submit": ["submit", "spec.yaml", "--address", "http://127.0.0.1:1"],
     "best": ["best", "--study", "fz", "--top", "2"], "status": ["status", "--study", "fz"],
     "pareto": ["pareto", "--study", "fz", "--json"],
