@@ -70,7 +70,12 @@ class JobResources(Protocol):
         ...
 
     def proxies(self) -> Mapping[tuple[str, str], float]:
-        """The space's proxy errors by (gene, option label), computed where a worker runs."""
+        """The space's proxy errors by (gene, option label), computed where a worker runs (with
+        ``routing`` needed: each routed expert's weighted by its routing fraction)."""
+        ...
+
+    def routing(self) -> Mapping[str, float]:
+        """Routed expert layer → the fraction of calibration tokens routed to its expert."""
         ...
 
 
@@ -154,7 +159,8 @@ def search_context(needs: Needs, study: StudyRecord, store: TrialStore,
         rows = load_profile(store, resources.profile_key())
         profile = {key: row.delta for key, row in rows.items() if row.delta is not None} or None
     proxy = resources.proxies() if needs.proxy and resources is not None else None
-    return SearchContext(study=study.name, profile=profile, proxy=proxy)
+    routing = resources.routing() if needs.routing and resources is not None else None
+    return SearchContext(study=study.name, profile=profile, proxy=proxy, routing=routing)
 
 
 def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budget: Budget,

@@ -17,6 +17,7 @@ from typing import Any
 from mpsearch.searcher.loop import LoopStats, Outcome
 from mpsearch.searcher.registry import SearcherConfig, searcher_needs
 from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.experts import expert_group_for
 from mpsearch.spaces.runtime import restrict
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace, build_space
 from mpsearch.storage.errors import StudyConflictError
@@ -68,8 +69,15 @@ def prepare(spec: JobSpec) -> PreparedJob:
         raise SpecError(f"budget.memory: model {spec.model.name!r} is an encoder, which keeps no "
                         "KV cache; bound its weights with total_bytes instead")
     attention = info.attention if spec.budget.memory is not None else ()
+    experts = spec.space.experts
+    group = expert_group_for([layer.name for layer in info.layers],
+                             experts.per if experts else "expert", experts.group if experts else 1,
+                             given=experts is not None, runtime=spec.space.runtime)
     space = build_space(info.layers, runtime.rules, runtime.ties, info.total_params,
-                        spec.space.unsearched_bits, attention)
+                        spec.space.unsearched_bits, attention, group)
+    if searcher_needs(spec.searcher).routing and not space.has_experts:
+        raise SpecError(f"searcher.params.routing: model {spec.model.name!r} has no routed "
+                        "experts to weight by routing frequency; remove routing")
     points = spec.budget.to_budgets()
     for point in points:  # the tightest first: the one a frontier's error names
         space.check_budget(point, "budget" if len(points) == 1 else
@@ -115,6 +123,9 @@ class RayResources:
     def proxies(self) -> dict[tuple[str, str], float]:
         return self.workers().proxies()
 
+    def routing(self) -> dict[str, float]:
+        return self.workers().routing()
+
     def close(self) -> None:
         if self._workers is not None:
             self._workers.close()
@@ -139,7 +150,8 @@ def worker_setup(job: PreparedJob) -> WorkerSetup:
         threads=max(int(job.spec.workers.cpus), 1), kl_top_k=job.spec.kl_top_k,
         cache_device_bytes=job.spec.workers.cache_device_bytes,
         devices=worker_devices(job.spec.workers.gpus, device), phased=True,
-        proxies=searcher_needs(job.spec.searcher).proxy)
+        proxies=searcher_needs(job.spec.searcher).proxy,
+        routing=searcher_needs(job.spec.searcher).routing)
 
 
 def report_placement(executor: Any) -> None:

@@ -77,6 +77,8 @@ class QuietListener:
 @dataclass
 class SetupResult:
     proxies: dict[tuple[str, str], float] | None
+    # layer → fraction of calibration tokens routed to its expert (routed experts; when asked)
+    routing: dict[str, float] | None = None
     computed: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # worker → pairs
     loaded: int = 0
     rebuilt: int = 0
@@ -154,13 +156,17 @@ def _raise_setup_error(label: str, step: _Step, exc: BaseException) -> None:
 
 def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
                    manifest: dict[str, Any] | None = None, *, proxies: bool = False,
-                   listener: SetupListener | None = None, load: bool = True) -> SetupResult:
+                   routing: bool = False, listener: SetupListener | None = None,
+                   load: bool = True) -> SetupResult:
     """Run the setup phases on ``executor``'s actors (see the module docstring).
 
     ``db``: the level set, as the workers' setup names it (:func:`~mpsearch.workers.worker.
     level_database`); None: no level database, each worker computes what it needs when it needs
     it. ``load``: every worker then reads what the others built (False: build only, as
     ``mpsearch levels`` does). Returns the proxies (when asked) and what each worker computed.
+    ``routing``: count where the calibration tokens are routed (one worker, one pass) and
+    weight each routed expert's proxies by the fraction of tokens it receives (MC-MoE;
+    docs/moe.md).
 
     Raises:
         WorkerError: a worker could not load the model, the level database cannot be written
@@ -183,8 +189,10 @@ def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
         queues = {slot: deque([_Step("load_stored", (plan.stored,), "load", 1)])
                   for slot in range(n)}
         _run(executor, queues, listener, plan, result)
+    if routing:
+        result.routing = ray.get(executor.actors[0].routing.remote())
     if proxies:
-        result.proxies = _all_proxies(space, db, plan.proxy_values)
+        result.proxies = _all_proxies(space, db, plan.proxy_values, result.routing)
     return result
 
 
@@ -272,9 +280,11 @@ def _done(listener: SetupListener, plan: _Plan, step: _Step, value: Any, result:
 
 
 def _all_proxies(space: SearchSpace, db: LevelDatabase | None,
-                 computed: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+                 computed: dict[tuple[str, str], float],
+                 routing: dict[str, float] | None = None) -> dict[tuple[str, str], float]:
     """Every (gene, option label) proxy: the sum over the gene's layers of their values,
-    computed now or read from the level database."""
+    computed now or read from the level database; with ``routing``, a routed expert's value
+    times the fraction of tokens routed to it (the error per calibration token)."""
     def layer_value(name: str, option: QuantOption) -> float:
         if (name, option.label) in computed:
             return computed[(name, option.label)]
@@ -283,7 +293,8 @@ def _all_proxies(space: SearchSpace, db: LevelDatabase | None,
         return float(stored["hessian_error"])
 
     genes = {g.name: g for g in space.genes}
-    return {(gene, option.label): sum(layer_value(layer.name, option)
+    weight = routing or {}
+    return {(gene, option.label): sum(layer_value(layer.name, option) * weight.get(layer.name, 1.0)
                                       for layer in genes[gene].layers)
             for gene, option in profile_pairs(space)}
 
@@ -367,14 +378,17 @@ class SetUpWorkers:
             setup, job.space, w.count, w.cpus, w.gpus, **options)
         try:
             self.result = set_up_workers(self._executor, job.space, db, manifest,
-                                         proxies=setup.proxies, listener=self.listener,
-                                         load=load)
+                                         proxies=setup.proxies, routing=setup.routing,
+                                         listener=self.listener, load=load)
         except BaseException:
             self.close()
             raise
 
     def proxies(self) -> dict[tuple[str, str], float]:
         return dict(self.result.proxies or {})
+
+    def routing(self) -> dict[str, float]:
+        return dict(self.result.routing or {})
 
     def executor(self, recorder: Any) -> LevelRayExecutor:
         assert self._executor is not None, "the workers were closed"

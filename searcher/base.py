@@ -54,12 +54,15 @@ class SearchContext:
     the all-top configuration (see ``profiling``); entries it lacks are measured. ``proxy`` maps
     (gene, option) to an error computed without scoring (the Hessian-weighted output error), for
     strategies that measure one option per gene and scale the rest (``proxy: true``).
+    ``routing`` maps a routed expert's layer name to the fraction of calibration tokens routed to
+    its expert (MoE models, ``routing: true``; the proxies then come weighted by it).
     """
 
     study: str = "mpsearch"
     storage: str | None = None
     profile: Mapping[tuple[Any, Any], float] | None = None
     proxy: Mapping[tuple[Any, Any], float] | None = None
+    routing: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,12 @@ class Needs:
 
     ``profile``: the sensitivity profile already stored for the model and calibration data.
     ``proxy``: the space's proxy errors (computed on a worker before the search starts).
+    ``routing``: where the calibration tokens are routed (MoE), and proxies weighted by it.
     """
 
     profile: bool = False
     proxy: bool = False
+    routing: bool = False
 
 
 class SearcherParams(BaseModel):

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace
@@ -22,7 +22,14 @@ from .base import Evaluation, Needs, SearchContext, Searcher, SearcherParams
 from .dynamic_program import dp_frontier, solve_dp
 from .integer_program import Knapsack, Solution, pareto_sweep, solve
 from .levels import LevelMap, budget_bits_per_weight, repair_down
-from .profiling import ProfileMeasurer, loss_matrix, normalize_profile, proxy_anchors, wanted_entries
+from .profiling import (
+    ProfileMeasurer,
+    loss_matrix,
+    normalize_profile,
+    proxy_anchors,
+    shared_expert_anchors,
+    wanted_entries,
+)
 
 
 def _multiple(w: np.ndarray, base: np.ndarray) -> float | None:
@@ -70,11 +77,23 @@ class ProfileParams(SearcherParams):
     # Measure one option per gene and scale the others by the proxy (``context.proxy``, which
     # the job runner computes on a worker): one probe per gene instead of one per option.
     proxy: bool = False
+    # MC-MoE (MoE models, with proxy: true): weight each routed expert's proxy by the fraction
+    # of calibration tokens routed to it, and let the experts of one MoE layer share one probe
+    # (of its most-routed expert), the others predicted from it by their weighted proxies.
+    routing: bool = False
+
+    @model_validator(mode="after")
+    def _routing_needs_proxy(self) -> ProfileParams:
+        if self.routing and not self.proxy:
+            raise ValueError("routing: true weights the proxies, so it needs proxy: true")
+        return self
 
 
 def profile_needs(params: SearcherParams) -> Needs:
-    """A profile-driven strategy's needs: the stored profile, and proxies with ``proxy: true``."""
-    return Needs(profile=True, proxy=bool(getattr(params, "proxy", False)))
+    """A profile-driven strategy's needs: the stored profile, proxies with ``proxy: true``, and
+    the routing fractions with ``routing: true``."""
+    return Needs(profile=True, proxy=bool(getattr(params, "proxy", False)),
+                 routing=bool(getattr(params, "routing", False)))
 
 
 def profile_measurer(space: SearchSpace, budget: Budget, p: ProfileParams, context: SearchContext,
@@ -90,7 +109,12 @@ def profile_measurer(space: SearchSpace, budget: Budget, p: ProfileParams, conte
                         "runner computes them on a worker; pass SearchContext(proxy=...))")
     proxy = normalize_profile(space, context.proxy)
     anchors = proxy_anchors(space, wanted, proxy, budget_bits_per_weight(space, budget))
-    return ProfileMeasurer(space, wanted, given, p.profile_samples, origin, proxy, anchors)
+    if p.routing and context.routing is None:
+        raise SpecError("searcher: routing: true needs the routing fractions of the experts "
+                        "(the job runner counts them on a worker; pass SearchContext(routing=...))")
+    shared = shared_expert_anchors(space, anchors, context.routing) if p.routing else None
+    return ProfileMeasurer(space, wanted, given, p.profile_samples, origin, proxy, anchors,
+                           shared)
 
 
 class IntegerProgramParams(ProfileParams):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from mpsearch.spaces.errors import SpecError
+from mpsearch.spaces.experts import expert_of
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
@@ -98,24 +99,49 @@ def proxy_anchors(space: SearchSpace, wanted: Iterable[ProfileKey],
     return anchors
 
 
+def shared_expert_anchors(space: SearchSpace, anchors: Mapping[int, int],
+                          routing: Mapping[str, float] | None) -> dict[int, int]:
+    """Gene → the gene whose anchor probe stands for it (MC-MoE, ``routing: true``): the genes
+    made of routed experts of one MoE layer share the probe of the one whose experts receive the
+    most calibration tokens (by ``routing``: layer → routed fraction). Only genes with an anchor
+    take part; other genes keep their own probes."""
+    layers: dict[str, list[int]] = {}
+    for g, gene in enumerate(space.genes):
+        moes = {found[0] if (found := expert_of(layer.name)) else None for layer in gene.layers}
+        moe = moes.pop() if len(moes) == 1 else None
+        if moe is not None and g in anchors:
+            layers.setdefault(moe, []).append(g)
+    weight = routing or {}
+    out = {}
+    for genes in layers.values():
+        lead = max(genes, key=lambda g: (sum(weight.get(layer.name, 0.0)
+                                             for layer in space.genes[g].layers), -g))
+        out.update(dict.fromkeys(genes, lead))
+    return out
+
+
 class ProfileMeasurer:
     """Measures the missing entries of a profile through ask/tell; ``done`` once all are known.
 
     With ``proxy`` and ``anchors`` (gene → option), only the anchors of those genes are missing;
-    their other entries are predicted from it (see the module doc).
+    their other entries are predicted from it (see the module doc). With ``shared`` (gene → the
+    gene whose anchor stands for it, :func:`shared_expert_anchors`), a gene is predicted from
+    that gene's anchor: ``delta[g, o] = delta[a, anchor] · proxy[g, o] / proxy[a, anchor]``.
     """
 
     def __init__(self, space: SearchSpace, wanted: Iterable[ProfileKey],
                  given: Mapping[ProfileKey, float] | None = None, samples: int | None = None,
                  origin: str = "profile", proxy: Mapping[ProfileKey, float] | None = None,
-                 anchors: Mapping[int, int] | None = None) -> None:
+                 anchors: Mapping[int, int] | None = None,
+                 shared: Mapping[int, int] | None = None) -> None:
         self.space, self.samples, self.origin = space, samples, origin
         self.base = base_candidate(space).choices
         self.given = dict(given or {})
         self.wanted = list(wanted)
         self.proxy, self.anchors = dict(proxy or {}), dict(anchors or {})
+        self.shared = dict(shared or {})
         self.missing = [(g, o) for g, o in self.wanted if (g, o) not in self.given
-                        and self.anchors.get(g, o) == o]
+                        and self.shared.get(g, g) == g and self.anchors.get(g, o) == o]
         self.measured: dict[tuple[int, ...], float | None] = {}  # probe choices → objective
         self.queue = [self._probe(k) for k in self.missing]
         if self.missing:
@@ -168,10 +194,11 @@ class ProfileMeasurer:
             if value is not None and base is not None:
                 out[key] = value - base
         for g, o in self.wanted:
-            anchor = self.anchors.get(g)
-            if (g, o) not in out and anchor is not None and (g, anchor) in out:
+            a = self.shared.get(g, g)
+            anchor = self.anchors.get(a)
+            if (g, o) not in out and anchor is not None and (a, anchor) in out:
                 # a layer that the anchor's probe did not move is taken as insensitive
-                out[(g, o)] = max(out[(g, anchor)], 0.0) * self.proxy[(g, o)] / self.proxy[(g, anchor)]
+                out[(g, o)] = max(out[(a, anchor)], 0.0) * self.proxy[(g, o)] / self.proxy[(a, anchor)]
         return out
 
 

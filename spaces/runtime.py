@@ -24,6 +24,7 @@ VLLM_TIES = (
     r"^(.*\.self_attn)\.(?:q_proj|k_proj|v_proj)$",  # Llama-style q/k/v → qkv_proj
     r"^(.*\.attention\.self)\.(?:query|key|value)$",  # BERT-style q/k/v
     r"^(.*\.mlp)\.(?:gate_proj|up_proj)$",  # gate/up → gate_up_proj
+    r"^(.*\.shared_experts?)\.(?:gate_proj|up_proj)$",  # a shared expert's gate/up (Qwen2-MoE)
     r"^(.*\.experts)\.\d+\.",  # every expert of a layer: one fused MoE weight
 )
 GGUF_BLOCK = 32

@@ -13,21 +13,35 @@ from typing import Any
 
 from .budget import TOLERANCE, Budget, Constraint, budget_rows
 from .errors import BudgetError, SpecError
+from .experts import expert_groups
 from .options import QuantOption
 from .patterns import TimedPattern
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """Shape of one quantizable layer, as discovered in the model (``nn.Linear`` or GPT-2 Conv1D)."""
+    """Shape of one quantizable layer, as discovered in the model (``nn.Linear``, GPT-2 Conv1D,
+    or one expert's slice of a fused 3-D expert parameter, see :mod:`.experts`)."""
 
     name: str
     in_features: int
     out_features: int
+    # Fraction of tokens that use the layer: top_k / E for a routed expert, 1 otherwise.
+    active: float = 1.0
 
     @property
     def numel(self) -> int:
         return self.in_features * self.out_features
+
+    @property
+    def active_numel(self) -> float:
+        """Parameters of the layer one token uses, on average over tokens."""
+        return self.numel * self.active
+
+    def to_list(self) -> list[Any]:
+        """[name, in, out], plus ``active`` where it is not 1 (a dense layer's list is unchanged)."""
+        out: list[Any] = [self.name, self.in_features, self.out_features]
+        return out if self.active == 1.0 else [*out, self.active]
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,12 @@ class Gene:
         option = self.options[index]
         return sum(option.effective_bits(layer.in_features) * layer.numel for layer in self.layers)
 
+    def option_active_bits(self, index: int) -> float:
+        """Bits of this gene one token reads under option ``index`` (routed experts: top_k / E)."""
+        option = self.options[index]
+        return sum(option.effective_bits(layer.in_features) * layer.active_numel
+                   for layer in self.layers)
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -104,10 +124,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Cost:
-    """What a candidate costs: average effective bits over searched weights, and model bytes."""
+    """What a candidate costs: average effective bits over searched weights, and model bytes.
+
+    ``active_bytes``: the bytes of weights one token reads (routed experts count top_k / E of
+    theirs, shared experts and dense layers all); equal to ``total_bytes`` for a dense model.
+    """
 
     avg_bits: float
     total_bytes: float
+    active_bytes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +145,12 @@ class SearchSpace:
     # The model's attention layers (what a memory budget charges for the KV cache); empty when
     # the job has no memory budget and no KV choice (the cost model then needs no cache facts).
     attention: tuple[AttentionInfo, ...] = ()
+    # Of the unsearched parameters, those one token uses (None: all; routed experts left out of
+    # the search count top_k / E of theirs).
+    unsearched_active_params: float | None = None
     _gene_bits: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
+    _gene_active_bits: tuple[tuple[float, ...], ...] = field(init=False, repr=False,
+                                                             compare=False)
     _searched_params: int = field(init=False, repr=False, compare=False)
     # budget id → (budget, its rows): the rows of the few budgets a search uses, built once
     _rows: dict[int, tuple[Budget, tuple[Constraint, ...]]] = field(
@@ -129,6 +159,9 @@ class SearchSpace:
     def __post_init__(self) -> None:
         bits = tuple(tuple(g.option_bits(i) for i in range(len(g.options))) for g in self.genes)
         object.__setattr__(self, "_gene_bits", bits)
+        active = tuple(tuple(g.option_active_bits(i) for i in range(len(g.options)))
+                       for g in self.genes)
+        object.__setattr__(self, "_gene_active_bits", active)
         object.__setattr__(self, "_searched_params", sum(g.numel for g in self.genes))
 
     # -- shape -------------------------------------------------------------------------------
@@ -154,6 +187,29 @@ class SearchSpace:
         chosen = {a.name for g in self.genes for a in g.kv}
         return sum(kv_bits(a, None, tokens) for a in self.attention if a.name not in chosen)
 
+    def gene_active_bits(self, gene: int, option: int) -> float:
+        """Bits of gene ``gene`` one token reads under option ``option`` (precomputed; additive
+        over genes, like :meth:`gene_bits`)."""
+        return self._gene_active_bits[gene][option]
+
+    @property
+    def total_params(self) -> int:
+        """Every parameter of the model: searched and not."""
+        return self._searched_params + self.unsearched_params
+
+    @property
+    def active_params(self) -> float:
+        """Parameters one token uses: routed experts count top_k / E of theirs."""
+        unsearched = (self.unsearched_params if self.unsearched_active_params is None
+                      else self.unsearched_active_params)
+        return sum(layer.active_numel for layer in self.layers) + unsearched
+
+    @property
+    def has_experts(self) -> bool:
+        return any(layer.active < 1.0 for layer in self.layers) or (
+            self.unsearched_active_params is not None
+            and self.unsearched_active_params < self.unsearched_params)
+
     # -- cost --------------------------------------------------------------------------------
     def cost_of_bits(self, searched_bits: float) -> Cost:
         total_bits = searched_bits + self.unsearched_params * self.unsearched_bits
@@ -164,7 +220,12 @@ class SearchSpace:
         return sum(self._gene_bits[g][c] for g, c in enumerate(candidate.choices))
 
     def cost(self, candidate: Candidate) -> Cost:
-        return self.cost_of_bits(self.searched_bits(candidate))
+        cost = self.cost_of_bits(self.searched_bits(candidate))
+        unsearched = (self.unsearched_params if self.unsearched_active_params is None
+                      else self.unsearched_active_params)
+        active = sum(self._gene_active_bits[g][c] for g, c in enumerate(candidate.choices))
+        return Cost(cost.avg_bits, cost.total_bytes,
+                    (active + unsearched * self.unsearched_bits) / 8)
 
     def constraints(self, budget: Budget) -> tuple[Constraint, ...]:
         """``budget`` as additive rows over this space's genes (:mod:`.budget`)."""
@@ -260,13 +321,15 @@ class SearchSpace:
             "unsearched_params": self.unsearched_params,
             "unsearched_bits": self.unsearched_bits,
             "genes": [{"name": g.name,
-                       "layers": [[ly.name, ly.in_features, ly.out_features] for ly in g.layers],
+                       "layers": [ly.to_list() for ly in g.layers],
                        "options": [o.to_dict() for o in g.options],
                        **({"kv": [[a.name, a.kv_heads, a.head_dim] for a in g.kv]} if g.kv else {})}
                       for g in self.genes],
         }
         if self.attention:  # only then: spaces stored before carry none
             out["attention"] = [[a.name, a.kv_heads, a.head_dim] for a in self.attention]
+        if self.unsearched_active_params is not None:  # a dense space's dict stays as it was
+            out["unsearched_active_params"] = self.unsearched_active_params
         return out
 
     @classmethod
@@ -277,7 +340,8 @@ class SearchSpace:
                  tuple(AttentionInfo(*a) for a in g.get("kv", ())))
             for g in data["genes"])
         return cls(genes, data["unsearched_params"], data["unsearched_bits"],
-                   tuple(AttentionInfo(*a) for a in data.get("attention", ())))
+                   tuple(AttentionInfo(*a) for a in data.get("attention", ())),
+                   data.get("unsearched_active_params"))
 
     def summarize(self, candidate: Candidate) -> str:
         """Compact per-option layer counts, e.g. ``int3-g128-asym×10 int4-g128-asym×26``."""
@@ -303,6 +367,7 @@ def build_space(
     total_params: int | None = None,
     unsearched_bits: float = 16.0,
     attention: Sequence[AttentionInfo] = (),
+    expert_group: int | None = None,
 ) -> SearchSpace:
     """Apply the spec's layer rules and tie patterns to the discovered layers.
 
@@ -312,6 +377,10 @@ def build_space(
     ``layer\\.(\\d+)\\.attention\\.self\\.(?:query|key|value)`` q/k/v are tied within each block, and
     a pattern without groups ties every layer it matches. ``attention`` (the model's, for a
     memory budget) is kept for the cost model.
+
+    ``expert_group``: routed experts that no tie pattern ties share one choice per
+    ``expert_group`` consecutive experts of a MoE layer, their matrices included
+    (:func:`.experts.expert_groups`); None: expert matrices are layers like any other.
     """
     compiled = [(rule, TimedPattern(rule.pattern, "space.layers")) for rule in rules]
     chosen: dict[str, tuple[LayerInfo, tuple[QuantOption, ...]]] = {}
@@ -346,6 +415,9 @@ def build_space(
             if name in group_of and group_of[name] != key:
                 raise SpecError(f"space.tie: layer {name} is matched by two tie patterns")
             group_of[name] = key
+    if expert_group is not None:
+        for name, key in expert_groups(order, expert_group).items():
+            group_of.setdefault(name, key)
 
     genes: list[Gene] = []
     members: dict[str, list[str]] = {}
@@ -360,4 +432,7 @@ def build_space(
 
     searched = sum(gene.numel for gene in genes)
     unsearched = 0 if total_params is None else max(total_params - searched, 0)
-    return SearchSpace(tuple(genes), unsearched, unsearched_bits, tuple(attention))
+    # routed experts left out of the search: a token reads top_k / E of their parameters
+    idle = sum(layer.numel - layer.active_numel for layer in layers if layer.name not in chosen)
+    active = unsearched - idle if idle and total_params is not None else None
+    return SearchSpace(tuple(genes), unsearched, unsearched_bits, tuple(attention), active)

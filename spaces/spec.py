@@ -66,6 +66,17 @@ class LayerRuleConfig(BaseModel):
         return LayerRule(self.match, tuple(dict.fromkeys(self.options)))
 
 
+class ExpertsConfig(BaseModel):
+    """How the routed experts of a MoE model are searched (:mod:`.experts`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # expert: an expert's matrices share one choice; matrix: each expert matrix is a gene.
+    per: Literal["expert", "matrix"] = "expert"
+    # Consecutive experts of a layer that share one choice (per: expert); 1: each expert alone.
+    group: int = Field(default=1, ge=1, le=1 << 20)
+
+
 class SpaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,6 +92,8 @@ class SpaceConfig(BaseModel):
     # The runtime the result must load in (vllm, transformers, llama.cpp): options it cannot load are
     # removed, what it fuses is tied (spaces/runtime.py). None: every option, nothing added.
     runtime: Literal["vllm", "transformers", "llama.cpp"] | None = None
+    # Routed experts (MoE models only): None searches each expert as one gene in a MoE model.
+    experts: ExpertsConfig | None = None
 
     def rules(self) -> list[LayerRule]:
         return [rule.to_rule() for rule in self.layers]

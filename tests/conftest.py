@@ -84,7 +84,9 @@ def _save_tiny(kind: str, out: Path, minilm: str) -> str:
 
     torch.manual_seed(0)
     vocab = 30522  # MiniLM's WordPiece vocabulary, so the tokenizer needs no download
-    if kind == "llama":
+    if kind == "mixtral":
+        model = tiny_mixtral(vocab)
+    elif kind == "llama":
         config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                              max_position_embeddings=256, pad_token_id=0)
@@ -97,6 +99,29 @@ def _save_tiny(kind: str, out: Path, minilm: str) -> str:
     for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(Path(minilm) / f, out / f)
     return str(out)
+
+
+def tiny_mixtral(vocab: int = 30522, experts: int = 4, top_k: int = 2):
+    """A tiny Mixtral (fused 3-D experts: gate_up_proj [E, 2I, H], down_proj [E, H, I]),
+    random weights from a config."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(vocab_size=vocab, hidden_size=64, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           num_local_experts=experts, num_experts_per_tok=top_k,
+                           max_position_embeddings=256, pad_token_id=0)
+    return MixtralForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def mixtral():
+    """:func:`tiny_mixtral`, for tests (importlib mode cannot import a conftest directly)."""
+    return tiny_mixtral
+
+
+@pytest.fixture(scope="session")
+def tiny_mixtral_path(tmp_path_factory, minilm_path) -> str:
+    return _save_tiny("mixtral", tmp_path_factory.mktemp("tiny-mixtral"), minilm_path)
 
 
 @pytest.fixture(scope="session")

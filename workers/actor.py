@@ -82,6 +82,10 @@ class WorkerActor:
                     lambda option, n: done.__setitem__(option.label, done.get(option.label, 0) + n))
         return done
 
+    def routing(self) -> dict[str, float]:
+        """Layer → fraction of calibration tokens routed to its expert (:meth:`Worker.routing`)."""
+        return self.worker.routing()
+
     def layer_proxies(self, pairs: list[tuple[str, QuantOption]]) -> dict[tuple[str, str], float]:
         """The Hessian-weighted output error of each (layer, option), by (layer, option label)."""
         return {(name, option.label): layer_proxy(self.worker, name, option)

@@ -38,10 +38,11 @@ from mpsearch.spaces.space import Candidate, SearchSpace
 from . import level_codec
 from .errors import WorkerError
 from .gptq import HessianAccumulator
-from .layers import get_weight, quantizable_modules, set_weight_
+from .layers import ExpertSlice, get_weight, quantizable_targets, set_weight_
 from .level_build import statistics_reserve
 from .level_db import LevelDatabase, stored_option
 from .model_loading import load_model, load_tokenizer
+from .moe import fused_expert_inputs, routing_counts, routing_fractions
 from .objectives import make_objective, slice_reference
 from .placement import Placement
 from .registry import ACT_NORM, HESSIAN, Encoded, LayerInputs, handler_for, quantize_weight
@@ -87,6 +88,8 @@ class WorkerSetup:
     label: str = ""
     # Whether the job computes proxy errors (they need every layer's Hessian on this worker).
     proxies: bool = False
+    # Whether they are weighted by where the calibration tokens are routed (MoE, .moe).
+    routing: bool = False
     # The driver runs the setup phases one by one (mpsearch.cluster.warmup): the actor loads
     # nothing until asked.
     phased: bool = False
@@ -147,9 +150,11 @@ class Worker:
         # A model with NaN/Inf weights fails every trial with this reason (never a best result).
         self.weight_error = (f"model weights are not finite in {len(bad)} tensors "
                              f"(first: {bad[0]})") if bad else None
-        modules = quantizable_modules(self.model)
+        modules = quantizable_targets(self.model)
         self.modules = {layer.name: modules[layer.name] for layer in space.layers}
-        self.original = {name: get_weight(m) for name, m in self.modules.items()}
+        # a fused expert's variant is copied into its slice: its original is kept apart
+        self.original = {name: get_weight(m).clone() if isinstance(m, ExpertSlice)
+                         else get_weight(m) for name, m in self.modules.items()}
         self.current: dict[str, QuantOption | None] = dict.fromkeys(self.modules)  # None = original
         self.batches = batches if batches is not None else self._tokenize(
             load_tokenizer(setup.model_path))
@@ -239,13 +244,26 @@ class Worker:
                 owner.add(x)
             return record
 
-        handles = [self.modules[n].register_forward_hook(hook_for(n)) for n in wanted]
+        def record_expert(name: str, x: torch.Tensor) -> None:
+            if name not in stats:
+                stats[name] = HessianAccumulator(x.shape[-1], x.device, hessians)
+            stats[name].add(x)
+
+        handles = []
+        slices = {}
+        for n in wanted:
+            target = self.modules[n]
+            if isinstance(target, ExpertSlice):
+                slices[n] = target
+            else:
+                handles.append(target.register_forward_hook(hook_for(n)))
         try:
-            for batch in self.batches:
-                mask.clear()
-                mask[self.device] = batch["attention_mask"].bool()
-                last.clear()
-                self.model(**batch)
+            with fused_expert_inputs(slices, record_expert):
+                for batch in self.batches:
+                    mask.clear()
+                    mask[self.device] = batch["attention_mask"].bool()
+                    last.clear()
+                    self.model(**batch)
         finally:
             for h in handles:
                 h.remove()
@@ -260,9 +278,18 @@ class Worker:
             self.gather_statistics([n for n, st in self.modules.items()
                                     if n not in self.input_stats
                                     or self.input_stats[n].H is None])
-        H = self.input_stats[name].H
+        H = self._stats(name).H
         assert H is not None
         return H
+
+    def _stats(self, name: str) -> HessianAccumulator:
+        stats = self.input_stats.get(name)
+        if stats is None:  # a routed expert no calibration token reached, or a fused experts
+            # module whose eager loop does not apply its slices with F.linear (workers/moe.py)
+            raise WorkerError(f"layer {name}: no calibration input reached it (an expert no "
+                              "token was routed to, or a fused experts layout whose inputs "
+                              "mpsearch cannot see); give it an option without GPTQ or Wanda")
+        return stats
 
     def release_statistics(self) -> None:
         """Free the Hessians (after the level database and the proxies are built); the variant
@@ -282,7 +309,16 @@ class Worker:
         if name not in self.input_stats:
             self.gather_statistics([n for n in self.modules if n not in self.input_stats],
                                    hessians=False)
-        return self.input_stats[name].act_norm
+        return self._stats(name).act_norm
+
+    def routing(self) -> dict[str, float]:
+        """Searched layer → the fraction of calibration tokens routed to its expert (routed
+        experts only; see :mod:`.moe`), on the full-precision model."""
+        self.restore_()
+        slices = {n: m for n, m in self.modules.items() if isinstance(m, ExpertSlice)}
+        layers = {n: m for n, m in self.modules.items() if not isinstance(m, ExpertSlice)}
+        counts, tokens = routing_counts(self.model, slices, layers, self.batches)
+        return routing_fractions(counts, tokens, list(self.modules))
 
     # -- variants -----------------------------------------------------------------------------
     def layer_inputs(self, name: str, option: QuantOption) -> LayerInputs:
@@ -375,11 +411,14 @@ class Worker:
         """Point layer ``name`` at its variant for ``option`` (None: the original); True if changed."""
         if self.current[name] == option:
             return False
+        target = self.modules[name]
         if option is None:
-            set_weight_(self.modules[name], self.original[name])
+            set_weight_(target, self.original[name])
+        elif isinstance(target, ExpertSlice):  # copied into the slice: read the cached tensor
+            set_weight_(target, self.variant(name, option))
         else:
             self.variant(name, option)
-            set_weight_(self.modules[name], self.cache.fetch((name, option), self.modules[name]))
+            set_weight_(target, self.cache.fetch((name, option), target))
         self.current[name] = option
         return True
 
