@@ -34,7 +34,7 @@ from typing import cast
 import torch
 
 from .errors import WorkerError
-from .layers import Conv1D
+from .layers import Conv1D, ExpertSlice
 from .worker import Worker
 
 
@@ -57,7 +57,12 @@ def fisher_diagonals(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str,
         raise WorkerError(f"fisher draws must be >= 1, got {draws}")
     worker.restore_()
     names = list(worker.modules)
-    params = [cast(torch.Tensor, worker.modules[n].weight) for n in names]
+    # a fused expert's gradient is its slice of the 3-D parameter's (each parameter once)
+    targets = [worker.modules[n] for n in names]
+    weights = [t.tensor if isinstance(t, ExpertSlice) else cast(torch.Tensor, t.weight)
+               for t in targets]
+    params = list({id(w): w for w in weights}.values())
+    position = {id(p): i for i, p in enumerate(params)}
     wanted = [bool(p.requires_grad) for p in params]
     F = {n: torch.zeros_like(worker.original[n], dtype=torch.float32) for n in names}
     generator = torch.Generator(device=worker.device).manual_seed(seed)
@@ -71,8 +76,13 @@ def fisher_diagonals(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str,
                     loss, n = worker.objective.fisher_loss(worker.model(**batch), batch,
                                                            generator)
                     grads = torch.autograd.grad(loss, params)
-                    for name, g in zip(names, grads, strict=True):
-                        oriented = g.t() if isinstance(worker.modules[name], Conv1D) else g
+                    for name, target, w in zip(names, targets, weights, strict=True):
+                        g = grads[position[id(w)]]
+                        if isinstance(target, ExpertSlice):
+                            g = g[target.index]
+                        transposed = isinstance(target, Conv1D) or (
+                            isinstance(target, ExpertSlice) and target.transposed)
+                        oriented = g.t() if transposed else g
                         F[name] += oriented.float().square()
                     count += n
     finally:

@@ -196,3 +196,16 @@ def test_routing_is_counted_on_a_hand_made_routing(mixtral):
     split = worker(linear, space_of(linear), pad=True).routing()
     assert [split[f"model.layers.1.mlp.experts.{e}.w2"] * len(real) for e in range(E)] == \
         pytest.approx(every)
+
+
+def test_the_fisher_proxy_of_a_fused_expert_is_the_linears(mixtral):
+    from mpsearch.workers.fisher import fisher_diagonals
+
+    fused, linear = models(mixtral)
+    ff = fisher_diagonals(worker(fused, space_of(fused)))
+    fl = fisher_diagonals(worker(linear, space_of(linear)))
+    prefix = "model.layers.1.mlp.experts.2"
+    gate_up = torch.cat([fl[f"{prefix}.w1"], fl[f"{prefix}.w3"]])
+    assert ff[f"{prefix}.gate_up_proj"].shape == (2 * FF, H) and gate_up.abs().sum() > 0
+    assert torch.allclose(ff[f"{prefix}.gate_up_proj"], gate_up, rtol=1e-3, atol=1e-12)
+    assert torch.allclose(ff[f"{prefix}.down_proj"], fl[f"{prefix}.w2"], rtol=1e-3, atol=1e-12)
