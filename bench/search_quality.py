@@ -14,6 +14,11 @@ Evaluated in-process with ``Worker`` (no Ray).
     bench/search_quality_grid.sh MODEL_DIR OUT full rtn     # the grid, parallel on one GPU
     python bench/search_quality.py --report OUT/*/results.json --out OUT   # tables and plots
     python bench/search_quality.py --evaluations 20 --seeds 1 --strategies evolutionary   # smoke
+    python bench/search_quality.py --frontier --budgets 3.0 3.5 4.0 4.5 --evaluations 250
+
+``--frontier`` (:func:`frontier_cost`) answers another question: does one frontier study over
+``--budgets`` cost fewer evaluations than one study per budget, for the same held-out quality at
+each budget?
 """
 
 from __future__ import annotations
@@ -230,6 +235,89 @@ def report(results: dict, out: Path) -> str:
     return text
 
 
+def best_within(trace: Trace, first: int, budget: Budget, space) -> Candidate | None:
+    """The best full-fidelity configuration within ``budget`` among the first ``first`` trials."""
+    done = [(v, c) for c, _, v in trace.trials[:max(first - trace.charged, 0)]
+            if v is not None and c.samples is None and space.feasible(c, budget)]
+    return min(done, key=lambda x: x[0])[1] if done else None
+
+
+def frontier_cost(args, space, calib: Scorer, held: Scorer, fresh: Scorer, proxy, out: Path) -> dict:
+    """One frontier study over ``--budgets`` against one study per budget, per strategy and seed.
+
+    Each separate study runs ``max(--evaluations)`` = N evaluations (baselines included); the
+    frontier study runs up to len(budgets) × N. Its *cost* is the first count (on a grid of N/10)
+    at which its best configuration within every budget, chosen on calibration, is as good on
+    held-out data as that budget's separate study after N, within the noise floor (the mean
+    |held-out − fresh| of the separate studies' results). Strategies whose parameters do not
+    depend on the budget suit it (evolutionary, the proxy variants): one set serves every point.
+    """
+    budgets = [Budget(avg_bits=b) for b in sorted(args.budgets)]
+    n = max(args.evaluations)
+    names = args.strategies or ["evolutionary"]
+    results: dict = {"args": vars(args), "device": args.device, "mode": "frontier", "runs": {}}
+    for name in names:
+        cfg = SearcherConfig(**strategies(budgets[0].avg_bits or 0.0, args.space)[name])
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            context = SearchContext(study=f"{name}-{seed}", proxy=proxy)
+            separate, noise = [], []
+            for budget in budgets:
+                trace = Trace(charged=int(name in PROXIED))
+                run_search(make_searcher(cfg, space, budget, seed, context), SerialExecutor(calib),
+                           trace, n - trace.charged, space, budget)
+                best = best_within(trace, n, budget, space)
+                assert best is not None
+                separate.append({"avg_bits": budget.avg_bits, "evaluations": n,
+                                 "calib": calib(best), "heldout": held(best)})
+                noise.append(abs(held(best) - fresh(best)))
+            floor = sum(noise) / len(noise)
+            trace = Trace(charged=int(name in PROXIED))
+            top = n * len(budgets)
+            searcher = make_searcher(cfg, space, budgets[-1], seed, context, frontier=budgets)
+            start = time.perf_counter()
+            run_search(searcher, SerialExecutor(calib), trace, top - trace.charged, space,
+                       budgets[-1])
+            seconds = time.perf_counter() - start
+            grid = sorted({max(n // 10, 1) * k for k in range(1, 10 * len(budgets) + 1)} | {top})
+            curve, cost = [], None
+            for m in (m for m in grid if m <= top):
+                picks = [best_within(trace, m, b, space) for b in budgets]
+                if any(c is None for c in picks):
+                    continue
+                values = [held(c) for c in picks if c is not None]
+                curve.append([m, values])
+                if cost is None and all(v <= s["heldout"] + floor
+                                        for v, s in zip(values, separate, strict=True)):
+                    cost = m
+            results["runs"].setdefault(name, []).append({
+                "seed": seed, "noise_floor": floor, "separate": separate,
+                "separate_evaluations": n * len(budgets), "frontier_evaluations": cost,
+                "frontier_heldout_at_end": curve[-1][1] if curve else None,
+                "frontier_seconds": seconds, "frontier_curve": curve})
+            (out / "frontier.json").write_text(json.dumps(results, indent=1))
+            print(f"{name} seed={seed}: separate {n * len(budgets)} evaluations, frontier "
+                  f"{cost} for the same held-out at every budget (floor {floor:.2g})", flush=True)
+    return results
+
+
+def frontier_table(results: dict) -> str:
+    """Markdown: per strategy and seed, both costs and the held-out figures at each budget."""
+    budgets = sorted(results["args"]["budgets"])
+    head = " | ".join(f"{b:g} bits: separate / frontier" for b in budgets)
+    lines = [f"| strategy | seed | separate studies | frontier study | {head} |",
+             "| --- | --- | --- | --- | " + " | ".join("---" for _ in budgets) + " |"]
+    for name, runs in results["runs"].items():
+        for r in runs:
+            end = r["frontier_heldout_at_end"] or [None] * len(budgets)
+            at = next((v for m, v in r["frontier_curve"] if m == r["frontier_evaluations"]), end)
+            cells = " | ".join(f"{s['heldout']:.4g} / {v:.4g}" if v is not None else "—"
+                               for s, v in zip(r["separate"], at, strict=True))
+            cost = r["frontier_evaluations"]
+            lines.append(f"| {name} | {r['seed']} | {r['separate_evaluations']} | "
+                         f"{cost if cost is not None else 'not reached'} | {cells} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="minilm")
@@ -250,6 +338,8 @@ def main() -> None:
     ap.add_argument("--heldout-samples", type=int, default=128)
     ap.add_argument("--noise-offset", type=int, default=500)
     ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--frontier", action="store_true",
+                    help="one frontier study over --budgets against one study per budget")
     ap.add_argument("--report", nargs="+", default=None,
                     help="only redo the table and plots of results.json files (merged)")
     args = ap.parse_args()
@@ -279,6 +369,9 @@ def main() -> None:
     names = args.strategies or [n for n in strategies(0.0, args.space) if n != "optuna-gp"]
     proxy = measure_proxies(calib.worker, profile_pairs(space)) \
         if any(name in PROXIED for name in names) else None
+    if args.frontier:
+        print(frontier_table(frontier_cost(args, space, calib, held, fresh, proxy, out)))
+        return
     results: dict = {"args": vars(args), "device": args.device, "budgets": {}}
     for bits in args.budgets:
         budget = Budget(avg_bits=bits)
