@@ -8,7 +8,7 @@ heartbeat, with the study's Optuna mirror kept in step by its thread (``--no-mir
 Stores: a SQLite file and PostgreSQL (a temporary database, dropped).
 
     python bench/coordinator_overhead.py                     # 1, 2, 4 workers; SQLite + PostgreSQL
-    python bench/coordinator_overhead.py --trials 5000 --workers 4 --depth 2 --no-mirror
+    python bench/coordinator_overhead.py --trials 5000 --workers 4 --depth 1 --no-mirror
 
 Target: ≥ 1,000 trials/s with one worker, so the coordinator never limits real evaluations.
 """
@@ -91,8 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--depth", type=int, default=1,
-                        help="candidates queued per worker (1: as real searches run)")
+    parser.add_argument("--depth", type=int, default=2,
+                        help="candidates queued per worker (2: the spec's default, workers.depth)")
     parser.add_argument("--layers", type=int, default=16,
                         help="searched layers (the searcher's own cost grows with them)")
     parser.add_argument("--no-postgres", action="store_true")

@@ -2,8 +2,9 @@
 
 Placement: ``count`` actors, each with ``cpus`` CPUs and ``gpus`` GPUs (a fraction such as 0.25
 puts four small-model workers on one GPU), scheduled with Ray's ``SPREAD`` strategy so that they
-land on as many nodes as the cluster has. Each actor evaluates ``depth`` candidates at a time
-(1 for real evaluations; more only hides the driver's round trip when evaluations are tiny).
+land on as many nodes as the cluster has. Each actor holds ``depth`` candidates at a time
+(default 2: the next candidate waits on the worker while one is evaluated, which hides the
+driver's round trip).
 
 Fault tolerance: a worker that dies (process killed, node lost, CUDA error that kills the
 process) is told apart from a candidate that failed (an exception inside an evaluation, which the
@@ -49,6 +50,7 @@ class _Flight:
     slot: int  # actor index
     actor: Any  # the handle it was sent to (a replaced actor's late error is not a new death)
     attempts: int
+    sent: int  # dispatch order: an actor runs its tasks in the order they were sent
 
 
 def first_line(exc: BaseException) -> str:
@@ -81,7 +83,7 @@ class RayExecutor:
     item = "trial"  # what a submitted key numbers, in the messages about dead workers
 
     def __init__(self, setup: Any, space: SearchSpace, count: int, cpus: float = 1.0,
-                 gpus: float = 0.0, max_attempts: int = 3, *, depth: int = 1,
+                 gpus: float = 0.0, max_attempts: int = 3, *, depth: int = 2,
                  actor_cls: Any = None, before_dispatch: Callable[[], None] | None = None,
                  max_replacements: int | None = None, start_timeout: float = 600.0,
                  flush_due: Callable[[], float | None] | None = None) -> None:
@@ -102,6 +104,8 @@ class RayExecutor:
         self.queued: list[tuple[int, Candidate, int]] = []  # (key, candidate, attempts)
         self.running: dict[ray.ObjectRef, _Flight] = {}
         self.starting: dict[ray.ObjectRef, int] = {}  # replacements not up yet → their slot
+        self.sent = 0
+        self.in_progress: dict[int, int] = {}  # id of a dead actor → the ``sent`` it was running
 
     # -- actors ------------------------------------------------------------------------------
     def _spawn(self, index: int) -> Any:
@@ -163,7 +167,8 @@ class RayExecutor:
             index = self.idle.pop()
             actor = self.actors[index]
             self.running[self._call(actor, candidate)] = _Flight(key, candidate, index, actor,
-                                                                 attempts)
+                                                                 attempts, self.sent)
+            self.sent += 1
 
     def collect(self) -> list[tuple[int, Outcome]]:
         """Block until at least one candidate has an outcome; return every one that has.
@@ -238,8 +243,13 @@ class RayExecutor:
     def _worker_died(self, flight: _Flight, exc: BaseException,
                      done: list[tuple[int, Outcome]]) -> None:
         if self.actors[flight.slot] is flight.actor:  # first news of this death
+            # the candidate it was evaluating is the first sent of those it held; the others
+            # waited behind it and are sent again without an attempt counted against them
+            self.in_progress[id(flight.actor)] = min(
+                [flight.sent] + [f.sent for f in self.running.values() if f.actor is flight.actor])
             self._replace(flight.slot, exc)
-        attempts = flight.attempts + 1
+        running = flight.sent == self.in_progress.get(id(flight.actor))
+        attempts = flight.attempts + running
         label = self.labels[flight.slot]
         if attempts >= self.max_attempts:
             log.warning(f"{self.item} {flight.key} failed: its worker died {attempts} times "
@@ -247,6 +257,11 @@ class RayExecutor:
             done.append((flight.key, self._failed(
                 flight.candidate, f"worker died {attempts} times evaluating this candidate: "
                 f"{first_line(exc)}")))
+        elif not running:
+            log.warning(f"{self.item} {flight.key} dispatched again (it was waiting on worker "
+                        f"{label}, behind the one it was evaluating)")
+            self.redispatched += 1
+            self.submit(flight.key, flight.candidate, attempts)
         else:
             log.warning(f"{self.item} {flight.key} dispatched again (it was on worker {label}; "
                         f"attempt {attempts + 1} of {self.max_attempts})")

@@ -78,9 +78,9 @@ class WorkersConfig(BaseModel):
     # activations.
     cache_device_bytes: int | None = Field(default=None, ge=0, le=2**60)
     # Candidates each worker holds at once. 2 hides the driver↔worker round trip behind the
-    # evaluation in progress (4 % instead of 13 % overhead on a 120 ms GPU evaluation); 1 keeps
-    # the fewest evaluations in flight.
-    depth: int = Field(default=1, ge=1, le=8)
+    # evaluation in progress (4 % instead of 13 % overhead on a 120 ms GPU evaluation, one worker
+    # on an H200; docs/cluster.md); 1 keeps the fewest evaluations in flight.
+    depth: int = Field(default=2, ge=1, le=8)
 
 
 class LevelsConfig(BaseModel):

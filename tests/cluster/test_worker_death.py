@@ -74,3 +74,45 @@ def test_death_reason_reads_rays_message():
     assert death_reason(Died()) == "its node has died: pid 22434 on 10.0.0.5"
     assert death_reason(RuntimeError("CUDA error: an illegal memory access")) == \
         "CUDA error: an illegal memory access"
+
+
+@ray.remote
+class PoisonedActor:
+    """Evaluates instantly, except the candidate (1, 1, 1), which kills it every time."""
+
+    def __init__(self, _setup, space, label):
+        self.label = f"{label}@pid{os.getpid()}"
+
+    def name(self):
+        return self.label
+
+    def evaluate(self, candidate):
+        from mpsearch.workers.worker import EvalOutcome
+
+        if candidate.choices == (1, 1, 1):
+            os._exit(1)
+        return self.label, EvalOutcome(float(sum(candidate.choices)), 0.0)
+
+
+def test_a_candidate_waiting_behind_a_worker_killer_is_not_charged_its_deaths(ray_session,
+                                                                              caplog):
+    """At depth 2 the worker holds a second candidate while it evaluates the first: when the
+    first kills it, only the first is charged an attempt; the one waiting behind it is sent
+    again as it was, and completes, while the killer fails after ``max_attempts``."""
+    caplog.set_level(logging.WARNING, logger="mpsearch.cluster")
+    executor = RayExecutor(None, SPACE, 1, actor_cls=PoisonedActor, depth=2, max_attempts=2)
+    try:
+        victim = executor.labels[0]
+        executor.submit(1, Candidate((1, 1, 1)))
+        executor.submit(2, Candidate((0, 1, 0)))
+        results: dict[int, object] = {}
+        while len(results) < 2:
+            results.update(executor.collect())
+    finally:
+        executor.shutdown()
+    assert results[2].objective == 1.0 and results[2].error is None
+    assert results[1].objective is None and "worker died 2 times" in results[1].error
+    lines = [r.getMessage() for r in caplog.records if r.name == "mpsearch.cluster"]
+    assert f"trial 2 dispatched again (it was waiting on worker {victim}, behind the one it " \
+           "was evaluating)" in lines
+    assert not [ln for ln in lines if ln.startswith("trial 2 failed")]
