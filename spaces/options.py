@@ -22,6 +22,11 @@ ROUNDINGS = ("rtn", "gptq")  # gptq: same storage as rtn, better-chosen integers
 SPARSITY_PATTERNS = ("unstructured", "2:4")
 SPARSITY_METHODS = ("magnitude", "wanda")  # wanda: |W|·‖X‖ per input channel (Sun et al., 2023)
 ROW_POINTER_BITS = 32  # CSR index coding: one 32-bit offset per output row
+# Activation schemes: the layer's input quantized per token, dynamically (a scale per row of the
+# input from its absmax, at run time), as vLLM's W8A8 kernels do. "": weight-only.
+ACTIVATIONS = ("int8", "fp8_e4m3")
+# The weights each activation scheme is served with (compressed-tensors' W8A8 and FP8_DYNAMIC).
+W8A8_LABELS = {"int8": "w8a8-int8", "fp8_e4m3": "w8a8-fp8"}
 
 
 class Layout(NamedTuple):
@@ -79,6 +84,7 @@ class QuantOption:
     sparsity: float = 0.0
     sparsity_pattern: str = "unstructured"
     sparsity_method: str = "magnitude"
+    activations: str = ""  # "" (weight-only), or a per-token dynamic scheme of ACTIVATIONS
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -88,6 +94,23 @@ class QuantOption:
         else:
             self._fix_layout(LAYOUTS[self.format])
         self._check_sparsity()
+        self._check_activations()
+
+    def _check_activations(self) -> None:
+        if not self.activations:
+            return
+        if self.activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)} (or left out), "
+                             f"got {self.activations!r}")
+        if self.activations == "int8" and not (self.format == "int" and self.bits == 8
+                                                and self.group_size is None and self.symmetric):
+            raise ValueError("activations int8 goes with int8-ch-sym weights (w8a8-int8, the "
+                             "scheme vLLM serves); use w8a8-int8")
+        if self.activations == "fp8_e4m3" and self.format != "fp8_e4m3":
+            raise ValueError("activations fp8_e4m3 goes with fp8_e4m3 weights (w8a8-fp8); "
+                             "use w8a8-fp8")
+        if self.sparse:
+            raise ValueError("activation quantization takes dense weights; drop the sparsity")
 
     def _check_int(self) -> None:
         if not MIN_INT_BITS <= self.bits <= MAX_INT_BITS:
@@ -147,6 +170,9 @@ class QuantOption:
         or a format name (``fp16``, ``fp8_e4m3``, ``nvfp4``, ...) and SPARSITY is ``2:4`` or
         ``s{percent}`` (``s50``, ``s12.5``). E.g. ``int4-g128-asym-gptq``, ``nf4+2:4-wanda``.
         """
+        if self.activations:
+            return W8A8_LABELS[self.activations] + "-clip" * self.clip + \
+                "-gptq" * (self.rounding == "gptq")
         if self.format == "int":
             group = "ch" if self.group_size is None else f"g{self.group_size}"
             base = f"int{self.bits}-{group}-{'sym' if self.symmetric else 'asym'}"
@@ -163,7 +189,15 @@ class QuantOption:
         """The option named ``label`` (the inverse of :attr:`label`); ValueError if it is none."""
         base, _, sparse = label.partition("+")
         kwargs: dict[str, Any] = {}
-        if base in LAYOUTS:
+        if match := _W8A8_LABEL.match(base):
+            kwargs.update(format="int", bits=8, group_size=None, symmetric=True,
+                          activations="int8", clip=bool(match["clip"]),
+                          rounding="gptq" if match["gptq"] else "rtn")
+            if match["act"] == "fp8":
+                kwargs = {"format": "fp8_e4m3", "activations": "fp8_e4m3"}
+                if match["clip"] or match["gptq"]:
+                    raise ValueError(f"option {label!r}: -clip and -gptq apply to w8a8-int8")
+        elif base in LAYOUTS:
             kwargs["format"] = base
         elif match := _INT_LABEL.match(base):
             group = match["group"]
@@ -172,7 +206,8 @@ class QuantOption:
                           rounding="gptq" if match["gptq"] else "rtn")
         else:
             raise ValueError(f"option {label!r} is not a label like 'int4-g128-asym', "
-                             f"'int3-g64-sym-clip', 'int8-ch-sym+s50', 'nf4+2:4' or one of "
+                             f"'int3-g64-sym-clip', 'int8-ch-sym+s50', 'nf4+2:4', 'w8a8-int8', "
+                             f"'w8a8-fp8' or one of "
                              f"{', '.join(LAYOUTS)}")
         if sparse:
             match = _SPARSE_LABEL.match(sparse)
@@ -247,4 +282,5 @@ class QuantOption:
 _DEFAULTS.update({f.name: f.default for f in fields(QuantOption)})
 _INT_LABEL = re.compile(r"^int(?P<bits>\d+)-(?P<group>ch|g\d+)-(?P<sym>sym|asym)"
                         r"(?:(?P<clip>-clip)|(?P<gptq>-gptq))?$")
+_W8A8_LABEL = re.compile(r"^w8a8-(?P<act>int8|fp8)(?:(?P<clip>-clip)|(?P<gptq>-gptq))?$")
 _SPARSE_LABEL = re.compile(r"^(?:(?P<pattern>2:4)|s(?P<pct>\d+(?:\.\d+)?))(?P<wanda>-wanda)?$")

@@ -31,11 +31,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
 from . import level_codec
+from .activations import quantize_inputs_
 from .errors import WorkerError
 from .gptq import HessianAccumulator
 from .layers import ExpertSlice, get_weight, quantizable_targets, set_weight_
@@ -156,6 +158,7 @@ class Worker:
         self.original = {name: get_weight(m).clone() if isinstance(m, ExpertSlice)
                          else get_weight(m) for name, m in self.modules.items()}
         self.current: dict[str, QuantOption | None] = dict.fromkeys(self.modules)  # None = original
+        self.input_quant: dict[str, RemovableHandle] = {}  # layers whose inputs are quantized
         self.batches = batches if batches is not None else self._tokenize(
             load_tokenizer(setup.model_path))
         self.samples = sum(b["input_ids"].shape[0] for b in self.batches)
@@ -419,6 +422,13 @@ class Worker:
         else:
             self.variant(name, option)
             set_weight_(target, self.cache.fetch((name, option), target))
+        if name in self.input_quant:
+            self.input_quant.pop(name).remove()
+        if option is not None and option.activations:  # W8A8: inputs quantized per token
+            if not isinstance(target, nn.Module):
+                raise WorkerError(f"layer {name}: option {option.label} quantizes a layer's "
+                                  "inputs, and a fused expert slice has none of its own")
+            self.input_quant[name] = quantize_inputs_(target, option.activations)
         self.current[name] = option
         return True
 
