@@ -1,5 +1,6 @@
 """The HTML report: built from a constructed study, rendered by headless Chromium, plots present."""
 
+import math
 import re
 import shutil
 import subprocess
@@ -87,3 +88,55 @@ def test_report_renders_in_headless_chromium(sqlite_builder, tmp_path):
     assert dom.count('class="point"') >= 10  # the trials, front and baselines as markers
     assert 'class="hm"' in dom  # the per-layer heatmap trace
     assert dom.count('class="trace scatter') >= 8
+
+
+def _figures(builder, name="s"):
+    from mpsearch.storage.models import COMPLETE
+    from mpsearch.storage.report import pareto_figure, progress_figure
+
+    store = builder.store
+    study = store.study(name)
+    done = store.trials(name, COMPLETE)
+    best = [(b, t) for b, t in store.frontier(name) if t is not None]
+    return study, pareto_figure(study, done, store.pareto(name), best), \
+        progress_figure(study, done)
+
+
+def test_axes_span_the_search_and_an_exact_zero_is_named(builder):
+    fill(builder)
+    study, pareto, progress = _figures(builder)
+    lo, hi = pareto.layout.xaxis.range
+    assert 1.5 < lo < 2.25 and 8.25 < hi < 9  # int2 … int8 and the trials, not fp16 at 16 bits
+    note = " ".join(a.text for a in pareto.layout.annotations)
+    assert "off the plot: fp16 at 16 bits: 0 (exact)" in note
+    assert pareto.layout.yaxis.dtick == "D2" and pareto.layout.yaxis.tickformat == ".2~g"
+    shown = [y for tr in pareto.data for y in (tr.y or ())]
+    assert min(shown) > 0.01  # no floor for a zero that is off the plot
+    # The progress range runs from the best found (0.12) to the best uniform within the budget
+    # (0.05 is int8 at 8.25 bits, over the 6.25 budget; int4 at 0.3 is the yardstick), not to
+    # int2's 0.8.
+    low, high = progress.layout.yaxis.range
+    assert low < math.log10(0.12) < math.log10(0.3) < high < math.log10(0.8)
+    assert [a.text for a in progress.layout.annotations] == ["best uniform, avg_bits <= 6.25"]
+
+
+def test_a_frontier_study_draws_every_budget_and_its_best(builder):
+    from mpsearch.spaces import Budget
+
+    points = (Budget(4.25), Budget(5.25), Budget(6.25))
+    spec = {"study": "f", "budget": {"avg_bits": [4.25, 5.25, 6.25]}}
+    study, _ = builder.store.open_study("f", spec, spec, builder.space, "m", "kl", 100,
+                                        budget=points[-1], frontier=points)
+    for i in range(4):
+        builder.add(study, (i, i), [0.8, 0.3, 0.05, 0.0][i], origin="uniform")
+    for choices, obj in (((1, 2), 0.2), ((0, 2), 0.25), ((1, 1), 0.28), ((2, 0), 0.15)):
+        builder.add(study, choices, obj, origin="evolutionary:g0")
+    _, pareto, progress = _figures(builder, "f")
+    assert sorted(s.x0 for s in pareto.layout.shapes) == [4.25, 5.25, 6.25]
+    stars = next(tr for tr in pareto.data if tr.name == "best at each budget")
+    assert list(stars.y) == [0.28, 0.15, 0.15]
+    assert {tr.name for tr in progress.data} >= {f"all strategies, avg_bits <= {b:g}"
+                                                 for b in (4.25, 5.25, 6.25)}
+    page = report_html(builder.store, "f")
+    assert "frontier</th><td>avg_bits &lt;= 4.25; avg_bits &lt;= 5.25; avg_bits &lt;= 6.25" in page
+    assert "best at avg_bits &lt;= 4.25</th><td>trial 6: 0.28 at 4.2500 bits" in page
