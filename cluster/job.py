@@ -79,6 +79,9 @@ def prepare(spec: JobSpec) -> PreparedJob:
         raise SpecError(f"searcher.params.routing: model {spec.model.name!r} has no routed "
                         "experts to weight by routing frequency; remove routing")
     points = spec.budget.to_budgets()
+    if spec.budget.active_bytes is not None and not space.has_experts:
+        raise SpecError(f"budget.active_bytes: model {spec.model.name!r} has no routed experts, "
+                        "so every token reads all its weights; bound them with total_bytes")
     for point in points:  # the tightest first: the one a frontier's error names
         space.check_budget(point, "budget" if len(points) == 1 else
                            f"frontier budget {points.index(point) + 1} of {len(points)},")

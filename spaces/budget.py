@@ -118,6 +118,8 @@ class Budget:
     avg_bits: float | None = None
     total_bytes: float | None = None
     memory: MemoryBudget | None = None
+    # bytes of weights one token reads (MoE: routed experts count top_k / E; see active_row)
+    active_bytes: float | None = None
     extra: tuple[Constraint, ...] = ()
 
     def admits(self, cost: Cost, tol: float = TOLERANCE) -> bool:
@@ -127,15 +129,18 @@ class Budget:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec's bounds as JSON (``extra`` rows are the job's, rebuilt from their source)."""
-        return {"avg_bits": self.avg_bits, "total_bytes": self.total_bytes,
-                "memory": None if self.memory is None else asdict(self.memory)}
+        out = {"avg_bits": self.avg_bits, "total_bytes": self.total_bytes,
+               "memory": None if self.memory is None else asdict(self.memory)}
+        if self.active_bytes is not None:  # only then: points stored before carry none
+            out["active_bytes"] = self.active_bytes
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Budget:
         """Read :meth:`to_dict`'s output (points stored before ``memory`` existed have none)."""
         memory = data.get("memory")
         return cls(data.get("avg_bits"), data.get("total_bytes"),
-                   None if memory is None else MemoryBudget(**memory))
+                   None if memory is None else MemoryBudget(**memory), data.get("active_bytes"))
 
     def describe(self) -> str:
         parts = []
@@ -145,6 +150,8 @@ class Budget:
             parts.append(f"total_bytes <= {self.total_bytes:,.0f}")
         if self.memory is not None:
             parts.append(self.memory.describe())
+        if self.active_bytes is not None:
+            parts.append(f"active_bytes <= {self.active_bytes:,.0f}")
         parts.extend(row.describe() for row in self.extra)
         return " and ".join(parts) or "no budget"
 
@@ -161,6 +168,8 @@ def budget_rows(space: SearchSpace, budget: Budget) -> tuple[Constraint, ...]:
                                budget.total_bytes, "bytes", divisor=8.0, bit_cost=1.0))
     if budget.memory is not None:
         rows.append(memory_row(space, budget.memory, bits))
+    if budget.active_bytes is not None:
+        rows.append(active_row(space, budget.active_bytes))
     for row in budget.extra:
         if len(row.costs) != len(space.genes) or any(
                 len(c) != n for c, n in zip(row.costs, space.sizes, strict=True)):
@@ -187,3 +196,16 @@ def memory_row(space: SearchSpace, memory: MemoryBudget,
     constant = (space.unsearched_params * space.unsearched_bits + space.fixed_kv_bits(tokens)
                 + 8 * memory.activations)
     return Constraint("memory", costs, constant, memory.bytes, "bytes", divisor=8.0, bit_cost=1.0)
+
+
+def active_row(space: SearchSpace, limit: float) -> Constraint:
+    """The active-bytes row: the bytes of weights one token reads, in bits over 8 (each gene's
+    :meth:`~.space.SearchSpace.gene_active_bits`: a routed expert's stored bits × top_k / E;
+    the unsearched parameters one token uses at ``unsearched_bits``). No fixed rate per stored
+    bit (experts count a fraction of theirs), so no ``bit_cost``."""
+    costs = tuple(tuple(space.gene_active_bits(g, o) for o in range(n))
+                  for g, n in enumerate(space.sizes))
+    unsearched = (space.unsearched_params if space.unsearched_active_params is None
+                  else space.unsearched_active_params)
+    return Constraint("active_bytes", costs, unsearched * space.unsearched_bits, limit, "bytes",
+                      divisor=8.0)

@@ -171,12 +171,13 @@ class BudgetConfig(BaseModel):
     avg_bits: BitsBound = Field(default=None, description="average effective bits")
     total_bytes: BytesBound = Field(default=None, description="whole-model bytes")
     memory: MemoryConfig | None = Field(default=None, description="weights + KV cache at a load")
+    active_bytes: BytesBound = Field(default=None, description="weight bytes one token reads (MoE)")
 
     @model_validator(mode="after")
     def _one_bound(self) -> BudgetConfig:
         given = self._bounds()
         if not any(v is not None for v in given.values()):
-            raise ValueError("give avg_bits, total_bytes or memory (or several)")
+            raise ValueError("give avg_bits, total_bytes, memory or active_bytes (or several)")
         lists = [k for k, v in given.items() if isinstance(v, list)]
         if len(lists) > 1:
             raise ValueError(f"only one budget kind may be a list (a frontier has one axis); "

@@ -1,0 +1,113 @@
+"""A search over a tiny Mixtral through the real loop (shared local Ray), and MoE spec errors."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mpsearch.cluster.job import prepare, run_job
+from mpsearch.cluster.spec import parse_spec
+from mpsearch.spaces.errors import SpecError
+from mpsearch.storage import COMPLETE, TrialStore
+
+E, L = 4, 2  # the tiny Mixtral's experts per layer and blocks
+
+
+def fields(model, tmp_path, **extra):
+    return {"study": "moe", "model": {"name": model},
+            "calibration": {"samples": 4, "seq_len": 16},
+            "space": {"layers": [{"match": r"layers\.\d+\.",
+                                  "options": ["int2-g32-asym", "int4-g32-asym", "int8-g32-asym"]}]},
+            "budget": {"avg_bits": 4.5}, "workers": {"count": 1, "cpus": 1},
+            "storage": {"url": f"sqlite:///{tmp_path / 'moe.db'}"}, **extra}
+
+
+@pytest.mark.slow
+def test_a_routing_weighted_search_over_a_tiny_mixtral_completes_with_expert_genes(
+        ray_session, tiny_mixtral_path, tmp_path):
+    spec = parse_spec(fields(tiny_mixtral_path, tmp_path, evaluations=16, searcher={
+        "name": "integer-program", "params": {"proxy": True, "routing": True}}))
+    store = TrialStore(spec.storage.url)
+    result = run_job(spec, store)
+    space = result.study.space
+    experts = [g for g in space.genes if ".experts." in g.name]
+    assert len(experts) == L * E and len(space.genes) == L * 4 + L * E
+    assert all(ly.active == 0.5 for g in experts for ly in g.layers)  # top-2 of 4
+    trials = store.trials("moe")
+    # the program proposes its optimum after the probes and is done: short of 16, "stopped"
+    assert result.study.status == "stopped" and {t.status for t in trials} == {COMPLETE}
+    assert trials[-1].origin == "integer-program:0" and trials[-1].feasible
+    probes = [t for t in trials if t.origin.endswith(":probe")]
+    probed = {space.genes[g].name for t in probes for g, c in enumerate(t.choices) if c != 2}
+    # one probe per attention layer, one per MoE layer (its most-routed expert stands for all)
+    assert len(probes) == L * 4 + L and sum(".experts." in n for n in probed) == L
+    (best,) = store.best("moe", top=1)
+    assert best.avg_bits <= 4.5 and best.objective is not None
+
+
+def test_expert_settings_and_routing_on_a_dense_model_are_refused(tiny_llama_path,
+                                                                 tiny_mixtral_path, tmp_path):
+    with pytest.raises(SpecError, match="space.experts: the model has no routed experts"):
+        prepare(parse_spec(fields(tiny_llama_path, tmp_path, space={
+            "layers": [{"match": "layers", "options": ["int4-g32-asym"]}],
+            "experts": {"group": 2}})))
+    with pytest.raises(SpecError, match="searcher.params.routing: .* has no routed experts"):
+        prepare(parse_spec(fields(tiny_llama_path, tmp_path, searcher={
+            "name": "hybrid", "params": {"proxy": True, "routing": True}})))
+    with pytest.raises(SpecError, match="runtime vllm loads the experts of a layer"):
+        prepare(parse_spec(fields(tiny_mixtral_path, tmp_path, space={
+            "layers": [{"match": "layers", "options": ["int4-g32-sym"]}], "runtime": "vllm",
+            "experts": {"group": 2}})))
+    grouped = prepare(parse_spec(fields(tiny_mixtral_path, tmp_path, space={
+        "layers": [{"match": "layers", "options": ["int4-g32-sym"]}],
+        "experts": {"group": 2}}))).space
+    assert len(grouped.genes) == L * 4 + L * E // 2
+
+
+@pytest.mark.slow
+def test_the_cli_says_so_in_one_line_and_stores_nothing(tiny_llama_path, tmp_path):
+    spec = tmp_path / "dense.yaml"
+    spec.write_text(yaml.safe_dump(fields(tiny_llama_path, tmp_path, space={
+        "layers": [{"match": "layers", "options": ["int4-g32-asym"]}], "experts": {}})))
+    res = subprocess.run([sys.executable, "-m", "mpsearch.cluster.cli", "run", str(spec)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 1 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("error: space.experts: the model has no routed experts")
+    assert not (tmp_path / "moe.db").exists()
+
+
+def test_an_active_bytes_budget_is_the_cost_models_row_and_the_program_meets_it(
+        tiny_mixtral_path, tiny_llama_path, tmp_path):
+    import itertools
+
+    import numpy as np
+
+    from mpsearch.searcher.ip_searcher import IntegerProgramSearcher
+    from mpsearch.spaces.space import Budget, Candidate
+
+    from .test_memory_budget import _additive, _run
+
+    options = ["int2-g32-asym", "int4-g32-asym", "fp16"]
+    job = prepare(parse_spec(fields(tiny_mixtral_path, tmp_path, space={
+        "layers": [{"match": r"layers\.0\.(mlp|self_attn\.q_proj)", "options": options}]},
+        budget={"active_bytes": 1e12})))
+    space = job.space
+    assert len(space.genes) == 1 + E  # q_proj and the four experts of block 0: 243 configurations
+    (row,) = space.constraints(job.budget)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        c = Candidate(tuple(int(rng.integers(n)) for n in space.sizes))
+        assert row.value(c.choices) == pytest.approx(space.cost(c).active_bytes, rel=1e-15)
+    everything = [Candidate(c) for c in itertools.product(*(range(n) for n in space.sizes))]
+    active = sorted(row.value(c.choices) for c in everything)
+    f = _additive(space, 5)
+    for at in (0.2, 0.6):
+        budget = Budget(avg_bits=9.0, active_bytes=active[int(at * len(active))])
+        best = min(f(c) for c in everything if space.feasible(c, budget))
+        solution, ok = _run(IntegerProgramSearcher(space, budget, 0), f, 100)[-1]
+        assert ok and f(solution) == pytest.approx(best, abs=1e-12)
+        assert space.cost(solution).active_bytes <= budget.active_bytes + 1e-6
+    with pytest.raises(SpecError, match="budget.active_bytes: .* has no routed experts"):
+        prepare(parse_spec(fields(tiny_llama_path, tmp_path, budget={"active_bytes": 1e9})))
