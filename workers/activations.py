@@ -18,9 +18,13 @@ per tensor from its absmax, as a static per-tensor scale calibrated on that inpu
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+from mpsearch.spaces.options import QuantOption
 
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 FP8_MIN_SCALE = 1.0 / (FP8_MAX * 512)  # vLLM's floor on a dynamic FP8 scale
@@ -51,6 +55,15 @@ def _fake_quant(xf: torch.Tensor, amax: torch.Tensor, scheme: str) -> torch.Tens
         codes = torch.clamp(xf / scale, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         return codes.float() * scale
     raise ValueError(f"unknown activation scheme {scheme!r}; valid: int8, fp8_e4m3")
+
+
+def input_activation_args(option: QuantOption) -> dict[str, Any] | None:
+    """compressed-tensors ``QuantizationArgs`` keywords of ``option``'s input activations (the
+    per-token dynamic schemes vLLM serves: W8A8 int8, FP8_DYNAMIC), None for a weight-only one."""
+    if not option.activations:
+        return None
+    kind = "int" if option.activations == "int8" else "float"
+    return {"num_bits": 8, "type": kind, "symmetric": True, "strategy": "token", "dynamic": True}
 
 
 def quantize_inputs_(module: nn.Module, scheme: str) -> RemovableHandle:

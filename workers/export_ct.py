@@ -34,6 +34,7 @@ from torch import nn
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.runtime import fused_conflicts, refusal
 
+from .activations import input_activation_args
 from .checkpoint import (
     PLAN_FILE,
     CheckpointError,
@@ -128,7 +129,9 @@ def _store_parts_(module: nn.Module, enc: Encoded, dtype: torch.dtype) -> None:
     with torch.no_grad():
         scale = cast(torch.Tensor, module.weight_scale)
         scale.data = enc.scale.to(dtype).reshape(scale.shape).clone()
-        if option.format == "int":
+        if option.format == "int" and not hasattr(module, "weight_packed"):
+            module.weight.data = _signed(enc.values, option)  # int-quantized (W8A8): int8 codes
+        elif option.format == "int":
             packed = pack_to_int32(_signed(enc.values, option), option.bits)
             assert packed.shape == module.weight_packed.shape
             module.weight_packed.data = packed
@@ -179,7 +182,8 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
         groups = _config_groups(options, schemes)
         config = QuantizationConfig(
             config_groups={group: QuantizationScheme(
-                targets=names, weights=QuantizationArgs(**schemes[names[0]]))  # type: ignore[arg-type]
+                targets=names, weights=QuantizationArgs(**schemes[names[0]]),  # type: ignore[arg-type]
+                input_activations=_input_args(options[names[0]], QuantizationArgs))
                 for group, (_, names) in groups.items()},
             quantization_status="frozen")
         apply_quantization_config(model, config)
@@ -202,6 +206,12 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
         raise
     return ExportResult(out, weight_bytes(out),
                         {g: [label, *names] for g, (label, names) in groups.items()})
+
+
+def _input_args(option: QuantOption, args_class: Any) -> Any:
+    """The group's ``input_activations`` (W8A8: per-token dynamic), None when weight-only."""
+    args = input_activation_args(option)
+    return None if args is None else args_class(**args)
 
 
 def _shapes_model(setup: WorkerSetup) -> nn.Module:
