@@ -9,6 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:  # the store (SQLAlchemy) is imported by the commands that open it
+    from collections.abc import Sequence
+
+    from mpsearch.spaces.space import Budget
     from mpsearch.storage.store import StudyRecord, TrialRecord, TrialStore
 
 # Rich wraps at 80 columns when not on a terminal; results tables read better wider.
@@ -55,6 +58,23 @@ def results_table(study: StudyRecord, best: list[TrialRecord],
             mark = "" if t.feasible else " (over budget)"
             table.add_row("uniform", str(t.number), f"{t.avg_bits:.4f}",
                           fmt_bytes(t.total_bytes), fmt_obj(t.objective), f"{name}{mark}")
+    return table
+
+
+def frontier_table(study: StudyRecord,
+                   points: Sequence[tuple[Budget, TrialRecord | None]]) -> Table:
+    """The best trial at each budget of a frontier study (``TrialStore.frontier``)."""
+    table = Table(title=f"study {study.name}: the frontier, best at each budget",
+                  title_justify="left")
+    for col in ("budget", "trial", "avg bits", "bytes", "objective", "layers"):
+        table.add_column(col, justify="left" if col in ("budget", "layers") else "right")
+    for budget, t in points:
+        if t is None:
+            table.add_row(budget.describe(), "—", "—", "—", "—", "no completed trial fits")
+        else:
+            table.add_row(budget.describe(), str(t.number), f"{t.avg_bits:.4f}",
+                          fmt_bytes(t.total_bytes), fmt_obj(t.objective),
+                          study.space.summarize(t.candidate))
     return table
 
 

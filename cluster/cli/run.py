@@ -14,7 +14,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from .output import err, fmt_obj, out, results_table
+from .output import err, fmt_obj, frontier_table, out, results_table
 from .phases import PhaseDisplay
 
 if TYPE_CHECKING:
@@ -105,3 +105,5 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
               f"store {store.masked_url}", highlight=False)
     out.print(results_table(result.study, store.best(spec.study, top=top),
                             store.baselines(spec.study)))
+    if result.study.frontier:
+        out.print(frontier_table(result.study, store.frontier(spec.study)))

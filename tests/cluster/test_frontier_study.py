@@ -6,7 +6,9 @@ import json
 import random
 
 import pytest
+from rich.console import Console
 
+from mpsearch.cluster.cli.output import frontier_table
 from mpsearch.cluster.driver import drive
 from mpsearch.cluster.spec import parse_spec
 from mpsearch.searcher import SearcherConfig
@@ -84,6 +86,11 @@ def test_frontier_study_stores_its_points_and_answers_every_budget(tmp_path):
         within = [t.objective for t in trials if t.feasible and t.avg_bits <= budget.avg_bits]
         assert best.objective == min(within)
     assert bests[0][1].objective > bests[-1][1].objective  # more bits, lower objective
+    console = Console(width=220, record=True)
+    console.print(frontier_table(study, bests))  # what `mpsearch run` prints after a frontier
+    rows = [ln for ln in console.export_text().splitlines() if "avg_bits <=" in ln]
+    assert [(b.describe() in ln, f" {t.number} " in ln) for (b, t), ln in zip(bests, rows,
+            strict=True)] == [(True, True)] * 3
 
     front = json.loads(invoke("pareto", "--study", "f", "--db", url, "--json").stdout)
     marked = {p["trial"]: p["best_at"] for p in front if p["best_at"]}
