@@ -209,10 +209,12 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
     :class:`~mpsearch.cluster.warmup.SetupListener`) follows the workers' setup phases, which
     are also stored in the study row for ``mpsearch status``.
     """
+    from .latency import with_latency
     from .warmup import StudyPhaseListener
 
     start = time.perf_counter()
     job = job or prepare(spec)  # the CLI prepares first: nothing is stored before it passes
+    job = with_latency(job, store.url, address)  # the CLI's job has its latency row already
     check_mirror(store, spec.study)  # before the study is created: a foreign Optuna study
     study = open_job_study(job, store)
     resources = RayResources(job, address, store.url, StudyPhaseListener(store, study.id, on_phase),

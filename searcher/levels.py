@@ -119,6 +119,23 @@ class _Use:
         return any(not row.admits_sum(s) and row.costs[gene][new] < row.costs[gene][old]
                    for row, s in zip(self.rows, self.sums, strict=True))
 
+    def relieving_moves(self, choices: Sequence[int]) -> list[tuple[int, int]]:
+        """(gene, option) moves to any option, not only a tier down, that lower a row that is
+        over, raise no other row that is over and put no row over that is not: for rows that
+        do not fall with the bits (a latency, where a dequantized 2-bit layer is slower than an
+        8-bit one with a kernel). Each such move lowers the excess, so repairs end."""
+        over = [not row.admits_sum(s) for row, s in zip(self.rows, self.sums, strict=True)]
+        moves = []
+        for g, c in enumerate(choices):
+            for o in range(len(self.rows[0].costs[g]) if self.rows else 0):
+                deltas = [row.costs[g][o] - row.costs[g][c] for row in self.rows]
+                if (any(d < 0 and bad for d, bad in zip(deltas, over, strict=True))
+                        and all(d <= 0 for d, bad in zip(deltas, over, strict=True) if bad)
+                        and all(row.admits_sum(s + d) for row, s, d, bad
+                                in zip(self.rows, self.sums, deltas, over, strict=True) if not bad)):
+                    moves.append((g, o))
+        return moves
+
     def move(self, gene: int, old: int, new: int) -> None:
         self.sums = [s + (row.costs[gene][new] - row.costs[gene][old])
                      for row, s in zip(self.rows, self.sums, strict=True)]
@@ -127,7 +144,9 @@ class _Use:
 def repair_down(choices: list[int], levels: LevelMap, budget: Budget, rng: random.Random,
                 keep: frozenset[int] = frozenset()) -> bool:
     """Lower random genes one tier at a time (sparing ``keep``) until ``choices`` meets every row
-    of ``budget``; a gene is lowered only when that lowers a row that is over.
+    of ``budget``; a gene is lowered only when that lowers a row that is over. When no tier down
+    helps (a row that does not fall with the bits), a gene moves to any option that lowers the
+    excess (:meth:`_Use.relieving_moves`).
 
     Returns False if even lowering everything lowerable does not fit (the caller discards it).
     """
@@ -139,7 +158,13 @@ def repair_down(choices: list[int], levels: LevelMap, budget: Budget, rng: rando
             if keep:
                 keep = frozenset()
                 continue
-            return False
+            moves = use.relieving_moves(choices)
+            if not moves:
+                return False
+            g, new = rng.choice(moves)
+            use.move(g, choices[g], new)
+            choices[g] = new
+            continue
         g = rng.choice(lowerable)
         new = levels.move(g, choices[g], -1, rng)
         use.move(g, choices[g], new)

@@ -56,6 +56,9 @@ class PopulationEvolutionarySearcher(Searcher):
         for _ in range(_MAX_TRIES):
             if len(self.members) < 2 or self.initial < self.p.population - len(self.members):
                 choices = list(self.space.cheapest().choices)
+                # the fewest bits may miss a row that does not fall with the bits (a latency)
+                if not repair_down(choices, self.levels, self.budget, self.rng):
+                    continue
                 fill_up(choices, self.levels, self.budget, self.rng)
                 origin = f"{self.name}:init"
             else:

@@ -24,10 +24,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .budget import Constraint
 from .errors import BudgetError
 from .options import QuantOption
 from .space import Candidate, Gene, LayerInfo, SearchSpace
 
+LATENCY_ROW = "latency"  # the budget row's name (Constraint.name)
 # The activation schemes of the W8A8 options, by the option's ``activations`` field.
 W8A8_KERNELS = {"int8": "w8a8-int8", "fp8_e4m3": "w8a8-fp8"}
 
@@ -35,9 +37,8 @@ W8A8_KERNELS = {"int8": "w8a8-int8", "fp8_e4m3": "w8a8-fp8"}
 def kernel_key(option: QuantOption) -> str:
     """The kernel an option's layer runs as: ``fp16`` (the model's dtype), ``w8a8-int8``,
     ``w8a8-fp8``, ``int{b}-{g|ch}-{sym|asym}`` or a format name (``nf4``, ``fp8_e4m3``...)."""
-    activations = getattr(option, "activations", None)  # the W8A8 options' activation scheme
-    if activations in W8A8_KERNELS:
-        return W8A8_KERNELS[activations]
+    if option.activations:  # W8A8: the activations are quantized too, per token
+        return W8A8_KERNELS[option.activations]
     if option.format == "int":
         group = "ch" if option.group_size is None else f"g{option.group_size}"
         return f"int{option.bits}-{group}-{'sym' if option.symmetric else 'asym'}"
@@ -127,6 +128,10 @@ class LatencyTable:
     def gene_costs(self, space: SearchSpace) -> tuple[tuple[float, ...], ...]:
         """Per gene, per option, its milliseconds: the additive part of the latency."""
         return tuple(tuple(self.gene_ms(g, i) for i in range(len(g.options))) for g in space.genes)
+
+    def constraint(self, space: SearchSpace, ms: float) -> Constraint:
+        """The latency budget as an additive row: Σ gene costs + the rest <= ``ms``."""
+        return Constraint(LATENCY_ROW, self.gene_costs(space), self.rest_ms, ms, "ms")
 
     def candidate_ms(self, space: SearchSpace, candidate: Candidate) -> float:
         """Predicted forward latency of ``candidate``: its layers' GEMMs plus the rest."""

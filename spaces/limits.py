@@ -17,6 +17,7 @@ MAX_WORKERS = 4096  # Ray worker actors
 MAX_SAMPLES = 1_000_000  # calibration samples (and offset + samples)
 MAX_SEQ_LEN = 1_048_576  # tokens per sample; the model's own maximum positions usually bind first
 MAX_BITS = 64.0  # bits per weight, budget and unsearched parameters
+MAX_LATENCY_ROWS = 65_536  # batch × tokens of a latency budget's forward pass
 MAX_SEED = 2**32 - 1  # NumPy's (and so Optuna's samplers') largest seed
 
 

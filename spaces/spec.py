@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from .budget import MemoryBudget
-from .limits import MAX_BITS
+from .limits import MAX_BITS, MAX_LATENCY_ROWS
 from .options import QuantOption
 from .space import Budget, LayerRule
 
@@ -122,6 +122,9 @@ def _bound(item: Any) -> Callable[[Any], Any]:
     return check
 
 
+# Budget kinds whose rows need facts of the job (a measured table): the job adds them.
+JOB_BUILT_KINDS = ("latency",)
+
 # Every budget kind takes one value, or a list of them to search a frontier in one study; a new
 # kind declares its value type and its bound the same way (``X | list[X] | None``, ``_bound(X)``).
 Bits = Annotated[float, Field(gt=0, le=MAX_BITS, allow_inf_nan=False)]
@@ -156,6 +159,28 @@ class MemoryConfig(BaseModel):
         return [at(b) for b in self.bytes] if isinstance(self.bytes, list) else \
             at(float(self.bytes or 0))
 
+class LatencyBudgetConfig(BaseModel):
+    """``budget.latency``: a forward pass of ``batch`` sequences of ``tokens`` new tokens takes at
+    most ``ms`` milliseconds, by the latency table of the device (``spaces/latency.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ms: float = Field(gt=0, le=1e7, allow_inf_nan=False, description="milliseconds per forward")
+    # 8 sequences of one new token each: a decode step of a small serving batch.
+    batch: int = Field(default=8, ge=1, le=MAX_LATENCY_ROWS)
+    tokens: int = Field(default=1, ge=1, le=MAX_LATENCY_ROWS)
+    # The device the latency is budgeted on (its name as torch reports it, e.g. "NVIDIA H200").
+    # None: the workers' own device, which measures the table if none is stored. A named device
+    # whose table is stored may be searched for on workers of any kind.
+    device: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _rows(self) -> LatencyBudgetConfig:
+        if self.batch * self.tokens > MAX_LATENCY_ROWS:
+            raise ValueError(f"batch × tokens is at most {MAX_LATENCY_ROWS:,} rows, got "
+                             f"{self.batch * self.tokens:,}")
+        return self
+
 
 class BudgetConfig(BaseModel):
     """The budget: each bound one number, or one of them a list (a frontier searched at once).
@@ -172,12 +197,15 @@ class BudgetConfig(BaseModel):
     total_bytes: BytesBound = Field(default=None, description="whole-model bytes")
     memory: MemoryConfig | None = Field(default=None, description="weights + KV cache at a load")
     active_bytes: BytesBound = Field(default=None, description="weight bytes one token reads (MoE)")
+    # Built by the job from the device's latency table (cluster/latency.py), not by to_budgets.
+    latency: LatencyBudgetConfig | None = None
 
     @model_validator(mode="after")
     def _one_bound(self) -> BudgetConfig:
         given = self._bounds()
-        if not any(v is not None for v in given.values()):
-            raise ValueError("give avg_bits, total_bytes, memory or active_bytes (or several)")
+        if not any(v is not None for v in given.values()) and self.latency is None:
+            raise ValueError("give avg_bits, total_bytes, memory, active_bytes or latency (or "
+                             "several)")
         lists = [k for k, v in given.items() if isinstance(v, list)]
         if len(lists) > 1:
             raise ValueError(f"only one budget kind may be a list (a frontier has one axis); "
@@ -185,7 +213,9 @@ class BudgetConfig(BaseModel):
         return self
 
     def _bounds(self) -> dict[str, Any]:
-        bounds = {name: getattr(self, name) for name in type(self).model_fields}
+        """The bounds :meth:`to_budgets` builds (the kinds the job builds are left out)."""
+        bounds = {name: getattr(self, name) for name in type(self).model_fields
+                  if name not in JOB_BUILT_KINDS}
         if self.memory is not None:
             bounds["memory"] = self.memory.to_memory()
         return bounds

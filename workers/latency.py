@@ -3,21 +3,21 @@
 What is measured, exactly (``docs/latency.md`` has the same with the H200 figures):
 
 - **One entry** (:func:`measure_entries`): the kernel of a (shape, option) from
-  :mod:`.kernels` on an input of ``batch × tokens`` rows of the model's dtype. The weights are
-  held in ``copies`` independent copies, enough that one pass over them reads at least twice the
-  device's L2 cache (so every call streams its weights from memory, as in a real forward pass,
-  where a layer's weights are never in cache), and the calls cycle over the copies, at least
-  :data:`MIN_CALLS` per run. On a GPU one run is a CUDA graph of those calls (no launch gaps:
-  what a graph-captured decode step, vLLM's, executes), timed by a pair of CUDA events around
-  each replay; runs are queued back to back (the device stays busy, as in serving). ``warmup``
-  runs first (three eager passes before capture, then ``warmup`` replays), then ``repeats``
-  timed runs; the entry is the median per call, its spread the 10th/90th percentiles, minimum
-  and maximum. On a CPU one run is the same calls timed by ``time.perf_counter``.
+  :mod:`.kernels` on an input of ``batch × tokens`` rows of the model's dtype. On a GPU the
+  weights are held in as many copies as make one pass over them read at least twice the L2
+  cache (so every call streams its weights from memory, as in a forward pass, where a layer's
+  weights are never in cache), and one run is a CUDA graph of at least :data:`MIN_CALLS` calls
+  cycling over the copies (no launch gaps: what a graph-captured decode step, vLLM's,
+  executes), timed by a pair of CUDA events around each replay; runs are queued back to back
+  (the device stays busy, as in serving). ``warmup`` runs first (three eager passes before
+  capture, then ``warmup`` replays), then ``repeats`` timed runs; the entry is the median per
+  call, its spread the 10th/90th percentiles, minimum and maximum. On a CPU one run is one call
+  timed by ``time.perf_counter``.
 - **The rest** (:func:`rest_timing`): the model's own forward pass of ``batch`` sequences of
   ``tokens`` new tokens (no KV cache, so no attention over a context) with every searched layer
   replaced by a module that returns zeros of its output shape (a memset, no GEMM), timed the same
   way with one forward per run. The GEMMs of unsearched layers (the LM head) stay in it.
-- **A candidate's forward** (:func:`time_forward` over :func:`kernel_modules`): the same forward
+- **A candidate's forward** (:func:`time_forward`, layers swapped for :class:`KernelLinear`): the same forward
   with every searched layer running its option's kernel; the latency budget predicts it as the
   sum of the entries plus the rest (:class:`~mpsearch.spaces.latency.LatencyTable`), and
   ``bench/serving_budgets.py`` checks the prediction against this measurement.
@@ -40,7 +40,9 @@ from mpsearch.spaces.latency import GemmPoint, LatencyEntry, Timing
 
 from .kernels import PreparedKernel, make_kernel
 
-MIN_CALLS = 8  # calls per timed run: a run of the smallest GEMM still spans tens of microseconds
+# calls per timed run on a GPU: a run of the smallest GEMM still spans tens of microseconds (a
+# CPU's clock resolves one call)
+MIN_CALLS = 8
 MAX_COPIES = 16
 WARMUP, REPEATS = 10, 50
 
@@ -150,7 +152,8 @@ def measure_entries(points: Sequence[GemmPoint], batch: int, tokens: int, device
         kernels = [first] + [make_kernel(point, device, dtype, gen)
                              for _ in range(copies_for(first.weight_bytes, device) - 1)]
         x = torch.randn(rows, point.in_features, device=device, dtype=dtype, generator=gen)
-        cycle = [kernels[i % len(kernels)] for i in range(max(MIN_CALLS, len(kernels)))]
+        calls = max(MIN_CALLS if device.type == "cuda" else 1, len(kernels))
+        cycle = [kernels[i % len(kernels)] for i in range(calls)]
         timing = time_calls([_call(k, x) for k in cycle], device, warmup, repeats)
         entries.append(LatencyEntry(point, batch, tokens, timing,
                                     first.runs_as + _eager_note(timing, device), first.fast))
@@ -221,3 +224,32 @@ def rest_timing(model: nn.Module, layers: Mapping[str, int], batch: int, tokens:
     """The forward pass with the layers of ``layers`` (name → out_features) taken out."""
     with swapped(model, {name: NullLinear(out) for name, out in layers.items()}):
         return time_forward(model, batch, tokens, device, warmup, repeats)
+
+
+# -- what a worker runs for the job (cluster/latency.py sends these as Ray tasks) -------------
+def _on(device: str, threads: int) -> torch.device:
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    return torch.device(device)
+
+
+def probe_device(device: str, threads: int) -> DeviceKey:
+    """The key of the device a worker with this setup runs on."""
+    return device_key(_on(device, threads))
+
+
+def measure_on_worker(points: Sequence[GemmPoint], batch: int, tokens: int, device: str,
+                      dtype: str, threads: int) -> tuple[DeviceKey, list[LatencyEntry]]:
+    """:func:`measure_entries` on this worker's device, with the key they are stored under."""
+    where = _on(device, threads)
+    return device_key(where), measure_entries(points, batch, tokens, where, getattr(torch, dtype))
+
+
+def rest_on_worker(model_path: str, kind: str, dtype: str, device: str, layers: Mapping[str, int],
+                   batch: int, tokens: int, threads: int) -> tuple[DeviceKey, Timing]:
+    """:func:`rest_timing` of the model itself (loaded as the workers load it)."""
+    from .model_loading import load_model
+
+    where = _on(device, threads)
+    model = load_model(model_path, kind, dtype, device)
+    return device_key(where), rest_timing(model, layers, batch, tokens, where)

@@ -33,12 +33,14 @@ def run(
 ) -> None:
     """Run a search job (or continue the study it names) and show the best configurations."""
     from mpsearch.cluster.job import prepare
+    from mpsearch.cluster.latency import with_latency
     from mpsearch.cluster.mirror import check_mirror
     from mpsearch.cluster.spec import load_spec
     from mpsearch.storage.store import TrialStore
 
     spec = load_spec(spec_path)
     job = prepare(spec)  # spec, model, space, budget, calibration: before the store is created
+    job = with_latency(job, spec.storage.url, address, say=err.print)  # its table, if budgeted
     store = TrialStore(spec.storage.url)
     check_mirror(store, spec.study)  # a foreign Optuna study of the name: refused before the bar
     run_with_progress(spec, store, address, top, job=job)

@@ -33,6 +33,9 @@ def test_kernel_key_drops_what_does_not_change_the_kernel():
     assert kernel_key(parse_option("int4-g128-asym+2:4")) == "int4-g128-asym"
     assert kernel_key(parse_option("nvfp4")) == "nvfp4"
     assert kernel_key(parse_option("fp16")) == "fp16"
+    assert kernel_key(parse_option("w8a8-int8")) == "w8a8-int8"
+    assert kernel_key(parse_option("w8a8-fp8")) == "w8a8-fp8"
+    assert kernel_key(parse_option("fp8_e4m3")) == "fp8_e4m3"  # weight-only: dequantize + matmul
 
 
 def test_candidate_latency_is_the_sum_of_its_layers_plus_the_rest():
