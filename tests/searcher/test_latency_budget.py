@@ -3,7 +3,7 @@
 The table is measured here on the CPU (the kernels of ``workers/kernels.py``, timed by
 ``workers/latency.py``; the rest of the forward pass from the model itself), so the row's costs
 are real GEMM times of the model's shapes, not a function of the stored bits (tinygemm int4,
-``_weight_int8pack_mm``, and dequantize + matmul for int2 and int8 with groups of 32).
+``_int_mm`` and ``_scaled_mm`` for W8A8, dequantize + matmul for int2 and int8 with groups of 32).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mpsearch.workers.config import ModelConfig
 from mpsearch.workers.latency import measure_entries, rest_timing
 from mpsearch.workers.model_loading import inspect_model, load_model
 
-OPTIONS = ("int2-g32-asym", "int4-g32-asym", "int8-g32-asym", "int8-ch-sym", "fp16")
+OPTIONS = ("int2-g32-asym", "int4-g32-asym", "int8-g32-asym", "w8a8-int8", "w8a8-fp8", "fp16")
 PARAMS = {"hybrid": {"seeds": 2}, "integer-program": {"solutions": 3}}
 CPU = torch.device("cpu")
 
