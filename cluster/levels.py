@@ -74,7 +74,7 @@ def build_levels(spec: Any, address: str | None = None, listener: Any = None) ->
                                  spec.calibration)
     LevelDatabase(folder).create(manifest)  # an unwritable path: one line, before Ray starts
     connect_for(spec, address)
-    workers = SetUpWorkers(job, worker_setup(job), spec.storage.url, listener, load=False)
+    workers = SetUpWorkers(job, worker_setup(job), spec.storage.url, listener)
     try:
         assert workers.db_dir is not None
         return workers.db_dir

@@ -9,8 +9,8 @@ With ``N`` worker actors (their setup ``phased``), each runs, one step at a time
 5. *proxies*: the Hessian-weighted output errors of the layers of its share (``proxy: true``;
    a gene's is the sum over its layers, and a tie group may span blocks);
 
-then, once every share is on disk, *loading the level database*: each worker reads what the
-others built. Shares are whole blocks dealt round-robin (:func:`~.level_build.plan_tasks`), so
+then the search, once every share is on disk: each worker reads what the others built when a
+candidate first needs it. Shares are whole blocks dealt round-robin (:func:`~.level_build.plan_tasks`), so
 each (layer, option) is computed exactly once across the workers. A worker that dies is
 replaced (by the executor, as during the search) and the replacement redoes only what of the
 dead worker's share is not on disk yet; every other worker keeps going.
@@ -50,7 +50,7 @@ PROXY_CHUNK = 32  # (layer, option) pairs per proxy step: the bar moves, round t
 
 class SetupListener(Protocol):
     """Receives the setup phases as they happen. ``key`` names a phase ("model", "reference",
-    "statistics", "level:<option label>", "proxies", "load"); ``text`` describes it."""
+    "statistics", "level:<option label>", "proxies"); ``text`` describes it."""
 
     def phase(self, key: str, text: str, total: int) -> None:
         """A phase starts, or its total changes (a replaced worker redoes a step)."""
@@ -80,8 +80,6 @@ class SetupResult:
     # layer → fraction of calibration tokens routed to its expert (routed experts; when asked)
     routing: dict[str, float] | None = None
     computed: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # worker → pairs
-    loaded: int = 0
-    rebuilt: int = 0
     replaced: int = 0
 
 
@@ -140,7 +138,7 @@ class _Plan:
 def _texts() -> dict[str, str]:
     return {"model": "loading the model", "reference": "full-precision reference",
             "statistics": "layer statistics (Hessians)", "proxies": "proxies (Hessian-weighted "
-            "output error)", "load": "loading the level database", "flush": "writing the level "
+            "output error)", "flush": "writing the level "
             "database"}
 
 
@@ -156,14 +154,14 @@ def _raise_setup_error(label: str, step: _Step, exc: BaseException) -> None:
 
 def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
                    manifest: dict[str, Any] | None = None, *, proxies: bool = False,
-                   routing: bool = False, listener: SetupListener | None = None,
-                   load: bool = True) -> SetupResult:
+                   routing: bool = False, listener: SetupListener | None = None) -> SetupResult:
     """Run the setup phases on ``executor``'s actors (see the module docstring).
 
     ``db``: the level set, as the workers' setup names it (:func:`~mpsearch.workers.worker.
     level_database`); None: no level database, each worker computes what it needs when it needs
-    it. ``load``: every worker then reads what the others built (False: build only, as
-    ``mpsearch levels`` does). Returns the proxies (when asked) and what each worker computed.
+    it. What a worker needs of the others' shares it reads when a candidate first needs it
+    (:meth:`~mpsearch.workers.worker.Worker.apply_`, in parallel threads), so the search starts
+    once every share is on disk. Returns the proxies (when asked) and what each worker computed.
     ``routing``: count where the calibration tokens are routed (one worker, one pass) and
     weight each routed expert's proxies by the fraction of tokens it receives (MC-MoE;
     docs/moe.md).
@@ -183,12 +181,6 @@ def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
     queues = {slot: deque(plan.steps(slot)) for slot in range(n)}
     _announce(listener, plan, queues)
     _run(executor, queues, listener, plan, result)
-    if db is not None and load:  # every share is on disk: each worker reads the others' shares
-        plan.totals["load"] = n
-        listener.phase("load", _texts()["load"], n)
-        queues = {slot: deque([_Step("load_stored", (plan.stored,), "load", 1)])
-                  for slot in range(n)}
-        _run(executor, queues, listener, plan, result)
     if routing:
         result.routing = ray.get(executor.actors[0].routing.remote())
     if proxies:
@@ -233,7 +225,7 @@ def _run(executor: Any, queues: dict[int, deque[_Step]], listener: SetupListener
             except RayActorError as exc:  # the worker died: replace it, redo what is not on disk
                 executor._replace(slot, exc)
                 result.replaced += 1
-                queues[slot] = deque(plan.steps(slot) if step.key != "load" else [step])
+                queues[slot] = deque(plan.steps(slot))
                 _grow_totals(listener, plan, queues[slot])
                 submit(slot)
                 continue
@@ -273,9 +265,6 @@ def _done(listener: SetupListener, plan: _Plan, step: _Step, value: Any, result:
     elif step.key == "flush":
         result.computed[label] = [tuple(p) for p in value]
         return
-    elif step.key == "load":
-        result.loaded += value[0]
-        result.rebuilt += value[1]
     _advance(listener, plan, step.key, step.units)
 
 
@@ -359,7 +348,7 @@ class SetUpWorkers:
 
     def __init__(self, job: Any, setup: WorkerSetup, store_url: str,
                  listener: SetupListener | None = None,
-                 executor_options: dict[str, Any] | None = None, load: bool = True) -> None:
+                 executor_options: dict[str, Any] | None = None) -> None:
         spec = job.spec
         root = levels_root(spec.levels, store_url)
         self.db_dir: Path | None
@@ -379,7 +368,7 @@ class SetUpWorkers:
         try:
             self.result = set_up_workers(self._executor, job.space, db, manifest,
                                          proxies=setup.proxies, routing=setup.routing,
-                                         listener=self.listener, load=load)
+                                         listener=self.listener)
         except BaseException:
             self.close()
             raise

@@ -19,7 +19,7 @@ import ray
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
-from .level_build import BuildTask, build_task_, load_stored_
+from .level_build import BuildTask, build_task_
 from .profile import ProfileMeasurement, layer_proxy, measure_profile
 from .sharding import worker_diagnostics
 from .worker import EvalOutcome, Worker, WorkerSetup
@@ -102,12 +102,6 @@ class WorkerActor:
             if wait:
                 worker.levels.flush()
         return list(worker.computed)
-
-    def load_stored(self, pairs: list[tuple[str, QuantOption]]) -> tuple[int, int]:
-        """Read the stored variants of ``pairs`` this worker lacks: (loaded, rebuilt)."""
-        if self.worker.levels is None:
-            return 0, 0
-        return load_stored_(self.worker, pairs)
 
     def evaluate(self, candidate: Candidate) -> tuple[str, EvalOutcome]:
         start = time.perf_counter()

@@ -203,12 +203,15 @@ def load_stored_(worker: Worker, pairs: Iterable[Pair], threads: int = 8) -> tup
     (loaded, rebuilt)."""
     assert worker.levels is not None
     todo = [(n, o) for n, o in pairs if stored_option(o) and (n, o) not in worker.cache]
+    if not todo:
+        return 0, 0
+    devices = {n: worker.original[n].device for n, _ in todo}
     loaded, again = 0, []
-    for name, option, w in worker.levels.load_many(todo, threads):
+    for name, option, w in worker.levels.load_many(todo, threads, devices):
         if w is None:
             again.append((name, option))
             continue
-        worker.cache.put((name, option), w.to(worker.original[name].device).contiguous())
+        worker.cache.put((name, option), w.contiguous())
         loaded += 1
     rebuilt = 0
     if again:

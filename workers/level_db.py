@@ -268,14 +268,16 @@ class LevelDatabase:
         return None if found is None else _weight(*found)
 
     def load_many(self, pairs: Iterable[tuple[str, QuantOption]], threads: int = 8,
-                  device: torch.device | str = "cpu"
+                  devices: Mapping[str, torch.device] | None = None
                   ) -> Iterable[tuple[str, QuantOption, torch.Tensor | None]]:
         """:meth:`load` of each pair, reading and checking files in ``threads`` threads (file
-        reads and SHA-256 release the GIL) and decoding on ``device`` in this one, in order."""
+        reads and SHA-256 release the GIL) and decoding each on its layer's device
+        (``devices``: layer → device; the CPU when absent) in this one, in order."""
         pairs = list(pairs)
         with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
             for (name, option), found in zip(pairs, pool.map(lambda p: self._read(*p), pairs),
                                              strict=True):
+                device = devices[name] if devices is not None else torch.device("cpu")
                 yield name, option, None if found is None else _weight(
                     *_decoded(found, option, device))
 

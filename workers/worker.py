@@ -41,7 +41,7 @@ from .activations import quantize_inputs_
 from .errors import WorkerError
 from .gptq import HessianAccumulator
 from .layers import ExpertSlice, get_weight, quantizable_targets, set_weight_
-from .level_build import statistics_reserve
+from .level_build import load_stored_, statistics_reserve
 from .level_db import LevelDatabase, stored_option
 from .model_loading import load_model, load_tokenizer
 from .moe import fused_expert_inputs, routing_counts, routing_fractions
@@ -440,6 +440,9 @@ class Worker:
     def apply_(self, candidate: Candidate) -> int:
         """Point every layer at its variant for ``candidate``; returns how many layers changed."""
         wanted = self.space.decode(candidate)
+        if self.levels is not None:  # what the level database holds: read in parallel threads
+            load_stored_(self, [(n, o) for n, o in wanted.items()
+                                if o is not None and self.current[n] != o])
         for name, option in wanted.items():  # compress first: gathering statistics restores fp
             if self.current[name] != option:
                 self.variant(name, option)

@@ -87,7 +87,7 @@ def test_each_variant_is_built_once_across_workers_reused_later_and_equal_to_one
     counts = Counter((label, layer) for _, label, layer in built)
     assert sorted(counts) == stored_pairs(spec) and set(counts.values()) == {1}  # once each
     assert len({writer for writer, _, _ in built}) == 2  # both workers had a share
-    assert {"model", "reference", "statistics", "level:int3-g32-asym-gptq", "proxies", "load",
+    assert {"model", "reference", "statistics", "level:int3-g32-asym-gptq", "proxies",
             "search"} <= set(phases.keys)
 
     # a second study on the same model and calibration computes nothing
