@@ -14,13 +14,19 @@ hybrid with ``proxy: true`` at 4.25 bits. Figures (all printed and written to
 
 - *in process*: the worker's full-precision reference, the Hessian pass, one GPTQ level over
   every searched layer (batched, :mod:`mpsearch.workers.level_build`) and the same level checked
-  against the per-layer reference path on one layer of each shape, then the evaluation ratio
-  (evaluation / plain forward + KL on the same tokens) with every variant spilled to pinned host
-  memory, for random candidates and two-gene moves (as bench/worker_throughput.py);
+  against the per-layer reference path on one layer of each shape;
 - *through the CLI* (``mpsearch run`` in a subprocess, one worker on the device): the time from
   the command to the first completed evaluation of a new study, with each setup phase's line,
   then the same for a second study on the same model and calibration (the level database
-  reused).
+  reused);
+- last, the evaluation ratio (evaluation / plain forward + KL on the same tokens) with every
+  variant spilled to pinned host memory, for random candidates and two-gene moves (as
+  bench/worker_throughput.py), on a worker that reads the GPTQ levels from the CLI studies' level
+  database (decoded from its codes) and computes the RTN ones.
+
+The results file is rewritten (atomically) after every step, so a run cut short keeps every
+figure it reached; a CLI study past ``--cli-timeout`` is stopped with SIGINT (the CLI's clean
+stop: its workers finish writing the level database) before it is killed.
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ import gc
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +58,6 @@ from mpsearch.workers.config import CalibrationConfig
 from mpsearch.workers.layers import discover_layers
 from mpsearch.workers.level_build import build_task_, plan_tasks
 from mpsearch.workers.model_loading import load_tokenizer
-from mpsearch.workers.variant_cache import VariantCache
 from mpsearch.workers.worker import Worker, WorkerSetup
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -69,7 +76,10 @@ TIMED_LEVEL = "int4-g128-asym-gptq"
 
 def log(msg: str, results: dict[str, Any], out: Path) -> None:
     print(msg, flush=True)
-    (out / "setup_time.json").write_text(json.dumps(results, indent=1))
+    target = out / "setup_time.json"
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, target)  # whole or not at all, whenever the run is cut
 
 
 # -- the model and its calibration file -------------------------------------------------------
@@ -195,15 +205,10 @@ def ratio(worker: Worker, device: torch.device, evals: int) -> dict[str, float]:
 
 def in_process(args, model: torch.nn.Module, work: Path, results: dict, out: Path) -> None:
     device = torch.device(args.device)
-    texts = tuple(load_texts(CalibrationConfig(source=str(work / "calib.txt"),
-                                               samples=args.samples, seq_len=args.seq_len)))
     space = space_of(model)
-    setup = WorkerSetup(str(work / "model"), "causal-lm", "kl", texts, args.seq_len,
-                        batch_size=args.samples, dtype=str(next(model.parameters()).dtype)
-                        .removeprefix("torch."), device=args.device, threads=args.cpus,
-                        proxies=True,
-                        # the two GPTQ levels (28 GB for 8B) stay on the GPU while timed
-                        cache_device_bytes=40 << 30 if args.device == "cuda" else None)
+    setup = replace(worker_setup(args, work), proxies=True,
+                    # the timed GPTQ level (14 GB for 8B) stays on the GPU
+                    cache_device_bytes=40 << 30 if args.device == "cuda" else None)
     r = results["in_process"] = {}
     start = time.perf_counter()
     worker = Worker(setup, space, model=model)
@@ -219,38 +224,60 @@ def in_process(args, model: torch.nn.Module, work: Path, results: dict, out: Pat
     log(f"Hessian pass {r['hessians_s']:.1f} s ({r['distinct_hessians']} distinct Hessians)",
         results, out)
     shapes = {n: tuple(w.shape) for n, w in worker.original.items()}
-    for label in (TIMED_LEVEL, "int3-g128-asym-gptq"):
-        option = QuantOption.from_label(label)
-        tasks = plan_tasks([(n, option) for n in worker.modules], shapes, 1)[0]
-        seconds = timed(lambda tasks=tasks, w=worker: [build_task_(w, t) for t in tasks], device)
-        r[f"level_{label}_s"] = seconds
-        log(f"GPTQ level {label}, {len(worker.modules)} layers batched: {seconds:.2f} s",
-            results, out)
-        if label == TIMED_LEVEL:
-            r["per_layer_check"] = per_layer_check(worker, option)
-            log(f"  batched vs per layer: {json.dumps(r['per_layer_check'])}", results, out)
-    worker.release_statistics()
-    if "ratio" in args.skip:
-        return
-    spilled = VariantCache(device, 0)  # every variant in pinned host memory
+    option = QuantOption.from_label(TIMED_LEVEL)
+    tasks = plan_tasks([(n, option) for n in worker.modules], shapes, 1)[0]
+    seconds = timed(lambda w=worker: [build_task_(w, t) for t in tasks], device)
+    r[f"level_{TIMED_LEVEL}_s"] = seconds
+    log(f"GPTQ level {TIMED_LEVEL}, {len(worker.modules)} layers batched (factors included): "
+        f"{seconds:.2f} s", results, out)
+    r["per_layer_check"] = per_layer_check(worker, option)
+    log(f"  batched vs per layer: {json.dumps(r['per_layer_check'])}", results, out)
+    del worker
+
+
+def worker_setup(args, work: Path) -> WorkerSetup:
+    texts = tuple(load_texts(CalibrationConfig(source=str(work / "calib.txt"),
+                                               samples=args.samples, seq_len=args.seq_len)))
+    return WorkerSetup(str(work / "model"), "causal-lm", "kl", texts, args.seq_len,
+                       batch_size=args.samples, dtype="bfloat16" if args.device == "cuda"
+                       else "float32", device=args.device, threads=args.cpus)
+
+
+def spilled_ratio(args, work: Path, results: dict, out: Path) -> None:
+    """The evaluation ratio with every variant in pinned host memory, on a worker that loads the
+    saved model and reads the GPTQ levels from the CLI studies' level database."""
+    device = torch.device(args.device)
+    root = work / "store.db.levels"
+    sets = [p for p in root.iterdir() if (p / "manifest.json").is_file()] if root.is_dir() else []
+    setup = replace(worker_setup(args, work), level_db=str(sets[0]) if sets else None,
+                    cache_device_bytes=0)  # every variant in (pinned) host memory
+    r = results.setdefault("spilled", {})
     start = time.perf_counter()
-    for key in list(worker.cache):
-        spilled.put(key, worker.cache.get(key))
-    worker.cache = spilled
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    worker.warm_cache()  # the RTN levels, straight to the host
+    worker = Worker(setup, space_of_layers(work))
     sync(device)
-    r["spill_and_rtn_s"] = time.perf_counter() - start
+    r["load_and_reference_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    worker.warm_cache()  # GPTQ decoded from the database, RTN computed, all to the host
+    sync(device)
+    r["warm_to_host_s"] = time.perf_counter() - start
+    r["gptq_from_database"] = not worker.computed
     split = worker.cache_split()
     r["cache_host_gb"], r["cache_device_gb"] = split["host"] / 1e9, split["device"] / 1e9
     log(f"variants spilled to host: {r['cache_host_gb']:.1f} GB host, "
-        f"{r['cache_device_gb']:.1f} GB device (slots), {r['spill_and_rtn_s']:.1f} s",
-        results, out)
+        f"{r['cache_device_gb']:.1f} GB device (slots), {r['warm_to_host_s']:.1f} s (GPTQ from "
+        f"the database: {r['gptq_from_database']})", results, out)
     r["ratio"] = ratio(worker, device, args.evals)
     log(f"evaluation ratio (spilled): {json.dumps(r['ratio'])}", results, out)
-    del worker, spilled
+
+
+def space_of_layers(work: Path) -> SearchSpace:
+    from mpsearch.workers.config import ModelConfig
+    from mpsearch.workers.model_loading import inspect_model
+
+    info = inspect_model(ModelConfig(name=str(work / "model")))
+    cfg = SpaceConfig.model_validate({"layers": [{"match": MATCH, "options": OPTIONS}],
+                                      "tie": TIES})
+    return build_space(info.layers, cfg.rules(), cfg.tie, info.total_params)
 
 
 # -- through the CLI --------------------------------------------------------------------------
@@ -284,8 +311,12 @@ def cli_study(args, work: Path, study: str, results: dict, out: Path) -> None:
                 print(f"  [{study}] first completed evaluation after {first:.1f} s", flush=True)
         except Exception:  # noqa: BLE001 - the study or the file does not exist yet
             store = None
-    if proc.poll() is None:
-        proc.kill()
+    if proc.poll() is None:  # the CLI's clean stop first: its workers finish their writes
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     proc.wait()
     reader.join(timeout=5)
     total = time.perf_counter() - start
@@ -302,8 +333,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--evaluations", type=int, default=8, help="of each CLI study")
-    p.add_argument("--evals", type=int, default=10, help="timed evaluations of each kind")
+    p.add_argument("--evaluations", type=int, default=4, help="of each CLI study")
+    p.add_argument("--evals", type=int, default=6, help="timed evaluations of each kind")
     p.add_argument("--cpus", type=int, default=4, help="CPU threads of the worker")
     p.add_argument("--work", default=None, help="folder for the model, spec and store "
                    "(default: a fresh one under /tmp)")
@@ -336,6 +367,8 @@ def main() -> None:
     if "cli" not in skip:
         cli_study(args, work, "first", results, out)
         cli_study(args, work, "second", results, out)
+    if "ratio" not in skip:
+        spilled_ratio(args, work, results, out)
     log(json.dumps({k: v for k, v in results.items() if k != "cli"}, indent=1), results, out)
 
 

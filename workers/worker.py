@@ -396,7 +396,11 @@ class Worker:
         self._encode = source._encode  # type: ignore[method-assign]
 
     def warm_cache(self) -> None:
-        """Compress every (layer, option) of the space now (benchmarks, profiles)."""
+        """Compress every (layer, option) of the space now (benchmarks, profiles); what the
+        level database holds is read in parallel threads."""
+        if self.levels is not None:
+            load_stored_(self, [(layer.name, option) for gene in self.space.genes
+                                for layer in gene.layers for option in gene.options])
         for gene in self.space.genes:
             for layer in gene.layers:
                 for option in gene.options:
