@@ -230,6 +230,9 @@ def in_process(args, model: torch.nn.Module, work: Path, results: dict, out: Pat
     r[f"level_{TIMED_LEVEL}_s"] = seconds
     log(f"GPTQ level {TIMED_LEVEL}, {len(worker.modules)} layers batched (factors included): "
         f"{seconds:.2f} s", results, out)
+    from mpsearch.workers.gptq_batch import CAPTURES
+
+    r["cuda_graph_captures"] = dict(CAPTURES)  # "eager": a capture refused or not bitwise equal
     r["per_layer_check"] = per_layer_check(worker, option)
     log(f"  batched vs per layer: {json.dumps(r['per_layer_check'])}", results, out)
     del worker

@@ -19,11 +19,10 @@ before the first column. The integer grid (fp16 scales, zero points, clamping) i
 grid of :mod:`mpsearch.workers.quantize`, so GPTQ and RTN levels cost the same and differ only in
 rounding. One Hessian per layer serves every bit-width and group size of that layer (EvoPress's
 level database): :class:`HessianAccumulator` gathers it once, :func:`gptq_quantize` reads it.
+Many layers at once: :mod:`.gptq_batch`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -184,105 +183,6 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
         Q[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ H_inv[i1:i2, i2:]  # the lazy batch update of all later columns
     return Q.to(out_dtype)
-
-
-@dataclass(frozen=True)
-class BatchCodes:
-    """What batched GPTQ chose for B layers, as the format stores it: ``codes`` (B × d_row ×
-    d_col, uint8) hold u = q − q_min, the unsigned offset of each integer code q (q_min = 0
-    asymmetric, −2^(b−1) symmetric); ``scale`` and ``zero`` (B × d_row × groups, float32
-    holding fp16 scales and integer zero points; ``zero`` None when symmetric); ``mask`` the kept
-    weights of a sparse option (bool) or None. ŵ = s · (q − z) · keep."""
-
-    codes: torch.Tensor
-    scale: torch.Tensor
-    zero: torch.Tensor | None
-    q_min: int
-    mask: torch.Tensor | None = None
-
-    def dequantize(self, b: int, rows: slice | None = None) -> torch.Tensor:
-        """Ŵ of layer ``b`` (rows ``rows``), float32: the very values the column steps used."""
-        r = rows if rows is not None else slice(None)
-        codes, scale = self.codes[b, r], self.scale[b, r]
-        group = codes.shape[1] // scale.shape[1]
-        q = codes.float().add_(self.q_min)
-        s = scale.repeat_interleave(group, dim=1)
-        z = torch.zeros_like(s) if self.zero is None else \
-            self.zero[b, r].repeat_interleave(group, dim=1)
-        w = s * (q - z)
-        if self.mask is not None:
-            w = w * self.mask[b, r].float()
-        return w
-
-
-def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits: int,
-                      group_size: int | None = None, symmetric: bool = False,
-                      block_size: int = 128, mask: torch.Tensor | None = None) -> BatchCodes:
-    """:func:`gptq_quantize` of B layers at once, returning the integer codes and grids.
-
-    ``W`` is B × d_row × d_col, ``U`` and ``dead`` the stacked factors of
-    :func:`dampened_inverse_cholesky` of their Hessians (B × d_col × d_col and B × d_col),
-    ``mask`` B × d_row × d_col or None. The same algorithm, step for step: each column step is
-    one vectorised operation over all B layers (B · d_row rows), and the lazy update of the later
-    columns one batched matmul per block, so a level of a many-block model costs d_col small
-    steps instead of B · d_col. Layers that share a Hessian (the inputs of q/k/v, of gate/up) may
-    be stacked along d_row instead: GPTQ treats rows independently. The codes are kept as uint8
-    (a quarter of the float32 result), :meth:`BatchCodes.dequantize` gives the weights.
-    """
-    B, d_row, d_col = W.shape
-    if group_size is not None and d_col % group_size:
-        raise ValueError(f"group size {group_size} does not divide d_col={d_col}")
-    if U.shape != (B, d_col, d_col) or dead.shape != (B, d_col):
-        raise ValueError(f"factors of shape {tuple(U.shape)} do not match W of {tuple(W.shape)}")
-    if group_size is not None and block_size % group_size:
-        block_size = group_size if group_size > block_size else group_size * (block_size // group_size)
-    W = W.float() * (~dead).unsqueeze(1)  # a copy, dead inputs zeroed
-    keep = None if mask is None else mask.to(W.device, torch.float32)
-    groups = 1 if group_size is None else d_col // group_size
-    scales = torch.empty(B, d_row, groups, device=W.device)
-    zeros = torch.empty(B, d_row, groups, device=W.device)
-
-    def grid(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        scale, zero, q_min, q_max = grid_params(w.reshape(B * d_row, -1), bits, symmetric)
-        scales[:, :, g], zeros[:, :, g] = scale.view(B, d_row), zero.view(B, d_row)
-        return scale.view(B, d_row), zero.view(B, d_row), q_min, q_max
-
-    if group_size is None:
-        scale, zero, q_min, q_max = grid(W, 0)
-    # signed codes (symmetric) fit int8, unsigned ones uint8; both exact casts of the float codes
-    C = torch.empty(W.shape, dtype=torch.int8 if symmetric else torch.uint8, device=W.device)
-    for i1 in range(0, d_col, block_size):
-        i2 = min(i1 + block_size, d_col)
-        W1 = W[:, :, i1:i2].clone()
-        Err1 = torch.empty_like(W1)
-        U1 = U[:, i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            if group_size is not None and (i1 + i) % group_size == 0:
-                scale, zero, q_min, q_max = grid(W1[:, :, i:i + group_size], (i1 + i) // group_size)
-            w = W1[:, :, i]
-            c = torch.clamp(torch.round(w / scale) + zero, q_min, q_max)
-            q = scale * (c - zero)  # exactly :func:`quant`
-            if keep is not None:
-                q = q * keep[:, :, i1 + i]
-            C[:, :, i1 + i] = c
-            err = (w - q) / U1[:, i, i].unsqueeze(1)
-            W1[:, :, i:] -= err.unsqueeze(2) * U1[:, i, i:].unsqueeze(1)  # eq. 3 within the block
-            Err1[:, :, i] = err
-        W[:, :, i2:] -= torch.bmm(Err1, U[:, i1:i2, i2:])  # the lazy batch update
-    del W
-    _, _, q_min, _ = grid_params(torch.zeros(1, 1, device=C.device), bits, symmetric)
-    if symmetric:
-        C = (C.to(torch.int16) - q_min).to(torch.uint8)
-    return BatchCodes(C, scales, None if symmetric else zeros, q_min,
-                      None if mask is None else mask.to(C.device, torch.bool))
-
-
-def gptq_quantize_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits: int,
-                        group_size: int | None = None, symmetric: bool = False,
-                        block_size: int = 128, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`gptq_encode_batch`, dequantized: Ŵ of the B layers in W's dtype."""
-    enc = gptq_encode_batch(W, U, dead, bits, group_size, symmetric, block_size, mask)
-    return torch.stack([enc.dequantize(b) for b in range(W.shape[0])]).to(W.dtype)
 
 
 def output_error(X: torch.Tensor, W: torch.Tensor, W_hat: torch.Tensor) -> float:

@@ -5,7 +5,7 @@ layers into one task per weight shape, so each task is one batched GPTQ problem)
 options the task's layers are grouped by the Hessian they read (q/k/v share their input, gate/up
 theirs), each group stacked along rows, the stacks of one shape stacked into a batch; the inverse
 Hessian factors of the batch are computed once and serve every GPTQ option of the task, and
-:func:`~.gptq.gptq_quantize_batch` quantizes the whole batch at once. Other stored options (MSE
+:func:`~.gptq_batch.gptq_encode_batch` quantizes the whole batch at once. Other stored options (MSE
 clipping, Wanda) are computed one layer at a time: they have no per-column loop to batch.
 
 Memory: the batch is cut so that the float32 weights of a chunk stay under ``max_weight_bytes``
@@ -24,7 +24,8 @@ import torch
 from mpsearch.spaces.options import QuantOption
 
 from . import level_codec
-from .gptq import dampened_inverse_cholesky, gptq_encode_batch
+from .gptq import dampened_inverse_cholesky
+from .gptq_batch import gptq_encode_batch
 from .level_db import stored_option
 from .registry import HESSIAN, Encoded, handler_for
 

@@ -8,11 +8,11 @@ from mpsearch.workers.gptq import (
     HessianAccumulator,
     dampened_inverse_cholesky,
     gptq_quantize,
-    gptq_quantize_batch,
     hessian_error,
     lower_triangular_inverse,
     output_error,
 )
+from mpsearch.workers.gptq_batch import gptq_quantize_batch
 from mpsearch.workers.registry import quantize_weight
 
 
