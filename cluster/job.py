@@ -73,6 +73,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
     group = expert_group_for([layer.name for layer in info.layers],
                              experts.per if experts else "expert", experts.group if experts else 1,
                              given=experts is not None, runtime=spec.space.runtime)
+    assert spec.space.unsearched_bits is not None  # JobSpec fills in the dtype's width
     space = build_space(info.layers, runtime.rules, runtime.ties, info.total_params,
                         spec.space.unsearched_bits, attention, group)
     if searcher_needs(spec.searcher).routing and not space.has_experts:

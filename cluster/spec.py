@@ -27,6 +27,7 @@ from mpsearch.workers.config import (
 )
 
 SPEC_VERSION: Literal[1] = 1
+DTYPE_BITS = {"float32": 32.0, "bfloat16": 16.0, "float16": 16.0}  # model.dtype → bits per value
 
 __all__ = ["JobSpec", "SPEC_VERSION", "StorageConfig", "WorkersConfig", "load_spec", "parse_spec"]
 
@@ -60,6 +61,16 @@ class JobSpec(BaseModel):
         if field is not None:  # YAML's 1e309 or .inf: no budget, and not JSON
             raise ValueError(f"{field} is not a finite number")
         return data
+
+    @model_validator(mode="after")
+    def _unsearched_bits(self) -> JobSpec:
+        """Unsearched parameters are charged at the scored dtype's width unless the spec says
+        otherwise: a float32 study scores (and exports) its embeddings in float32, so its
+        total_bytes counts them at 32 bits, as the checkpoint holds them."""
+        if self.space.unsearched_bits is None:
+            space = self.space.model_copy(update={"unsearched_bits": DTYPE_BITS[self.model.dtype]})
+            object.__setattr__(self, "space", space)  # frozen: filled in once, at validation
+        return self
 
     def identity(self) -> dict[str, Any]:
         """The parts that define what a study searches: a rerun must keep them unchanged.

@@ -88,7 +88,9 @@ class SpaceConfig(BaseModel):
     # Tie patterns; the layers a pattern matches share one choice per value of its capture groups.
     tie: list[str] = Field(default_factory=list)
     # Parameters not searched (embeddings, norms, heads) count in total_bytes at this many bits.
-    unsearched_bits: float = Field(default=16.0, gt=0, le=MAX_BITS)
+    # None: the width of model.dtype (32 for float32, 16 for bfloat16 and float16), which is how
+    # they are scored and exported; the job spec fills it in (cluster/spec.py).
+    unsearched_bits: float | None = Field(default=None, gt=0, le=MAX_BITS)
     # The runtime the result must load in (vllm, transformers, llama.cpp): options it cannot load are
     # removed, what it fuses is tied (spaces/runtime.py). None: every option, nothing added.
     runtime: Literal["vllm", "transformers", "llama.cpp"] | None = None

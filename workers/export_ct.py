@@ -5,18 +5,30 @@ The plan is applied the one way (:func:`.checkpoint.plan_worker`); each layer's 
 from its format's handler (:mod:`.registry`: ``encode``, checked to rebuild the scored weight
 bit for bit) and its compressed-tensors arguments from the same handler
 (``compressed_tensors_args``). One config group per distinct option, targeting the layers' module
-names (never class names), so no two groups overlap. compressed-tensors lays out the tensors
-(``weight_packed``, ``weight_scale``, ``weight_zero_point``, ``weight_shape``); the codes are then
-overwritten with mpsearch's own, so nothing is re-rounded. The codes use compressed-tensors'
-signed convention: asymmetric q_ct = q − 2^(b−1) and z_ct = z − 2^(b−1), so q_ct − z_ct = q − z
-(the zero-point sign convention that makes checkpoints "load fine but produce garbage" when
-missed); symmetric codes are signed in both.
+names (never class names), so no two groups overlap. compressed-tensors lays out the tensors in
+vLLM's layouts (``pack-quantized``: ``weight_packed``, ``weight_scale``, ``weight_shape`` and,
+asymmetric, the zero points packed along the output dimension, [out·b/32, groups]); the codes
+are then overwritten with mpsearch's own, so nothing is re-rounded. The codes use
+compressed-tensors' signed convention: asymmetric q_ct = q − 2^(b−1) and z_ct = z − 2^(b−1), so
+q_ct − z_ct = q − z (the zero-point sign convention that makes checkpoints "load fine but produce
+garbage" when missed); symmetric codes are signed in both.
 
-A plain ``AutoModel*.from_pretrained(DIR)`` loads the result (transformers decompresses it on the
-first forward pass). Sentence-transformers files (``modules.json``, pooling, normalize) are
-copied beside it, so ``SentenceTransformer(DIR)`` keeps its modules. Options the format cannot
-hold (NF4, FP8 E5M2, pruning, GPT-2's Conv1D layers, which compressed-tensors does not quantize)
-are refused before anything is written, naming the layer and the option.
+A plain ``AutoModel*.from_pretrained(DIR)`` loads the result (transformers builds the packed
+modules, then compressed-tensors decompresses them on the first forward pass, computing ŵ in the
+model's dtype). Scales are written as float16, the cost model's 16 bits, and widened exactly into
+the scale parameters compressed-tensors creates in that dtype (a bfloat16 model, which cannot
+hold every fp16 scale, is refused where it would round one). vLLM's asymmetric layout needs
+compressed-tensors 0.17.1: from 0.18 on, the packed modules are built on the meta device without
+packing the zero point, so a [out·b/32, groups] zero point meets an [out, groups] parameter
+(``docs/formats.md``). transformers' other route, ``dequantize=True``, decompresses every layer
+with the first config group's scheme, which garbles a mixed plan.
+
+Sentence-transformers files (``modules.json``, pooling, normalize) are copied beside it, but
+``SentenceTransformer(DIR)`` cannot run the result: it calls the model's ``forward`` itself,
+skipping the forward pre-hook through which compressed-tensors decompresses (the dense export
+runs there). Options the format cannot hold (NF4, FP8 E5M2,
+pruning, GPT-2's Conv1D layers, which compressed-tensors does not quantize) are refused before
+anything is written, naming the layer and the option.
 """
 
 from __future__ import annotations
@@ -120,27 +132,55 @@ def _signed(codes: torch.Tensor, option: QuantOption) -> torch.Tensor:
     return (codes - (0 if option.symmetric else 2 ** (option.bits - 1))).to(torch.int8)
 
 
-def _store_parts_(module: nn.Module, enc: Encoded, dtype: torch.dtype) -> None:
+def _scale_parts(name: str, enc: Encoded, dtype: torch.dtype) -> torch.Tensor:
+    """``enc``'s scales as written: float16, the cost model's 16 bits (fp16 values: the loader
+    widens them exactly into the scale parameters compressed-tensors creates in the model's
+    dtype). A bfloat16 model's parameters cannot hold every fp16 scale: such a layer is refused."""
+    assert enc.scale is not None
+    scale = enc.scale.to(torch.float16)
+    if dtype == torch.bfloat16 and not torch.equal(scale.to(dtype).float(), enc.scale):
+        raise ExportError(f"layer {name}: option {enc.option.label} cannot be exported to "
+                          "compressed-tensors from a bfloat16 study: its scales are created in "
+                          "bfloat16, which cannot hold every fp16 scale (score in float16 or "
+                          "float32)")
+    return scale
+
+
+def _store_parts_(module: nn.Module, enc: Encoded, scale_values: torch.Tensor) -> None:
     """Overwrite the compressed module's tensors with ``enc``'s (after compress_model)."""
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     option = enc.option
-    assert enc.scale is not None
     with torch.no_grad():
         scale = cast(torch.Tensor, module.weight_scale)
-        scale.data = enc.scale.to(dtype).reshape(scale.shape).clone()
+        scale.data = scale_values.reshape(scale.shape).clone()
         if option.format == "int" and not hasattr(module, "weight_packed"):
             module.weight.data = _signed(enc.values, option)  # int-quantized (W8A8): int8 codes
         elif option.format == "int":
             packed = pack_to_int32(_signed(enc.values, option), option.bits)
             assert packed.shape == module.weight_packed.shape
             module.weight_packed.data = packed
-            if enc.zero_point is not None:
-                zp = _signed(enc.zero_point, option)
-                assert zp.shape == module.weight_zero_point.shape
+            if enc.zero_point is not None:  # vLLM's layout: packed along the output dimension
+                zp = pack_to_int32(_signed(enc.zero_point, option), option.bits, packed_dim=0)
+                assert zp.shape == module.weight_zero_point.shape, (zp.shape,
+                                                                    module.weight_zero_point.shape)
                 module.weight_zero_point.data = zp
         else:  # FP8 E4M3: the float8 values as they are
             module.weight.data = enc.values.clone()
+
+
+def _dense_fp16_(modules: Mapping[str, nn.Module], options: Mapping[str, QuantOption],
+                 schemes: Mapping[str, dict[str, Any] | None], dtype: torch.dtype) -> None:
+    """``fp16`` layers of a float32 model are written as float16 (their values are fp16 already;
+    the loader widens them back exactly), so they take the 16 bits the cost model charges."""
+    if dtype != torch.float32:
+        return
+    for name, option in options.items():
+        if schemes[name] is None and option.format == "fp16":
+            weight = cast(torch.Tensor, modules[name].weight)
+            half = weight.data.half()
+            assert torch.equal(half.float(), weight.data), name
+            weight.data = half
 
 
 def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOption],
@@ -191,7 +231,8 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
         compressor.compress_model(model)
         modules = dict(model.named_modules())
         for name, enc in encoded.items():
-            _store_parts_(modules[name], enc, dtype)
+            _store_parts_(modules[name], enc, _scale_parts(name, enc, dtype))
+        _dense_fp16_(modules, options, schemes, dtype)
         _copy_side_files(setup.model_path, out)
         model.save_pretrained(out)
         compressor.update_config(str(out))

@@ -259,18 +259,11 @@ class IntHandler(FormatHandler):
 
     def compressed_tensors_args(self, option: QuantOption,
                                 in_features: int) -> dict[str, Any] | None:
-        """Symmetric: the ``group`` (or ``channel``) strategy. Asymmetric: the ``block`` strategy
-        with blocks of 1 × group, the same numbers: with compressed-tensors 0.20.1 and
-        transformers 5.24 a ``group`` checkpoint with zero points does not load (the packed
-        zero point [out·b/32, groups] meets the [out, groups] parameter transformers creates),
-        while ``block`` stores the zero points unpacked (int8) and loads."""
+        """The ``group`` strategy (``channel`` for one group per row), with zero points when
+        asymmetric: vLLM's layouts (``export_ct`` writes them so that transformers loads them)."""
         self.refuse_sparsity(option, "compressed-tensors")
-        strategy: dict[str, object]
-        if option.symmetric:
-            strategy = {"strategy": "channel"} if option.group_size is None else \
-                {"strategy": "group", "group_size": option.group_size}
-        else:
-            strategy = {"strategy": "block", "block_structure": [1, option.group_for(in_features)]}
+        strategy: dict[str, object] = {"strategy": "channel"} if option.group_size is None else \
+            {"strategy": "group", "group_size": option.group_size}
         return {"num_bits": option.bits, "type": "int", "symmetric": option.symmetric, **strategy}
 
     @staticmethod

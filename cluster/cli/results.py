@@ -335,11 +335,15 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
     predicted = prov.get("total_bytes")
     err.print(f"wrote a {format} checkpoint of {source} with {len(plan.options)} quantized layers "
               f"(trial {prov.get('trial')} of study {prov.get('study')}) to {path}")
+    if format == COMPRESSED_TENSORS and (path / "modules.json").is_file():
+        err.print("note: SentenceTransformer(DIR) cannot run a compressed-tensors checkpoint (it "
+                  "skips the hook that decompresses it); AutoModel.from_pretrained(DIR) and vLLM "
+                  "load it, and --format dense runs in sentence-transformers")
     if verify:
         assert setup is not None
         value = rescore_checkpoint(path, setup, scoring.samples)
         cost = f"{predicted:.0f}" if isinstance(predicted, int | float) else "unknown"
-        err.print(f"re-scored objective {fmt_obj(value)}; stored {fmt_obj(prov.get('objective'))}; "
+        err.print(f"re-scored {fmt_obj(value)}; stored {fmt_obj(prov.get('objective'))}; "
                   f"on disk {on_disk} bytes; cost model {cost} bytes")
 
 

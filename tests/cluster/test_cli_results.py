@@ -2,6 +2,7 @@
 studies, and their bad input: one-line errors, non-zero exit, the database unchanged."""
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def tiny_study(model_path, tmp_path, labels) -> tuple[str, float]:
     info = inspect_model(ModelConfig(name=model_path))
     options = tuple(parse_option(o) for o in labels)
     space = build_space(info.layers, [LayerRule(r"layers\.\d+\.", options)],
-                        total_params=info.total_params)
+                        total_params=info.total_params, unsearched_bits=32)  # float32, as scored
     calibration = {"source": "stdlib-docs", "samples": 4, "seq_len": 16, "batch_size": 4}
     worker = Worker(scoring_setup(model_path, "auto", "kl", calibration), space)
     choices = tuple(i % len(options) for i in range(len(space.genes)))
@@ -166,6 +167,13 @@ def tiny_study(model_path, tmp_path, labels) -> tuple[str, float]:
     return url, value
 
 
+def assert_sizes_agree(stderr: str) -> None:
+    """--verify's "on disk N bytes; cost model M bytes": within 2 %."""
+    match = re.search(r"on disk (\d+) bytes; cost model (\d+) bytes", " ".join(stderr.split()))
+    assert match, stderr
+    assert int(match[1]) == pytest.approx(int(match[2]), rel=0.02)
+
+
 @pytest.mark.slow
 def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     """A trial scored by a worker → export → apply --verify reproduces its objective."""
@@ -174,7 +182,7 @@ def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     url, value = tiny_study(tiny_llama_path, tmp_path, ("int2-g32-asym", "int4-g32-sym", "fp16"))
     ok("export", "--study", "tiny", "--db", url, "--out", tmp_path / "plan.json")
     result = ok("apply", tmp_path / "plan.json", "--out", tmp_path / "ckpt", "--verify")
-    assert f"re-scored objective {value:.6f}; stored {value:.6f}" in result.stderr
+    assert f"re-scored {value:.6f}; stored {value:.6f}" in result.stderr
     AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     AutoTokenizer.from_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "mpsearch_plan.json").is_file()
@@ -184,7 +192,8 @@ def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     # packed: the same trial as compressed-tensors, straight from the store and from the plan
     packed = ok("export", "--study", "tiny", "--db", url, "--format", "compressed-tensors",
                 "--out", tmp_path / "ct", "--verify")
-    assert f"re-scored objective {value:.6f}; stored {value:.6f}; on disk " in packed.stderr
+    assert f"re-scored {value:.6f}; stored {value:.6f}; on disk " in packed.stderr
+    assert_sizes_agree(packed.stderr)
     assert "quantization_config" in (tmp_path / "ct" / "config.json").read_text()
     ok("apply", tmp_path / "plan.json", "--format", "compressed-tensors", "--out", tmp_path / "ct2")
     assert (tmp_path / "ct2" / "mpsearch_plan.json").is_file()
@@ -200,7 +209,8 @@ def test_export_gguf_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     url, value = tiny_study(tiny_llama_path, tmp_path, ("q4_0", "q8_0", "int4-g32-sym", "fp16"))
     result = ok("export", "--study", "tiny", "--db", url, "--format", "gguf",
                 "--out", tmp_path / "tiny.gguf", "--verify")
-    assert f"re-scored objective {value:.6f}; stored {value:.6f}; on disk " in result.stderr
+    assert f"re-scored {value:.6f}; stored {value:.6f}; on disk " in result.stderr
+    assert_sizes_agree(result.stderr)
     assert (tmp_path / "tiny.gguf").stat().st_size > 0
 
 

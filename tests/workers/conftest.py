@@ -18,7 +18,11 @@ def scored_trial():
     from mpsearch.workers.worker import Worker
 
     def score(model_path: str, objective: str, dtype: str, labels, pattern=r"\.\d+\.",
-              unsearched_bits: float = 16.0):
+              unsearched_bits: float | None = None):
+        from mpsearch.cluster.spec import DTYPE_BITS
+
+        if unsearched_bits is None:  # as a job spec fills it in: the scored dtype's width
+            unsearched_bits = DTYPE_BITS[dtype]
         info = inspect_model(ModelConfig(name=model_path))
         options = tuple(parse_option(label) for label in labels)
         space = build_space(info.layers, [LayerRule(pattern, options)],

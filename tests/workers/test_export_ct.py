@@ -65,6 +65,7 @@ def rescore_in_fresh_process(worker: Worker, export_dir, tmp_path) -> float:
     ("tiny_llama_path", "kl", "float16"),
     ("tiny_llama_path", "kl", "float32"),
     ("minilm_path", "embedding_distortion", "float16"),
+    ("minilm_path", "embedding_distortion", "float32"),
 ])
 def test_export_loads_in_a_fresh_process_and_reproduces_the_trial(request, tmp_path, model,
                                                                   objective, dtype,
@@ -78,16 +79,27 @@ def test_export_loads_in_a_fresh_process_and_reproduces_the_trial(request, tmp_p
     assert len(targets) == len(set(targets))  # non-overlapping module names, no class names
     assert set(targets) == {n for n, o in options.items() if o.label != "fp16"}
     assert len(config["config_groups"]) == len(set(MIXED_CT)) - 1  # one group per quantized option
+    strategies = {g["weights"]["strategy"] for g in config["config_groups"].values()}
+    assert strategies == {"group", "channel"}  # vLLM's layouts, zero points included
 
     source = Path(worker.setup.model_path)
     for side in ("modules.json", "1_Pooling", "sentence_bert_config.json"):  # MiniLM's modules
         assert (tmp_path / "ct" / side).exists() == (source / side).exists(), side
 
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "ct" / "model.safetensors", "pt") as f:
+        zp = f.get_tensor("model.layers.0.self_attn.q_proj.weight_zero_point"
+                          if "llama" in model else
+                          "encoder.layer.0.attention.self.query.weight_zero_point")
+        out_f = 64 if "llama" in model else 384
+        assert zp.dtype == torch.int32 and zp.shape == (out_f * 4 // 32, out_f // 32)  # packed
+
     value = rescore_in_fresh_process(worker, tmp_path / "ct", tmp_path)
     assert value == pytest.approx(stored, rel=1e-4)
-    if dtype == "float16":  # the cost model charges unsearched weights at 16 bits
-        print(f"on disk {result.weight_bytes} bytes; cost model {cost.total_bytes:.0f} bytes")
-        assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
+    print(f"re-scored {value}; stored {stored}; on disk {result.weight_bytes} bytes; cost model "
+          f"{cost.total_bytes:.0f} bytes")
+    assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
 
 
 def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_path,
@@ -124,17 +136,42 @@ def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_
         export_compressed_tensors(setup, {layer: parse_option("int4-g32-sym")}, tmp_path / "full")
 
 
-def test_dense_checkpoint_of_an_encoder_keeps_its_sentence_transformers_modules(minilm_path,
-                                                                                tmp_path):
-    from mpsearch.workers.checkpoint import write_checkpoint
+ST_LOADER = textwrap.dedent("""
+    import sys, torch
+    from sentence_transformers import SentenceTransformer
+    path, batches, out = sys.argv[1:4]
+    model = SentenceTransformer(path, device="cpu")
+    assert not any(m.startswith("mpsearch") for m in sys.modules)
+    with torch.inference_mode():
+        torch.save([model(dict(b))["sentence_embedding"] for b in torch.load(batches)], out)
+""")
 
-    out = write_checkpoint(minilm_path, {"encoder.layer.0.attention.self.query":
-                                         parse_option("int4-g32-asym")}, tmp_path / "dense")
+
+@pytest.mark.slow
+def test_dense_export_of_an_encoder_runs_in_sentence_transformers(minilm_path, tmp_path,
+                                                                   scored_trial):
+    """``SentenceTransformer(DIR)`` in a fresh process: its modules (pooling, normalize) give the
+    embeddings the trial scored (the distortion is a cosine, blind to the normalization)."""
+    from mpsearch.workers.checkpoint import write_checkpoint
+    from mpsearch.workers.scoring import embedding_distortion
+
+    worker, options, stored, _ = scored_trial(minilm_path, "embedding_distortion", "float32",
+                                              MIXED_CT)
+    out = write_checkpoint(minilm_path, options, tmp_path / "dense", setup=worker.setup)
     modules = json.loads((out / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling",
                                                                "Normalize"]
-    assert (out / "1_Pooling" / "config.json").is_file()
-    assert (out / "sentence_bert_config.json").is_file()
+    torch.save(worker.batches, tmp_path / "batches.pt")
+    (tmp_path / "st.py").write_text(ST_LOADER)
+    run = subprocess.run([sys.executable, str(tmp_path / "st.py"), str(out),
+                          str(tmp_path / "batches.pt"), str(tmp_path / "emb.pt")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    embeddings = torch.load(tmp_path / "emb.pt")
+    assert all(torch.allclose(e.norm(dim=-1), torch.ones(len(e))) for e in embeddings)  # Normalize
+    d = torch.cat([embedding_distortion(ref, e) for ref, e in zip(worker.reference, embeddings,
+                                                                    strict=True)])
+    assert float(d.mean()) == pytest.approx(stored, rel=1e-4)
 
 
 def test_a_plan_for_another_model_is_refused_by_its_shapes(tiny_llama_path):
