@@ -1,7 +1,7 @@
 """The latency table of a Llama-8B-shaped model on one GPU, and how well it predicts a forward pass.
 
     python bench/serving_budgets.py --device cuda --model llama-8b --out results/   # one H200
-    python bench/serving_budgets.py                                               # CPU smoke
+    python bench/serving_budgets.py --skip cli                                    # CPU smoke
 
 The model is built from a config with random weights on the device (nothing is downloaded); its
 searched layers are every Linear of the decoder blocks (q/k/v/o, gate/up/down: four distinct
@@ -17,7 +17,14 @@ shapes for Llama-8B). Figures (printed, and written to ``<out>/serving_budgets.j
   gate/up tied as vLLM fuses them) plus the uniform ones, each predicted as Σ entries + rest
   (:meth:`~mpsearch.spaces.latency.LatencyTable.forward_ms`) and measured end to end (the model's
   forward with every searched layer running its kernel, timed as the rest is); the error of each,
-  and its mean and maximum per batch.
+  and its mean and maximum per batch;
+- *a search through the CLI* (``mpsearch run`` in a subprocess, one worker on the device): the
+  issue's options (RTN int4 in place of GPTQ: no level database to build in the time) with q/k/v
+  and gate/up tied, under ``budget.memory`` at ``--context`` tokens × ``--memory-batch`` (bytes
+  a ``--memory-fraction`` of the way from the space's least to its most) and ``budget.latency``
+  at batch 8 × 1 token (the table measured by the workers in the run's latency phase): the best
+  trial's memory and latency by the cost model against the budgets, and whether any proposed
+  trial exceeds either.
 
 The kernels are the issue's options' (``int4-g128-asym-gptq`` times as ``int4-g128-asym``: GPTQ
 changes the integers, not the kernel): bf16 matmul, tinygemm int4, dequantize + matmul for
@@ -28,16 +35,20 @@ int8-g128 (no grouped int8 weight-only kernel in torch), ``torch._int_mm`` W8A8-
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import random
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from mpsearch.spaces.latency import GemmPoint, LatencyTable
 from mpsearch.storage import TrialStore
@@ -204,6 +215,107 @@ def predict_vs_measure(args, model, shapes: dict[str, tuple[int, int]],
     log(f"prediction error by batch: {json.dumps(summary)}", results, out)
 
 
+# -- a search under memory and latency budgets, through the CLI -------------------------------
+CLI_OPTIONS = ["int4-g128-asym", "int8-g128-asym", "w8a8-int8", "w8a8-fp8", "fp16"]
+CLI_TIES = [r"layers\.(\d+)\.self_attn\.(?:q|k|v)_proj", r"layers\.(\d+)\.mlp\.(?:gate|up)_proj"]
+
+
+def cli_spec(args, work: Path, memory_bytes: float) -> dict[str, Any]:
+    cuda = args.device == "cuda"
+    return {
+        "study": "serving", "model": {"name": str(work / "model"), "device": args.device,
+                                      "dtype": "bfloat16" if cuda else "float32"},
+        "calibration": {"source": str(work / "calib.txt"), "samples": args.samples,
+                        "seq_len": args.seq_len, "batch_size": args.samples},
+        "space": {"layers": [{"match": SEARCHED.pattern, "options": CLI_OPTIONS}],
+                  "tie": CLI_TIES},
+        "budget": {"memory": {"bytes": memory_bytes, "context": args.context,
+                              "batch": args.memory_batch},
+                   "latency": {"ms": args.latency_ms, "batch": 8, "tokens": 1}},
+        "searcher": {"name": "evolutionary", "params": {"offspring": 8}},
+        "evaluations": args.evaluations,
+        "workers": {"count": 1, "gpus": 1 if cuda else 0, "cpus": args.cpus},
+        "levels": {"enabled": False},
+        "storage": {"url": f"sqlite:///{work / 'store.db'}"},
+    }
+
+
+def cli_search(args, model, results: dict[str, Any], out: Path) -> None:
+    """``mpsearch run`` of a study under budget.memory at ``--context`` and budget.latency."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from setup_time import save_tokenizer, write_calibration  # a sibling script
+
+    from mpsearch.cluster.job import prepare
+    from mpsearch.cluster.spec import parse_spec
+    from mpsearch.workers.model_loading import load_tokenizer
+
+    work = Path(args.work or f"/tmp/serving-budgets-{os.getpid()}")
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(work / "model")
+    save_tokenizer(work / "model", min(int(model.config.vocab_size), 32000))
+    write_calibration(work / "calib.txt", load_tokenizer(str(work / "model")), args.samples,
+                      args.seq_len)
+    del model
+    gc.collect()
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    saved = time.perf_counter() - start
+    # the memory budget at a fraction of the way from the least to the most this space can cost
+    probe = prepare(parse_spec(cli_spec(args, work, 1e15)))
+    (row,) = [r for r in probe.space.constraints(probe.budget) if r.name == "memory"]
+    least, most = row.least(), row.value_of(sum(max(c) for c in row.costs))
+    memory = float(round(least + args.memory_fraction * (most - least)))
+    spec_path = work / "serving.yaml"
+    spec_path.write_text(yaml.safe_dump(cli_spec(args, work, memory)))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MPSEARCH_DB")}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mpsearch.cluster.cli", "run", str(spec_path)],
+                          capture_output=True, text=True, env=env, cwd=work,
+                          timeout=args.cli_timeout)
+    seconds = time.perf_counter() - start
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    print("\n".join(lines[-40:]), flush=True)
+    part: dict[str, Any] = {"save_s": saved, "run_s": seconds, "returncode": proc.returncode,
+                            "spec": cli_spec(args, work, memory), "output": lines[-40:],
+                            "memory_least": least, "memory_most": most}
+    results["cli"] = part
+    log(f"mpsearch run: exit {proc.returncode} in {seconds:.1f} s", results, out)
+    if proc.returncode != 0:
+        return
+    job = prepare(parse_spec(cli_spec(args, work, memory)))
+    store = TrialStore(f"sqlite:///{work / 'store.db'}", create=False)
+    (key,) = [k for k in _stored_keys(store)]
+    table = latency_table(store, key, job.model.path, job.space.layers, 8, 1)
+    assert table is not None
+    rows = {r.name: r for r in job.space.constraints(job.budget)}
+    trials = [t for t in store.trials("serving") if t.status == "complete"]
+    best = store.best("serving", top=1)[0]
+    by_model = {"memory_bytes": rows["memory"].value(best.candidate.choices),
+                "latency_ms": table.candidate_ms(job.space, best.candidate)}
+    part.update({
+        "table_key": {"device": key.device, "versions": key.versions, "dtype": key.dtype},
+        "rest_ms": table.rest_ms, "trials": len(trials),
+        "feasible": sum(t.feasible for t in trials),
+        "proposed_over_budget": sum(1 for t in trials if t.origin != "uniform" and not (
+            rows["memory"].admits(t.candidate.choices)
+            and table.candidate_ms(job.space, t.candidate) <= args.latency_ms + 1e-9)),
+        "best": {"trial": best.number, "objective": best.objective, "avg_bits": best.avg_bits,
+                 "layers": job.space.summarize(best.candidate), **by_model,
+                 "memory_budget": memory, "memory_slack_bytes": memory - by_model["memory_bytes"],
+                 "latency_budget_ms": args.latency_ms}})
+    log(f"best trial {best.number}: memory {by_model['memory_bytes']:,.0f} of {memory:,.0f} "
+        f"bytes, latency {by_model['latency_ms']:.3f} of {args.latency_ms} ms by the table",
+        results, out)
+
+
+def _stored_keys(store: TrialStore):
+    from mpsearch.storage.latency import stored_devices
+
+    return stored_devices(store)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -217,6 +329,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-bytes", type=float, default=90e9, help="GPU bytes of prepared kernels")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--skip", default="", help="comma-separated: table (and the prediction), cli")
+    ap.add_argument("--samples", type=int, default=8, help="calibration samples of the CLI study")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--evaluations", type=int, default=24)
+    ap.add_argument("--cpus", type=int, default=4)
+    ap.add_argument("--context", type=int, default=32768, help="budget.memory's context")
+    ap.add_argument("--memory-batch", type=int, default=4, help="budget.memory's batch")
+    ap.add_argument("--memory-fraction", type=float, default=0.3,
+                    help="budget.memory between the space's least (0) and most (1) bytes")
+    ap.add_argument("--latency-ms", type=float, default=None,
+                    help="budget.latency at batch 8 (default: 10 on a GPU, none binding on CPU)")
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--cli-timeout", type=float, default=400.0)
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"
     args.model = args.model or ("llama-8b" if cuda else "llama-tiny")
@@ -237,8 +362,14 @@ def main(argv: list[str] | None = None) -> int:
         f"layers, {len(set(shapes.values()))} distinct shapes", results, out)
     (out / "serving_budgets.db").unlink(missing_ok=True)  # every run measures its own table
     store = TrialStore(f"sqlite:///{out / 'serving_budgets.db'}")
-    tables = measure_table(args, model, shapes, store, results, out)
-    predict_vs_measure(args, model, shapes, tables, results, out)
+    skip = set(filter(None, args.skip.split(",")))
+    if "table" not in skip:
+        tables = measure_table(args, model, shapes, store, results, out)
+        predict_vs_measure(args, model, shapes, tables, results, out)
+    if "cli" not in skip:
+        if args.latency_ms is None:
+            args.latency_ms = 10.0 if cuda else 1e6
+        cli_search(args, model, results, out)
     results["seconds"] = time.perf_counter() - start
     log(f"done in {results['seconds']:.1f} s", results, out)
     return 0
