@@ -147,6 +147,7 @@ def worker_setup(job: PreparedJob) -> WorkerSetup:
     device = job.spec.model.device
     if device == "auto":
         device = "cuda" if job.spec.workers.gpus > 0 else "cpu"
+    needs = searcher_needs(job.spec.searcher)
     return WorkerSetup(
         model_path=job.model.path, kind=job.model.kind, objective=job.objective,
         texts=job.texts, seq_len=job.spec.calibration.seq_len,
@@ -154,8 +155,7 @@ def worker_setup(job: PreparedJob) -> WorkerSetup:
         threads=max(int(job.spec.workers.cpus), 1), kl_top_k=job.spec.kl_top_k,
         cache_device_bytes=job.spec.workers.cache_device_bytes,
         devices=worker_devices(job.spec.workers.gpus, device), phased=True,
-        proxies=searcher_needs(job.spec.searcher).proxy,
-        routing=searcher_needs(job.spec.searcher).routing)
+        proxies=needs.proxy, proxy_kind=needs.proxy_kind, routing=needs.routing)
 
 
 def report_placement(executor: Any) -> None:

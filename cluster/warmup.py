@@ -95,8 +95,11 @@ class _Plan:
     """What each slot must still do; rebuilt for a slot whose worker died."""
 
     def __init__(self, space: SearchSpace, db: LevelDatabase | None, workers: int,
-                 proxies: bool) -> None:
+                 proxies: bool, proxy_kind: str = "hessian") -> None:
         self.space, self.db, self.workers, self.proxies = space, db, workers, proxies
+        # Hessian-weighted errors are kept in the level database; Fisher ones depend on the
+        # objective too, and cost one backward pass: computed each time
+        self.kind, self.stored_proxies = proxy_kind, db if proxy_kind == "hessian" else None
         self.shapes = {layer.name: (layer.out_features, layer.in_features)
                        for layer in space.layers}
         blocks = list(dict.fromkeys(block_of(layer.name) for layer in space.layers))
@@ -116,19 +119,21 @@ class _Plan:
             return []
         return [(layer.name, o) for gene in self.space.genes for layer in gene.layers
                 for o in gene.options if (layer.name, o.label) not in self.proxy_values
-                and (self.db is None or self.db.load_proxy(layer.name, o) is None)]
+                and (self.stored_proxies is None
+                     or self.stored_proxies.load_proxy(layer.name, o) is None)]
 
     def steps(self, slot: int) -> list[_Step]:
         """What slot ``slot`` must do, from loading the model to writing its share."""
         tasks = plan_tasks(self.missing_pairs(), self.shapes, self.workers,
                            self.owner)[slot] if self.db is not None else []
         mine = [(n, o) for n, o in self.missing_proxies() if self.owner[block_of(n)] == slot]
-        names = list(dict.fromkeys([n for t in tasks for n in t.layers] + [n for n, _ in mine]))
+        hessians = [n for n, _ in mine] if self.kind == "hessian" else []
+        names = list(dict.fromkeys([n for t in tasks for n in t.layers] + hessians))
         steps = [_Step("load_model", (), "model", 1), _Step("compute_reference", (), "reference", 1)]
         if names:
             steps.append(_Step("gather_statistics", (names,), "statistics", 1))
         steps += [_Step("build", (t,), "levels", len(t.pairs)) for t in tasks]
-        steps += [_Step("layer_proxies", (mine[i:i + PROXY_CHUNK],), "proxies",
+        steps += [_Step("layer_proxies", (mine[i:i + PROXY_CHUNK], self.kind), "proxies",
                         len(mine[i:i + PROXY_CHUNK])) for i in range(0, len(mine), PROXY_CHUNK)]
         if names:
             steps.append(_Step("flush_levels", (self.workers > 1,), "flush", 1))
@@ -137,8 +142,8 @@ class _Plan:
 
 def _texts() -> dict[str, str]:
     return {"model": "loading the model", "reference": "full-precision reference",
-            "statistics": "layer statistics (Hessians)", "proxies": "proxies (Hessian-weighted "
-            "output error)", "flush": "writing the level "
+            "statistics": "layer statistics (Hessians)", "proxies": "proxy errors (Hessian-weighted "
+            "or Fisher)", "flush": "writing the level "
             "database"}
 
 
@@ -154,7 +159,8 @@ def _raise_setup_error(label: str, step: _Step, exc: BaseException) -> None:
 
 def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
                    manifest: dict[str, Any] | None = None, *, proxies: bool = False,
-                   routing: bool = False, listener: SetupListener | None = None) -> SetupResult:
+                   proxy_kind: str = "hessian", routing: bool = False,
+                   listener: SetupListener | None = None) -> SetupResult:
     """Run the setup phases on ``executor``'s actors (see the module docstring).
 
     ``db``: the level set, as the workers' setup names it (:func:`~mpsearch.workers.worker.
@@ -174,7 +180,7 @@ def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
     if db is not None:
         db.create(manifest or {})
     n = len(executor.actors)
-    plan = _Plan(space, db, n, proxies)
+    plan = _Plan(space, db, n, proxies, proxy_kind)
     if db is not None:
         db.record_planned(plan.stored)
     result = SetupResult(None)
@@ -184,7 +190,8 @@ def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
     if routing:
         result.routing = ray.get(executor.actors[0].routing.remote())
     if proxies:
-        result.proxies = _all_proxies(space, db, plan.proxy_values, result.routing)
+        result.proxies = _all_proxies(space, plan.stored_proxies, plan.proxy_values,
+                                      result.routing)
     return result
 
 
@@ -367,8 +374,8 @@ class SetUpWorkers:
             setup, job.space, w.count, w.cpus, w.gpus, **options)
         try:
             self.result = set_up_workers(self._executor, job.space, db, manifest,
-                                         proxies=setup.proxies, routing=setup.routing,
-                                         listener=self.listener)
+                                         proxies=setup.proxies, proxy_kind=setup.proxy_kind,
+                                         routing=setup.routing, listener=self.listener)
         except BaseException:
             self.close()
             raise

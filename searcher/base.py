@@ -70,12 +70,14 @@ class Needs:
     """What a strategy asks the driver to put into its :class:`SearchContext`.
 
     ``profile``: the sensitivity profile already stored for the model and calibration data.
-    ``proxy``: the space's proxy errors (computed on a worker before the search starts).
+    ``proxy``: the space's proxy errors (computed on a worker before the search starts), of kind
+    ``proxy_kind`` (``hessian`` or ``fisher``, see ``mpsearch.workers.profile``).
     ``routing``: where the calibration tokens are routed (MoE), and proxies weighted by it.
     """
 
     profile: bool = False
     proxy: bool = False
+    proxy_kind: str = "hessian"
     routing: bool = False
 
 

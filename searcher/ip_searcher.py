@@ -76,8 +76,29 @@ class ProfileParams(SearcherParams):
     profile_samples: int | None = Field(default=None, ge=1)
     # Measure one option per gene and scale the others by the proxy (``context.proxy``, which
     # the job runner computes on a worker): one probe per gene instead of one per option.
-    proxy: bool = False
-    # MC-MoE (MoE models, with proxy: true): weight each routed expert's proxy by the fraction
+    # ``true``/``hessian``: the Hessian-weighted output error tr(ΔW H ΔWᵀ); ``fisher``: the
+    # Fisher estimate ½ΣF·ΔW² of the objective's change (workers/fisher.py).
+    proxy: bool | Literal["hessian", "fisher"] = False
+    # With a proxy: measure one anchor option per gene and scale the gene's others by it. false
+    # (``proxy: fisher`` only, whose values are on the objective's scale): take the proxy as
+    # the profile itself, no probe at all.
+    anchors: bool = True
+
+    @property
+    def proxy_kind(self) -> str | None:
+        """``hessian``, ``fisher`` or None (no proxy)."""
+        if self.proxy is False:
+            return None
+        return "hessian" if self.proxy is True else self.proxy
+
+    @model_validator(mode="after")
+    def _check_anchors(self) -> ProfileParams:
+        if not self.anchors and self.proxy_kind != "fisher":
+            raise ValueError("anchors: false needs proxy: fisher (the Hessian-weighted error is "
+                             "not on the objective's scale: its anchors scale it)")
+        return self
+
+    # MC-MoE (MoE models, with a proxy): weight each routed expert's proxy by the fraction
     # of calibration tokens routed to it, and let the experts of one MoE layer share one probe
     # (of its most-routed expert), the others predicted from it by their weighted proxies.
     routing: bool = False
@@ -90,9 +111,10 @@ class ProfileParams(SearcherParams):
 
 
 def profile_needs(params: SearcherParams) -> Needs:
-    """A profile-driven strategy's needs: the stored profile, proxies with ``proxy: true``, and
-    the routing fractions with ``routing: true``."""
-    return Needs(profile=True, proxy=bool(getattr(params, "proxy", False)),
+    """A profile-driven strategy's needs: the stored profile, proxies with ``proxy``, and the
+    routing fractions with ``routing: true``."""
+    kind = params.proxy_kind if isinstance(params, ProfileParams) else None
+    return Needs(profile=True, proxy=kind is not None, proxy_kind=kind or "hessian",
                  routing=bool(getattr(params, "routing", False)))
 
 
@@ -102,12 +124,15 @@ def profile_measurer(space: SearchSpace, budget: Budget, p: ProfileParams, conte
     the given profile (``context.profile``); with ``p.proxy``, one anchor per gene."""
     given = normalize_profile(space, context.profile or {})
     wanted = wanted_entries(space, p.profile_options)
-    if not p.proxy:
+    if p.proxy_kind is None:
         return ProfileMeasurer(space, wanted, given, p.profile_samples, origin)
     if not context.proxy:
-        raise SpecError("searcher: proxy: true needs the proxy errors of the space (the job "
-                        "runner computes them on a worker; pass SearchContext(proxy=...))")
+        raise SpecError(f"searcher: proxy: {p.proxy} needs the proxy errors of the space (the "
+                        "job runner computes them on a worker; pass SearchContext(proxy=...))")
     proxy = normalize_profile(space, context.proxy)
+    if not p.anchors:  # the proxy is the profile: nothing to measure
+        taken = {key: proxy[key] for key in wanted if key in proxy}
+        return ProfileMeasurer(space, wanted, {**taken, **given}, p.profile_samples, origin)
     anchors = proxy_anchors(space, wanted, proxy, budget_bits_per_weight(space, budget))
     if p.routing and context.routing is None:
         raise SpecError("searcher: routing: true needs the routing fractions of the experts "

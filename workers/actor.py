@@ -19,6 +19,7 @@ import ray
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
+from .fisher import fisher_diagonals, fisher_error
 from .level_build import BuildTask, build_task_
 from .profile import ProfileMeasurement, layer_proxy, measure_profile
 from .sharding import worker_diagnostics
@@ -33,6 +34,7 @@ class WorkerActor:
         self.label = f"{label}@{socket.gethostname()}:{os.getpid()}"
         self.setup, self.space = replace(setup, label=self.label), space
         self._worker: Worker | None = None
+        self._fisher: dict[str, Any] | None = None  # Fisher diagonals, once asked for
         if not setup.phased:
             self._worker = Worker(self.setup, space)
 
@@ -86,8 +88,18 @@ class WorkerActor:
         """Layer → fraction of calibration tokens routed to its expert (:meth:`Worker.routing`)."""
         return self.worker.routing()
 
-    def layer_proxies(self, pairs: list[tuple[str, QuantOption]]) -> dict[tuple[str, str], float]:
-        """The Hessian-weighted output error of each (layer, option), by (layer, option label)."""
+    def layer_proxies(self, pairs: list[tuple[str, QuantOption]],
+                      kind: str = "hessian") -> dict[tuple[str, str], float]:
+        """The proxy error of each (layer, option), by (layer, option label): the Hessian-weighted
+        output error, or with ``kind="fisher"`` ½ΣF·ΔW² (the Fisher diagonal computed once)."""
+        if kind == "fisher":
+            if self._fisher is None:
+                self._fisher = fisher_diagonals(self.worker)
+            worker, diag = self.worker, self._fisher
+            return {(name, option.label): fisher_error(
+                diag[name], worker.original[name],
+                worker.variant(name, option).to(worker.original[name].device))
+                for name, option in pairs}
         return {(name, option.label): layer_proxy(self.worker, name, option)
                 for name, option in pairs}
 

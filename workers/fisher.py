@@ -65,7 +65,13 @@ def fisher_diagonals(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str,
     position = {id(p): i for i, p in enumerate(params)}
     wanted = [bool(p.requires_grad) for p in params]
     F = {n: torch.zeros_like(worker.original[n], dtype=torch.float32) for n in names}
-    generator = torch.Generator(device=worker.device).manual_seed(seed)
+    generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(device: torch.device) -> torch.Generator:  # one seeded stream per device
+        if device not in generators:
+            generators[device] = torch.Generator(device=device).manual_seed(seed)
+        return generators[device]
+
     count = 0.0
     try:
         with torch.inference_mode(False), torch.enable_grad():

@@ -27,6 +27,7 @@ GPU evaluation synchronizes once.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ from .scoring import embedding_distortion, mean_pool
 
 Batch = dict[str, torch.Tensor]
 Sums = tuple[torch.Tensor, torch.Tensor]
+Generators = Callable[[torch.device], torch.Generator]  # the seeded generator of a device
 
 
 def slice_reference(ref: Any, n: int) -> Any:
@@ -60,7 +62,7 @@ class Objective:
         return extras
 
     # Objectives with a Fisher pseudo-target (see .fisher) define
-    # ``fisher_loss(output, batch, generator) -> (loss, items)``: a loss of the full-precision
+    # ``fisher_loss(output, batch, generators) -> (loss, items)``: a loss of the full-precision
     # output whose gradient g has E[g gᵀ] = the objective's Hessian at the reference, summed
     # over the batch's ``items`` (the objective's count).
 
@@ -98,13 +100,13 @@ class KLObjective(Objective):
         return ((kl * valid).sum(), count), {"perplexity": ((nll * valid).sum(), count)}
 
     def fisher_loss(self, output: Any, batch: Batch,
-                    generator: torch.Generator) -> tuple[torch.Tensor, float]:
+                    generator: Generators) -> tuple[torch.Tensor, float]:
         """−Σ log q(y_t), y_t drawn from the (full-precision) model's own next-token
         distribution at every valid position: the categorical's Fisher, KL's Hessian."""
         logq = torch.log_softmax(output.logits.float(), dim=-1)[:, :-1]
         probs = logq.detach().exp().reshape(-1, logq.shape[-1])
-        y = torch.multinomial(probs, 1, generator=generator).reshape(logq.shape[:-1])
-        valid = _valid_next(batch["attention_mask"])
+        y = torch.multinomial(probs, 1, generator=generator(probs.device)).reshape(logq.shape[:-1])
+        valid = _valid_next(batch["attention_mask"]).to(logq.device)
         nll = -logq.gather(-1, y.unsqueeze(-1)).squeeze(-1)
         return (nll * valid).sum(), float(valid.sum())
 
@@ -141,14 +143,14 @@ class EmbeddingObjective(Objective):
         return (d.sum(), torch.tensor(float(d.shape[0]), device=d.device)), {}
 
     def fisher_loss(self, output: Any, batch: Batch,
-                    generator: torch.Generator) -> tuple[torch.Tensor, float]:
+                    generator: Generators) -> tuple[torch.Tensor, float]:
         """Σ v · e with v = P⊥z/‖r‖ (z standard normal, P⊥ orthogonal to the full-precision
         embedding r = e): E[v vᵀ] = P⊥/‖r‖², the Hessian of 1 − cos(r, e) at e = r."""
         emb = mean_pool(output.last_hidden_state, batch["attention_mask"]).float()
         r = emb.detach()
         norm = r.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         u = r / norm
-        z = torch.randn(r.shape, generator=generator, device=r.device)
+        z = torch.randn(r.shape, generator=generator(r.device), device=r.device)
         v = (z - (z * u).sum(dim=-1, keepdim=True) * u) / norm
         return (v * emb).sum(), float(emb.shape[0])
 

@@ -88,8 +88,10 @@ class WorkerSetup:
     level_db: str | None = None
     # Who writes to the level database, for its build log (the actor's label).
     label: str = ""
-    # Whether the job computes proxy errors (they need every layer's Hessian on this worker).
+    # Whether the job computes proxy errors (the Hessian kind needs every layer's Hessian on
+    # this worker), and which: "hessian" or "fisher" (see .profile).
     proxies: bool = False
+    proxy_kind: str = "hessian"
     # Whether they are weighted by where the calibration tokens are routed (MoE, .moe).
     routing: bool = False
     # The driver runs the setup phases one by one (mpsearch.cluster.warmup): the actor loads

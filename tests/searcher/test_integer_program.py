@@ -144,3 +144,28 @@ def test_proxy_without_proxies_is_refused(synthetic):
     space = synthetic.make_space(3, seed=5)
     with pytest.raises(SpecError, match="proxy"):
         IntegerProgramSearcher(space, Budget(avg_bits=3.5), 0, IntegerProgramParams(proxy=True))
+
+
+def test_fisher_proxy_without_anchors_is_the_profile_and_needs_no_probe(synthetic):
+    """``proxy: fisher, anchors: false``: the proxy is taken as each option's delta (its values
+    are on the objective's scale), so the program's optimum is the first evaluation."""
+    space = synthetic.make_space(6, seed=6)
+    f = synthetic.Additive(space, seed=6)
+    budget = Budget(avg_bits=3.5)
+    proxy = {(space.genes[g].name, space.genes[g].options[o].label): float(f.d[g, o])
+             for g in range(6) for o in range(4)}
+    params = IntegerProgramParams(proxy="fisher", anchors=False)
+    assert IntegerProgramSearcher.needs(params).proxy_kind == "fisher"
+    searcher = IntegerProgramSearcher(space, budget, 0, params, SearchContext(proxy=proxy))
+    rec = synthetic.run(searcher, f, 50)
+    assert not [t for t in rec.trials if t["candidate"].origin.endswith(":probe")]
+    assert len(rec.trials) == 1
+    best, _ = synthetic.brute_force(space, budget, f)
+    assert rec.best()[0] == pytest.approx(best, rel=1e-9)
+
+
+def test_anchors_off_needs_the_fisher_proxy():
+    with pytest.raises(ValueError, match="anchors: false needs proxy: fisher"):
+        IntegerProgramParams(proxy=True, anchors=False)
+    assert IntegerProgramParams(proxy=True).proxy_kind == "hessian"
+    assert IntegerProgramParams().proxy_kind is None
