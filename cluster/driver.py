@@ -14,7 +14,9 @@ driver owns everything else:
    (:mod:`.resume`); candidates it asked for and never got back are re-dispatched first;
 4. run the loop (:func:`~mpsearch.searcher.loop.run_search`) with a :class:`StoreRecorder` over the
    buffered :class:`~mpsearch.storage.writer.TrialWriter`: the one write path of trials;
-5. flush what was learned, stop the executor, close the writer, set the study's status.
+5. with ``searcher.confirm: K``, re-score the K best configurations on every calibration sample
+   and store that figure on their trials (:mod:`.confirm`), so ``best`` ranks by it;
+6. flush what was learned, stop the executor, close the writer, set the study's status.
 
 **What survives a crash.** A result counts (is *acknowledged*) once the writer committed it; the
 writer commits in groups, at most ``window`` (50 ms) after a result (``storage/writer.py``). What
@@ -42,6 +44,7 @@ from mpsearch.storage.profiles import ProfileKey, load_profile
 from mpsearch.storage.store import StudyRecord, TrialStore
 from mpsearch.storage.writer import TrialWriter
 
+from .confirm import confirm_, plan_confirmation
 from .mirror import SessionMirror, objectives_of, switch_strategy, told_first
 from .resume import RequeueSearcher, replay
 from .signals import record_stop, stop_reason
@@ -70,7 +73,8 @@ class JobResources(Protocol):
         ...
 
     def proxies(self) -> Mapping[tuple[str, str], float]:
-        """The space's proxy errors by (gene, option label), computed where a worker runs (with
+        """The space's proxy errors by (gene, option label), computed where a worker runs, of
+        the kind the strategy declared (``Needs.proxy_kind``, given to the workers' setup; with
         ``routing`` needed: each routed expert's weighted by its routing fraction)."""
         ...
 
@@ -214,15 +218,21 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
             on_start(study, replayed.completed)
         remaining = study.evaluations - replayed.completed
         stats = LoopStats(stopped_because="the study already has its evaluations")
-        if remaining > 0:
+        confirming = bool(searcher.confirm) and plan_confirmation(trials, searcher.confirm).pending
+        if remaining > 0 or confirming:
             wrapped = RequeueSearcher(strategy, replayed.owed)
             writer = store.writer(study.id, seed, **(writer_options or {}))
             recorder = StoreRecorder(writer, wrapped, lease, on_flush=mirror.after_flush)
             try:
                 executor = make_executor(recorder)
                 try:
-                    stats = run_search(wrapped, executor, recorder, remaining, space, budget,
-                                       on_result=on_result)
+                    if remaining > 0:
+                        stats = run_search(wrapped, executor, recorder, remaining, space,
+                                           budget, on_result=on_result)
+                    if searcher.confirm:  # on what is stored, this session's trials included
+                        recorder.flush(final=True)
+                        plan = plan_confirmation(store.trials(study.id), searcher.confirm)
+                        confirm_(plan, space, budget, executor, recorder, writer)
                 finally:
                     try:
                         recorder.flush(final=True)

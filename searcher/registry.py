@@ -35,6 +35,10 @@ class SearcherConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     # Evaluate the uniform baselines of the space first (they count as evaluations).
     baselines: bool = True
+    # After the search, re-score the best `confirm` configurations on every calibration sample
+    # (those scored on fewer are evaluated again, on top of `evaluations`); `best` ranks by that
+    # confirmed figure (cluster/confirm.py). 0: no confirmation.
+    confirm: int = Field(default=0, ge=0, le=1000)
 
     def check(self) -> None:
         """Validate the name and parameters without building anything."""

@@ -105,6 +105,9 @@ class TrialRow(Base):
     # a result and is dispatched again as a later trial whose ``retry_of`` is this number.
     told_after: Mapped[int | None]
     interrupted: Mapped[bool | None]
+    # The objective re-scored on every calibration sample after the search (``searcher.confirm``,
+    # cluster/confirm.py); ``best`` ranks confirmed trials first, by this figure.
+    confirmed: Mapped[float | None]
     retry_of: Mapped[int | None]
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")

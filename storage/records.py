@@ -91,6 +91,7 @@ class TrialRecord:
     interrupted: bool = False
     retry_of: int | None = None
     extra: dict[str, float] | None = None
+    confirmed: float | None = None  # the objective on every calibration sample, after the search
 
     @property
     def candidate(self) -> Candidate:
@@ -162,7 +163,8 @@ def _trial(row: TrialRow) -> TrialRecord:
     return TrialRecord(row.number, row.status, row.origin, tuple(row.choices), row.samples,
                        row.objective, row.avg_bits, row.total_bytes, row.feasible, row.seed,
                        row.worker, row.error, row.eval_seconds, row.started_at, row.finished_at,
-                       row.told_after, bool(row.interrupted), row.retry_of, row.extra)
+                       row.told_after, bool(row.interrupted), row.retry_of, row.extra,
+                       row.confirmed)
 
 
 def budget_clauses(max_bits: float | None = None, max_bytes: float | None = None,

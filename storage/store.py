@@ -315,14 +315,18 @@ class TrialStore(StudyQueries):
              max_bytes: float | None = None, origin: str | None = None) -> list[TrialRecord]:
         """The ``top`` completed, budget-feasible trials of lowest objective.
 
-        Ties are broken by trial number, so the answer is deterministic. Optional filters tighten
+        Confirmed trials (re-scored on every calibration sample after the search, see
+        ``cluster/confirm.py``) come first, by their confirmed figure: the search's own figure
+        may be on fewer samples, and the lowest of many noisy figures is optimistic. Ties are
+        broken by trial number, so the answer is deterministic. Optional filters tighten
         the budget further (``max_bits``, ``max_bytes``) or keep one strategy's trials.
         """
         with translating(self.url, "query best trials"), self._session() as s:
             q = select(TrialRow).where(TrialRow.study_id == self._study_id(s, study),
                                        TrialRow.status == COMPLETE, TrialRow.feasible.is_(True))
             q = q.where(*budget_clauses(max_bits, max_bytes, origin))
-            q = q.order_by(TrialRow.objective, TrialRow.number).limit(top)
+            q = q.order_by(TrialRow.confirmed.is_(None), TrialRow.confirmed, TrialRow.objective,
+                           TrialRow.number).limit(top)
             return [_trial(r) for r in s.scalars(q)]
 
     def baselines(self, study: StudyKey) -> list[TrialRecord]:

@@ -54,6 +54,11 @@ _update_result = (
     .where(and_(_trials.c.study_id == bindparam("b_study"), _trials.c.number == bindparam("b_number")))
     .values({c: bindparam(f"v_{c}") for c in _RESULT_FIELDS})
 )
+_update_confirmed = (
+    update(_trials)
+    .where(and_(_trials.c.study_id == bindparam("b_study"), _trials.c.number == bindparam("b_number")))
+    .values(confirmed=bindparam("v_confirmed"))
+)
 
 
 # At most this many results wait for one commit, and none longer than this many seconds: 256
@@ -86,6 +91,7 @@ class TrialWriter:
         self.next_number = 0 if last is None else last + 1
         self._starts: list[dict[str, Any]] = []
         self._results: list[dict[str, Any]] = []
+        self._confirms: list[dict[str, Any]] = []  # confirmed figures, applied after the results
         self._state: dict[str, Any] | None = None
         self.flushes = 0
 
@@ -100,7 +106,7 @@ class TrialWriter:
             choices=list(candidate.choices), samples=candidate.samples, objective=None,
             avg_bits=avg_bits, total_bytes=total_bytes, feasible=feasible, seed=self.seed,
             started_at=_now(), retry_of=retry_of, worker=None, error=None, eval_seconds=None,
-            finished_at=None, told_after=None, extra=None))
+            finished_at=None, told_after=None, extra=None, confirmed=None))
         return number
 
     def finish(self, number: int, objective: float | None, worker: str | None, error: str | None,
@@ -112,6 +118,13 @@ class TrialWriter:
             v_status=COMPLETE if objective is not None else FAILED, v_objective=objective,
             v_worker=worker, v_error=error, v_eval_seconds=eval_seconds, v_finished_at=_now(),
             v_told_after=self.next_number, v_extra=extra or None))
+
+    def confirm(self, number: int, confirmed: float | None) -> None:
+        """Record trial ``number``'s confirmed figure (its objective re-scored on every calibration
+        sample after the search; None: the re-score failed), written with the next commit."""
+        self._buffered()
+        self._confirms.append(dict(b_study=self.study_id, b_number=number,
+                                   v_confirmed=confirmed))
 
     def _connect(self) -> Connection:
         """The run's connection. A commit need not wait for the disk: after a crash of the driver
@@ -131,7 +144,7 @@ class TrialWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._starts) + len(self._results)
+        return len(self._starts) + len(self._results) + len(self._confirms)
 
     def _buffered(self) -> None:
         if self._since is None:
@@ -170,12 +183,12 @@ class TrialWriter:
         """Commit everything buffered now, in one transaction; True when it committed. While the
         database is away (:mod:`.retry`) the buffer is kept and False returned until the backoff
         allows the next attempt; ``wait`` (the last commit of a run) sleeps through the backoff."""
-        if not self._starts and not self._results and self._state is None:
+        if not self._starts and not self._results and not self._confirms and self._state is None:
             return False
         return self.outage.attempt(self._commit, self.pending, wait=wait) is True
 
     def _commit(self) -> bool:
-        (starts, results), state = self._fold(), self._state
+        (starts, results), state, confirms = self._fold(), self._state, self._confirms
         with translating(self.store.url, "record trials"):
             if self._conn is None:
                 self._conn = self._connect()
@@ -187,6 +200,8 @@ class TrialWriter:
                         self._conn.execute(insert(_trials), starts)
                     if results:
                         self._conn.execute(_update_result, results)
+                    if confirms:
+                        self._conn.execute(_update_confirmed, confirms)
                     if state is not None:
                         self._conn.execute(update(StudyRow).where(StudyRow.id == self.study_id)
                                            .values(searcher_state=state, updated_at=_now()))
@@ -195,6 +210,7 @@ class TrialWriter:
                 self._conn = None
                 raise
         self._starts, self._results, self._state, self._since = [], [], None, None
+        self._confirms = []
         self.flushes += 1
         return True
 

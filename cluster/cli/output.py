@@ -83,6 +83,7 @@ def trial_json(study: StudyRecord, t: TrialRecord) -> dict:
         "trial": t.number, "objective": t.objective, "avg_bits": t.avg_bits,
         "total_bytes": t.total_bytes, "origin": t.origin, "worker": t.worker,
         **({"extra": t.extra} if t.extra else {}),
+        **({"confirmed": t.confirmed} if t.confirmed is not None else {}),
         "layers": {name: o.label for name, o in study.space.decode(t.candidate).items()},
     }
 
