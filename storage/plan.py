@@ -58,6 +58,9 @@ def build_plan(study: StudyRecord, trial: TrialRecord,
             "objective_name": study.objective, "objective": trial.objective,
             "samples": trial.samples,  # scored on the first N calibration samples; null = all
             "avg_bits": trial.avg_bits, "total_bytes": trial.total_bytes,
+            # MoE: the bytes of weights one token reads (docs/moe.md); a dense plan has none
+            **({"active_bytes": study.space.cost(trial.candidate).active_bytes}
+               if study.space.has_experts else {}),
             "feasible": trial.feasible,
             "budget": {"avg_bits": study.budget.avg_bits,
                        "total_bytes": study.budget.total_bytes},

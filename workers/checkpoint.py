@@ -23,7 +23,7 @@ from mpsearch.spaces.space import Candidate, Gene, LayerInfo, SearchSpace
 
 from .config import CalibrationConfig, ModelConfig
 from .errors import WorkerError
-from .layers import oriented_shape, quantizable_modules
+from .layers import ExpertSlice, Target, oriented_shape, quantizable_targets
 from .model_loading import inspect_model, load_model, load_tokenizer
 from .registry import needs_calibration
 from .worker import Worker, WorkerSetup
@@ -39,8 +39,8 @@ class CheckpointError(WorkerError):
     """A plan cannot be applied to a model, or its checkpoint cannot be written."""
 
 
-def _planned_modules(model: nn.Module, options: Mapping[str, QuantOption]) -> dict[str, nn.Module]:
-    modules = quantizable_modules(model)
+def _planned_modules(model: nn.Module, options: Mapping[str, QuantOption]) -> dict[str, Target]:
+    modules = quantizable_targets(model)
     missing = [name for name in options if name not in modules]
     if missing:
         raise CheckpointError(f"the model has no quantizable layer {missing[0]!r} "
@@ -91,7 +91,7 @@ def check_plan_shapes(model_path: str, kind: str,
 
     with torch.device("meta"):
         model = _auto_class(kind).from_config(AutoConfig.from_pretrained(model_path))
-    modules = quantizable_modules(model)
+    modules = quantizable_targets(model)
     for name, shape in shapes.items():
         if name not in modules:
             raise CheckpointError(f"the model has no quantizable layer {name!r}; the plan was "
@@ -129,7 +129,10 @@ def plan_worker(setup: WorkerSetup, options: Mapping[str, QuantOption]) -> Worke
     except WorkerError as exc:
         raise CheckpointError(str(exc)) from None
     for name in options:  # own, contiguous copies: the worker's cache may hand out views
-        weight = cast(torch.Tensor, modules[name].weight)
+        target = modules[name]
+        if isinstance(target, ExpertSlice):  # its variant was copied into the parameter
+            continue
+        weight = cast(torch.Tensor, target.weight)
         weight.data = weight.data.contiguous().clone()
     return worker
 

@@ -55,7 +55,7 @@ from .checkpoint import (
     _prepare_out,
     plan_worker,
 )
-from .layers import oriented_shape
+from .layers import ExpertSlice, oriented_shape
 from .registry import Encoded, FormatError, handler_for
 from .worker import WorkerSetup
 
@@ -108,6 +108,11 @@ def compressed_tensors_schemes(model: nn.Module, options: Mapping[str, QuantOpti
         except FormatError as exc:
             raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
                               f"compressed-tensors: {exc}") from None
+        if args is not None and isinstance(module, ExpertSlice):
+            raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
+                              "compressed-tensors: it is a slice of a fused 3-D expert "
+                              "parameter, which the export does not write yet; `mpsearch apply` "
+                              "writes its dequantized weights")
         if args is not None and not isinstance(module, nn.Linear):
             raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
                               f"compressed-tensors: it quantizes nn.Linear layers only, and this "

@@ -28,7 +28,7 @@ from mpsearch.spaces.runtime import gguf_type
 from .checkpoint import CheckpointError, _planned_modules, plan_worker
 from .export_ct import ExportError, require
 from .formats import GGUF_BLOCK
-from .layers import get_weight
+from .layers import Target, get_weight
 from .registry import Encoded
 from .worker import WorkerSetup
 
@@ -182,7 +182,7 @@ def export_gguf(setup: WorkerSetup, options: Mapping[str, QuantOption], out_path
     return out
 
 
-def _tensors(model: nn.Module, modules: Mapping[str, nn.Module], types: Mapping[str, str],
+def _tensors(model: nn.Module, modules: Mapping[str, Target], types: Mapping[str, str],
              worker: Any, config: Any):
     """(gguf name, array, raw type or None) for every tensor of ``model``, tied ones once."""
     import gguf

@@ -44,12 +44,19 @@ def results_table(study: StudyRecord, best: list[TrialRecord],
                   baselines: list[TrialRecord]) -> Table:
     title = f"study {study.name}: best configurations and uniform baselines"
     table = Table(title=title, title_justify="left")
-    for col, justify in (("rank", "right"), ("trial", "right"), ("avg bits", "right"),
-                         ("bytes", "right"), ("objective", "right"), ("layers", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    moe = study.space.has_experts  # then also the bytes one token reads (docs/moe.md)
+    columns = (("rank", "right"), ("trial", "right"), ("avg bits", "right"), ("bytes", "right"),
+               *((("active bytes", "right"),) if moe else ()), ("objective", "right"),
+               ("layers", "left"))
+    for col, justify in columns:
+        table.add_column(col, justify=justify)
+
+    def active(t: TrialRecord) -> tuple[str, ...]:
+        return (fmt_bytes(active_bytes(study, t)),) if moe else ()
+
     for rank, t in enumerate(best, 1):
         table.add_row(str(rank), str(t.number), f"{t.avg_bits:.4f}", fmt_bytes(t.total_bytes),
-                      fmt_obj(t.objective), study.space.summarize(t.candidate))
+                      *active(t), fmt_obj(t.objective), study.space.summarize(t.candidate))
     if baselines:
         table.add_section()
         for t in baselines:
@@ -57,7 +64,8 @@ def results_table(study: StudyRecord, best: list[TrialRecord],
             name = next(iter(label.values())).label
             mark = "" if t.feasible else " (over budget)"
             table.add_row("uniform", str(t.number), f"{t.avg_bits:.4f}",
-                          fmt_bytes(t.total_bytes), fmt_obj(t.objective), f"{name}{mark}")
+                          fmt_bytes(t.total_bytes), *active(t), fmt_obj(t.objective),
+                          f"{name}{mark}")
     return table
 
 
@@ -78,10 +86,19 @@ def frontier_table(study: StudyRecord,
     return table
 
 
+def active_bytes(study: StudyRecord, t: TrialRecord) -> float:
+    """The bytes of weights one token reads under trial ``t`` (the cost model's, MoE)."""
+    value = study.space.cost(t.candidate).active_bytes
+    assert value is not None
+    return value
+
+
 def trial_json(study: StudyRecord, t: TrialRecord) -> dict:
     return {
         "trial": t.number, "objective": t.objective, "avg_bits": t.avg_bits,
-        "total_bytes": t.total_bytes, "origin": t.origin, "worker": t.worker,
+        "total_bytes": t.total_bytes,
+        **({"active_bytes": active_bytes(study, t)} if study.space.has_experts else {}),
+        "origin": t.origin, "worker": t.worker,
         **({"extra": t.extra} if t.extra else {}),
         **({"confirmed": t.confirmed} if t.confirmed is not None else {}),
         "layers": {name: o.label for name, o in study.space.decode(t.candidate).items()},

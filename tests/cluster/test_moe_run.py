@@ -44,6 +44,16 @@ def test_a_routing_weighted_search_over_a_tiny_mixtral_completes_with_expert_gen
     assert len(probes) == L * 4 + L and sum(".experts." in n for n in probed) == L
     (best,) = store.best("moe", top=1)
     assert best.avg_bits <= 4.5 and best.objective is not None
+    # reported for the candidate: the plan and the results table carry its active bytes
+    from mpsearch.cluster.cli.output import results_table, trial_json
+    from mpsearch.storage.plan import build_plan
+
+    active = space.cost(best.candidate).active_bytes
+    assert active is not None and active < best.total_bytes
+    assert build_plan(result.study, best)["provenance"]["active_bytes"] == active
+    assert trial_json(result.study, best)["active_bytes"] == active
+    table = results_table(result.study, [best], [])
+    assert [c.header for c in table.columns][4] == "active bytes"
 
 
 def test_expert_settings_and_routing_on_a_dense_model_are_refused(tiny_llama_path,

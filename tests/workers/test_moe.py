@@ -209,3 +209,25 @@ def test_the_fisher_proxy_of_a_fused_expert_is_the_linears(mixtral):
     assert ff[f"{prefix}.gate_up_proj"].shape == (2 * FF, H) and gate_up.abs().sum() > 0
     assert torch.allclose(ff[f"{prefix}.gate_up_proj"], gate_up, rtol=1e-3, atol=1e-12)
     assert torch.allclose(ff[f"{prefix}.down_proj"], fl[f"{prefix}.w2"], rtol=1e-3, atol=1e-12)
+
+
+def test_a_checkpoint_holds_the_quantized_fused_experts_and_compressed_tensors_refuses_them(
+        tiny_mixtral_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from mpsearch.workers.checkpoint import check_plan_shapes, weights_only_setup, write_checkpoint
+    from mpsearch.workers.export_ct import ExportError, _shapes_model, compressed_tensors_schemes
+
+    name = "model.layers.1.mlp.experts.2.gate_up_proj"
+    plan = {name: INT4, "model.layers.1.mlp.experts.2.down_proj": INT4,
+            "model.layers.0.self_attn.q_proj": INT4}
+    check_plan_shapes(tiny_mixtral_path, "causal-lm", {name: (2 * FF, H)})
+    out = write_checkpoint(tiny_mixtral_path, plan, tmp_path / "ckpt", kind="causal-lm")
+    before = AutoModelForCausalLM.from_pretrained(tiny_mixtral_path).model.layers[1].mlp.experts
+    after = AutoModelForCausalLM.from_pretrained(out).model.layers[1].mlp.experts
+    assert torch.equal(after.gate_up_proj[2], quantize_weight(before.gate_up_proj[2], INT4))
+    assert torch.equal(after.down_proj[2], quantize_weight(before.down_proj[2], INT4))
+    assert torch.equal(after.gate_up_proj[1], before.gate_up_proj[1])  # left alone by the plan
+    setup = weights_only_setup(tiny_mixtral_path, "causal-lm")
+    with pytest.raises(ExportError, match="slice of a fused 3-D expert parameter"):
+        compressed_tensors_schemes(_shapes_model(setup), plan)
