@@ -21,8 +21,8 @@ hybrid with ``proxy: true`` at 4.25 bits. Figures (all printed and written to
   reused);
 - last, the evaluation ratio (evaluation / plain forward + KL on the same tokens) with every
   variant spilled to pinned host memory, for random candidates and two-gene moves (as
-  bench/worker_throughput.py), on a worker that reads the GPTQ levels from the CLI studies' level
-  database (decoded from its codes) and computes the RTN ones.
+  bench/worker_throughput.py), on a worker over the same model that reads the GPTQ levels from
+  the CLI studies' level database (decoded from its codes) and computes the RTN ones.
 
 The results file is rewritten (atomically) after every step, so a run cut short keeps every
 figure it reached; a CLI study past ``--cli-timeout`` is stopped with SIGINT (the CLI's clean
@@ -246,9 +246,10 @@ def worker_setup(args, work: Path) -> WorkerSetup:
                        else "float32", device=args.device, threads=args.cpus)
 
 
-def spilled_ratio(args, work: Path, results: dict, out: Path) -> None:
-    """The evaluation ratio with every variant in pinned host memory, on a worker that loads the
-    saved model and reads the GPTQ levels from the CLI studies' level database."""
+def spilled_ratio(args, model: torch.nn.Module, work: Path, results: dict, out: Path) -> None:
+    """The evaluation ratio with every variant in pinned host memory, on a worker over the
+    benchmark's model (the weights the CLI studies loaded from disk) that reads the GPTQ levels
+    from their level database."""
     device = torch.device(args.device)
     root = work / "store.db.levels"
     sets = [p for p in root.iterdir() if (p / "manifest.json").is_file()] if root.is_dir() else []
@@ -256,9 +257,9 @@ def spilled_ratio(args, work: Path, results: dict, out: Path) -> None:
                     cache_device_bytes=0)  # every variant in (pinned) host memory
     r = results.setdefault("spilled", {})
     start = time.perf_counter()
-    worker = Worker(setup, space_of_layers(work))
+    worker = Worker(setup, space_of(model), model=model)
     sync(device)
-    r["load_and_reference_s"] = time.perf_counter() - start
+    r["reference_s"] = time.perf_counter() - start
     start = time.perf_counter()
     worker.warm_cache()  # GPTQ decoded from the database, RTN computed, all to the host
     sync(device)
@@ -271,16 +272,6 @@ def spilled_ratio(args, work: Path, results: dict, out: Path) -> None:
         f"the database: {r['gptq_from_database']})", results, out)
     r["ratio"] = ratio(worker, device, args.evals)
     log(f"evaluation ratio (spilled): {json.dumps(r['ratio'])}", results, out)
-
-
-def space_of_layers(work: Path) -> SearchSpace:
-    from mpsearch.workers.config import ModelConfig
-    from mpsearch.workers.model_loading import inspect_model
-
-    info = inspect_model(ModelConfig(name=str(work / "model")))
-    cfg = SpaceConfig.model_validate({"layers": [{"match": MATCH, "options": OPTIONS}],
-                                      "tie": TIES})
-    return build_space(info.layers, cfg.rules(), cfg.tie, info.total_params)
 
 
 # -- through the CLI --------------------------------------------------------------------------
@@ -336,8 +327,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--evaluations", type=int, default=4, help="of each CLI study")
-    p.add_argument("--evals", type=int, default=6, help="timed evaluations of each kind")
+    p.add_argument("--evaluations", type=int, default=3, help="of each CLI study")
+    p.add_argument("--evals", type=int, default=5, help="timed evaluations of each kind")
     p.add_argument("--cpus", type=int, default=4, help="CPU threads of the worker")
     p.add_argument("--work", default=None, help="folder for the model, spec and store "
                    "(default: a fresh one under /tmp)")
@@ -363,15 +354,14 @@ def main() -> None:
     log(f"built and saved {args.model} in {results['build_and_save_s']:.1f} s", results, out)
     if "inprocess" not in skip:
         in_process(args, model, work, results, out)
-    del model
-    gc.collect()
+    gc.collect()  # the in-process variants; the model stays for the ratio (16 GB for 8B)
     if args.device == "cuda":
         torch.cuda.empty_cache()
     if "cli" not in skip:
         cli_study(args, work, "first", results, out)
         cli_study(args, work, "second", results, out)
     if "ratio" not in skip:
-        spilled_ratio(args, work, results, out)
+        spilled_ratio(args, model, work, results, out)
     log(json.dumps({k: v for k, v in results.items() if k != "cli"}, indent=1), results, out)
 
 
