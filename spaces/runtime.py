@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .errors import SpecError
 from .options import QuantOption
+from .patterns import TimedPattern
 from .space import LayerRule
 
 RUNTIMES = ("vllm", "transformers", "llama.cpp")
@@ -73,7 +74,8 @@ class RuntimeSpace:
 def restrict(rules: Sequence[LayerRule], ties: Sequence[str], runtime: str | None,
              layers: Sequence[str] = ()) -> RuntimeSpace:
     """``rules`` without the options ``runtime`` cannot load and ``ties`` with the ones it needs
-    (those that match one of the model's ``layers`` and no layer a spec tie already ties).
+    (those that match one of the model's ``layers`` that a rule searches, and no layer a spec
+    tie already ties).
 
     Raises :class:`SpecError` naming the rule if the runtime loads none of a rule's options.
     """
@@ -94,9 +96,12 @@ def restrict(rules: Sequence[LayerRule], ties: Sequence[str], runtime: str | Non
                             f"of its options ({', '.join(o.label for o in rule.options)}); "
                             "add an option it loads")
         kept_rules.append(LayerRule(rule.pattern, tuple(kept)))
-    user_tied = {n for n in layers for t in ties if re.search(t, n)}
+    # the layers a rule searches (a tie matching only unsearched layers would be refused)
+    patterns = [TimedPattern(r.pattern, "space.layers") for r in kept_rules] if layers else []
+    searched = [n for n in layers if any(p.search(n) for p in patterns)]
+    user_tied = {n for n in searched for t in ties if re.search(t, n)}
     extra = [t for t in (VLLM_TIES if runtime == "vllm" else ())
-             if (hit := [n for n in layers if re.search(t, n)]) and not user_tied & set(hit)]
+             if (hit := [n for n in searched if re.search(t, n)]) and not user_tied & set(hit)]
     return RuntimeSpace(kept_rules, [*ties, *extra], removed)
 
 

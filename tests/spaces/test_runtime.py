@@ -71,3 +71,11 @@ def test_a_spec_tie_over_the_same_layers_is_kept_and_not_doubled():
     assert vllm.ties[0] == own and not any("self_attn" in t for t in vllm.ties[1:])
     build_space(LLAMA, vllm.rules, vllm.ties)  # no layer matched by two tie patterns
 
+
+
+def test_vllm_adds_no_tie_for_layers_no_rule_searches():
+    rules = [LayerRule(r"mlp\.", OPTIONS)]
+    vllm = restrict(rules, [], "vllm", [layer.name for layer in LLAMA])
+    assert vllm.ties == [r"^(.*\.mlp)\.(?:gate_proj|up_proj)$"]
+    space = build_space(LLAMA, vllm.rules, vllm.ties)  # a q/k/v tie would match no searched layer
+    assert len(space.genes) == 2 * 2

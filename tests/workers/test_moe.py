@@ -231,3 +231,30 @@ def test_a_checkpoint_holds_the_quantized_fused_experts_and_compressed_tensors_r
     setup = weights_only_setup(tiny_mixtral_path, "causal-lm")
     with pytest.raises(ExportError, match="slice of a fused 3-D expert parameter"):
         compressed_tensors_schemes(_shapes_model(setup), plan)
+
+
+def test_a_qwen_moe_counts_its_shared_expert_as_always_active_and_vllm_ties_it():
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    from mpsearch.spaces.runtime import restrict
+
+    n, k, moe_ff, shared_ff = 8, 2, 32, 96
+    config = Qwen2MoeConfig(vocab_size=V, hidden_size=H, intermediate_size=64,
+                            moe_intermediate_size=moe_ff, shared_expert_intermediate_size=shared_ff,
+                            num_hidden_layers=L, num_attention_heads=4, num_key_value_heads=2,
+                            num_experts=n, num_experts_per_tok=k, max_position_embeddings=64)
+    with torch.device("meta"):
+        model = Qwen2MoeForCausalLM(config)
+    layers = {ly.name: ly for ly in discover_layers(model)}
+    assert layers["model.layers.0.mlp.shared_expert.up_proj"].active == 1.0
+    assert layers["model.layers.0.mlp.experts.7.down_proj"].active == k / n
+    total = sum(p.numel() for p in model.parameters())
+    routed = L * n * (2 * moe_ff * H + H * moe_ff)
+    rules = [LayerRule(r"layers\.\d+\.mlp\.(experts|shared_expert)\.", (INT4, FP16))]
+    space = build_space(list(layers.values()), rules, (), total, expert_group=1)
+    assert space.total_params == total and space.active_params == total - routed * (1 - k / n)
+    assert len(space.genes) == L * (n + 3)  # per block: 8 experts, shared gate, up, down
+    vllm = restrict(rules, [], "vllm", list(layers))
+    tied = build_space(list(layers.values()), vllm.rules, vllm.ties, total, expert_group=1)
+    # per block: every routed expert one gene, the shared expert's gate/up one, its down one
+    assert sorted(len(g.layers) for g in tied.genes) == [1, 1, 2, 2, 2 * n, 2 * n]
