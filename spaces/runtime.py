@@ -39,6 +39,8 @@ def gguf_type(option: QuantOption) -> str | None:
         return option.format.upper()
     if option.format == "fp16":
         return "F16"
+    if option.format == "mxfp4":  # E2M1 codes and an E8M0 exponent per 32: ggml's block_mxfp4
+        return "MXFP4"
     if option.format == "int" and option.symmetric and option.group_size == GGUF_BLOCK \
             and option.bits in (4, 8):
         return "Q4_0" if option.bits == 4 else "Q8_0"
@@ -51,7 +53,7 @@ def refusal(runtime: str, option: QuantOption) -> str | None:
         raise SpecError(f"space.runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if runtime == "llama.cpp":
         return None if gguf_type(option) else ("llama.cpp loads q4_0, q4_1, q5_0, q5_1, q8_0, "
-                                                "int4-g32-sym, int8-g32-sym and fp16")
+                                                "mxfp4, int4-g32-sym, int8-g32-sym and fp16")
     if option.sparse:
         return f"{runtime} loads no pruned weights (compressed-tensors stores none)"
     if option.format not in ("int", "fp8_e4m3", "fp16"):

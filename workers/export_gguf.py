@@ -4,9 +4,11 @@ from gguf's own tensor name map, architecture metadata and the tokenizer's vocab
 Per tensor, the type the plan chose: GGUF's block options (``q4_0`` … ``q8_0``) are written by
 gguf-py's quantizer from the original weight, and checked to dequantize bit for bit to the weight
 the trial scored; ``int4-g32-sym`` and ``int8-g32-sym`` are the same numbers as Q4_0 and Q8_0 and
-are packed from mpsearch's own codes and fp16 scales; ``fp16`` layers are F16. Everything the
-plan does not name keeps the trial's dtype (F32, F16 or BF16), as it was scored. Any other option
-is refused before anything is written, naming the layer and the option.
+are packed from mpsearch's own codes and fp16 scales; ``mxfp4`` is packed from its E2M1 values
+and power-of-two scales into ggml's MXFP4 blocks (an E8M0 exponent and 16 bytes of codes per 32;
+gguf-py's own MXFP4 quantizer breaks ties differently, so it is not used); ``fp16`` layers are
+F16. Everything the plan does not name keeps the trial's dtype (F32, F16 or BF16), as it was
+scored. Any other option is refused before anything is written, naming the layer and the option.
 
 llama.cpp's converter permutes Llama's q/k rows for its rotary layout (and loaders undo it); the
 same permutation is applied here. GPT-2's Conv1D weights are written out × in, as llama.cpp does.
@@ -27,7 +29,7 @@ from mpsearch.spaces.runtime import gguf_type
 
 from .checkpoint import CheckpointError, _planned_modules, plan_worker
 from .export_ct import ExportError, require
-from .formats import GGUF_BLOCK
+from .formats import E2M1_GRID, GGUF_BLOCK
 from .layers import Target, get_weight
 from .registry import Encoded
 from .worker import WorkerSetup
@@ -44,8 +46,8 @@ def gguf_types(options: Mapping[str, QuantOption]) -> dict[str, str]:
         kind = gguf_type(option)
         if kind is None:
             raise ExportError(f"layer {name}: option {option.label} cannot be exported to GGUF: "
-                              "GGUF holds q4_0, q4_1, q5_0, q5_1, q8_0, int4-g32-sym, int8-g32-sym "
-                              "and fp16 exactly")
+                              "GGUF holds q4_0, q4_1, q5_0, q5_1, q8_0, mxfp4, int4-g32-sym, "
+                              "int8-g32-sym and fp16 exactly")
         types[name] = kind
     return types
 
@@ -74,6 +76,22 @@ def _pack_q8_0(enc: Encoded) -> np.ndarray:
     codes = enc.values.reshape(-1, GGUF_BLOCK).to(torch.int8).numpy().view(np.uint8)
     d = enc.scale.reshape(-1, 1).numpy().astype(np.float16).view(np.uint8)
     return np.concatenate([d, codes], axis=1).reshape(enc.values.shape[0], -1)
+
+
+def _pack_mxfp4(enc: Encoded) -> np.ndarray:
+    """ggml's MXFP4 blocks (an E8M0 exponent e, then 16 bytes: code j in the low nibble, code
+    j + 16 in the high one; ŵ = 2^(e − 127) · E2M1[code], codes 8–15 negative) from mpsearch's
+    E2M1 values and power-of-two scales per 32."""
+    assert enc.scale is not None
+    grid = torch.tensor(E2M1_GRID)
+    values = enc.values.reshape(-1, GGUF_BLOCK)
+    magnitude = torch.bucketize(values.abs(), grid)  # exact: every value is on the grid
+    assert torch.equal(grid[magnitude], values.abs())
+    codes = (magnitude + 8 * (values < 0)).to(torch.uint8).numpy()
+    qs = codes[:, :16] | (codes[:, 16:] << np.uint8(4))
+    _, exp = torch.frexp(enc.scale.reshape(-1, 1))  # scale = 2^(exp − 1)
+    e = (exp - 1 + 127).to(torch.uint8).numpy()
+    return np.concatenate([e, qs], axis=1).reshape(enc.values.shape[0], -1)
 
 
 def _tokenizer_metadata(writer: Any, model_path: str) -> None:
@@ -251,7 +269,8 @@ def _layer_tensor(layer: str, kind: str, worker: Any, gguf_name: str, config: An
                                         config), qtype)
     else:
         enc = worker.encoded(layer, option)  # from the level database when it holds it
-        packed = _pack_q4_0(enc) if kind == "Q4_0" else _pack_q8_0(enc)
+        pack = {"Q4_0": _pack_q4_0, "Q8_0": _pack_q8_0, "MXFP4": _pack_mxfp4}[kind]
+        packed = pack(enc)
         data = _qk(packed, gguf_name, config)
     # what a loader computes (float32, then the model's dtype) is what the trial scored
     back = torch.from_numpy(gguf.quants.dequantize(data, qtype)).to(scored.dtype)

@@ -20,7 +20,7 @@ from mpsearch.workers.export_gguf import export_gguf, gguf_type
 
 CALIBRATION = {"source": "stdlib-docs", "samples": 4, "seq_len": 24, "batch_size": 2}
 
-MIXED = ("q4_0", "q8_0", "q4_1", "q5_0", "q5_1", "int4-g32-sym", "int8-g32-sym", "fp16")
+MIXED = ("q4_0", "q8_0", "q4_1", "q5_0", "q5_1", "int4-g32-sym", "int8-g32-sym", "mxfp4", "fp16")
 
 LOADER = textwrap.dedent("""
     import sys, torch
@@ -104,7 +104,7 @@ def test_gguf_round_trip_reader_and_transformers(request, tmp_path, model, score
 def test_gguf_refuses_what_it_cannot_hold(tiny_llama_path, minilm_path, tmp_path):
     setup = scoring_setup(tiny_llama_path, "auto", "kl", CALIBRATION)
     layer = "model.layers.0.mlp.up_proj"
-    for label in ("int4-g32-asym", "nf4", "int4-g64-sym", "q4_0+2:4"):
+    for label in ("int4-g32-asym", "nf4", "nvfp4", "int4-g64-sym", "q4_0+2:4"):
         with pytest.raises(ExportError, match=f"layer {layer}: option .* cannot be exported to "
                                               "GGUF"):
             export_gguf(setup, {layer: parse_option(label)}, tmp_path / f"{label}.gguf")
