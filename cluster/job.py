@@ -18,7 +18,8 @@ from mpsearch.searcher.loop import LoopStats, Outcome
 from mpsearch.searcher.registry import SearcherConfig, searcher_needs
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.experts import expert_group_for
-from mpsearch.spaces.runtime import restrict
+from mpsearch.spaces.options import QuantOption
+from mpsearch.spaces.runtime import KV_ONE_PER_MODEL, kv_refusal, restrict
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace, build_space
 from mpsearch.storage.errors import StudyConflictError
 from mpsearch.storage.lease import DEFAULT_TTL
@@ -68,14 +69,16 @@ def prepare(spec: JobSpec) -> PreparedJob:
     if spec.budget.memory is not None and info.kind != "causal-lm":
         raise SpecError(f"budget.memory: model {spec.model.name!r} is an encoder, which keeps no "
                         "KV cache; bound its weights with total_bytes instead")
-    attention = info.attention if spec.budget.memory is not None else ()
+    kv_options = kv_cache_options(spec, info)
+    attention = info.attention if spec.budget.memory is not None or kv_options else ()
     experts = spec.space.experts
     group = expert_group_for([layer.name for layer in info.layers],
                              experts.per if experts else "expert", experts.group if experts else 1,
                              given=experts is not None, runtime=spec.space.runtime)
     assert spec.space.unsearched_bits is not None  # JobSpec fills in the dtype's width
     space = build_space(info.layers, runtime.rules, runtime.ties, info.total_params,
-                        spec.space.unsearched_bits, attention, group)
+                        spec.space.unsearched_bits, attention, group, kv_options,
+                        kv_tied=spec.space.runtime in KV_ONE_PER_MODEL)
     if searcher_needs(spec.searcher).routing and not space.has_experts:
         raise SpecError(f"searcher.params.routing: model {spec.model.name!r} has no routed "
                         "experts to weight by routing frequency; remove routing")
@@ -90,6 +93,30 @@ def prepare(spec: JobSpec) -> PreparedJob:
     texts = tuple(load_texts(spec.calibration, info.path))
     return PreparedJob(spec, info, space, points[-1], objective, texts,
                        points if len(points) > 1 else ())
+
+
+def kv_cache_options(spec: JobSpec, info: ModelInfo) -> tuple[QuantOption, ...]:
+    """``space.kv_cache``'s options, or SpecError when the model keeps no KV cache that can be
+    scored (an encoder; attention without k_proj/v_proj, as GPT-2's fused c_attn) or the
+    runtime cannot hold one of them."""
+    options = tuple(spec.space.kv_cache or ())
+    if not options:
+        return ()
+    name = spec.model.name
+    if info.kind != "causal-lm":
+        raise SpecError(f"space.kv_cache: model {name!r} is an encoder, which keeps no KV cache; "
+                        "drop space.kv_cache")
+    layers = {layer.name for layer in info.layers}
+    if not info.attention or any(f"{a.name}.k_proj" not in layers or f"{a.name}.v_proj" not in
+                                 layers for a in info.attention):
+        raise SpecError(f"space.kv_cache: model {name!r} has no attention layers with k_proj and "
+                        "v_proj, whose outputs the KV cache holds (GPT-2's fused c_attn is not "
+                        "split); drop space.kv_cache")
+    for option in options:
+        if why := kv_refusal(spec.space.runtime, option):
+            raise SpecError(f"space.kv_cache: runtime {spec.space.runtime} cannot hold a "
+                            f"{option.label} cache: {why}")
+    return options
 
 
 def profile_key(job: PreparedJob, samples: int | None = None) -> ProfileKey:

@@ -1,11 +1,11 @@
 """Moving genes between compression levels while keeping a configuration within budget.
 
-A gene's *levels* are its options sorted by stored bits, cheapest first; options of equal bits
-form a *tier* (RTN and GPTQ at one width; nf4 and mxfp4 beside int4-g128). Moves go one tier up
-or down and land on a random option of that tier: every move spends or saves bits (a move
-within a tier would let "spend the slack" wander through formats forever and never raise
-anything), and formats mix as genes move. Shared by the random, evolutionary and Optuna
-strategies.
+A gene's *levels* are its options sorted by stored bits (a KV gene's: cache bits per token),
+cheapest first; options of equal bits form a *tier* (RTN and GPTQ at one width; nf4 and mxfp4
+beside int4-g128). Moves go one tier up or down and land on a random option of that tier: every
+move spends or saves bits (a move within a tier would let "spend the slack" wander through
+formats forever and never raise anything), and formats mix as genes move. Shared by the random,
+evolutionary and Optuna strategies.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class LevelMap:
     def __init__(self, space: SearchSpace, allowed: Sequence[Collection[int]] | None = None) -> None:
         self.space = space
         self.order = [sorted((o for o in range(n) if allowed is None or o in allowed[g]),
-                             key=lambda o: (space.gene_bits(g, o), o))
+                             key=lambda o: (space.gene_size(g, o), o))
                       for g, n in enumerate(space.sizes)]
         self.rank = [{opt: r for r, opt in enumerate(order)} for order in self.order]
         self.tiers: list[list[list[int]]] = []  # per gene, options grouped by equal bits
@@ -35,7 +35,7 @@ class LevelMap:
         for g, order in enumerate(self.order):
             tiers: list[list[int]] = []
             for o in order:
-                if tiers and math.isclose(space.gene_bits(g, o), space.gene_bits(g, tiers[-1][0]),
+                if tiers and math.isclose(space.gene_size(g, o), space.gene_size(g, tiers[-1][0]),
                                           rel_tol=1e-12):
                     tiers[-1].append(o)
                 else:

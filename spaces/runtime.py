@@ -64,6 +64,18 @@ def refusal(runtime: str, option: QuantOption) -> str | None:
     return None
 
 
+# Runtimes that take one KV-cache precision for the whole model (vLLM's kv_cache_dtype): their
+# KV genes are tied into one.
+KV_ONE_PER_MODEL = ("vllm",)
+
+
+def kv_refusal(runtime: str | None, option: QuantOption) -> str | None:
+    """Why ``runtime`` cannot hold a KV cache of ``option``, or None if it can."""
+    if runtime == "llama.cpp" and option.format != "fp16":
+        return "llama.cpp's cache types (f16, q8_0, q4_0, ...) have no fp8_e4m3"
+    return None
+
+
 @dataclass(frozen=True)
 class RuntimeSpace:
     """Layer rules and ties restricted to a runtime, and what was removed (label → why)."""

@@ -61,6 +61,7 @@ class AttentionInfo:
 # KV-cache element widths: 16 bits unless a searched choice says otherwise; a quantized cache
 # stores one fp32 scale for the keys and one for the values per layer (vLLM's k_scale, v_scale).
 KV_DEFAULT_BITS = 16
+KV_FORMATS = ("fp16", "fp8_e4m3")  # the precisions space.kv_cache searches (vLLM's auto and fp8)
 KV_SCALE_BITS = 2 * 32
 
 
@@ -152,6 +153,7 @@ class SearchSpace:
     _gene_active_bits: tuple[tuple[float, ...], ...] = field(init=False, repr=False,
                                                              compare=False)
     _searched_params: int = field(init=False, repr=False, compare=False)
+    _gene_size: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
     # budget id → (budget, its rows): the rows of the few budgets a search uses, built once
     _rows: dict[int, tuple[Budget, tuple[Constraint, ...]]] = field(
         init=False, repr=False, compare=False, default_factory=dict)
@@ -163,6 +165,10 @@ class SearchSpace:
                        for g in self.genes)
         object.__setattr__(self, "_gene_active_bits", active)
         object.__setattr__(self, "_searched_params", sum(g.numel for g in self.genes))
+        # what orders a gene's options: stored bits, or a KV gene's cache bits per token
+        size = tuple(b if g.layers else tuple(g.option_kv_bits(i, 1) for i in range(len(b)))
+                     for g, b in zip(self.genes, bits, strict=True))
+        object.__setattr__(self, "_gene_size", size)
 
     # -- shape -------------------------------------------------------------------------------
     @property
@@ -181,6 +187,11 @@ class SearchSpace:
     def gene_bits(self, gene: int, option: int) -> float:
         """Total stored bits of gene ``gene`` under option ``option`` (precomputed)."""
         return self._gene_bits[gene][option]
+
+    def gene_size(self, gene: int, option: int) -> float:
+        """What orders a gene's options cheapest first: its stored bits, or for a KV gene (no
+        weights) its cache bits per token."""
+        return self._gene_size[gene][option]
 
     def fixed_kv_bits(self, tokens: int) -> float:
         """Bits of the KV cache of the attention layers no KV gene chooses for (16-bit)."""
@@ -243,8 +254,9 @@ class SearchSpace:
         return all(row.admits(candidate.choices) for row in self.constraints(budget))
 
     def cheapest(self) -> Candidate:
-        """The configuration of least stored bits (each gene at its cheapest option)."""
-        return Candidate(tuple(min(range(len(b)), key=b.__getitem__) for b in self._gene_bits))
+        """The configuration of least stored bits (each gene at its cheapest option; a KV gene
+        at its smallest cache)."""
+        return Candidate(tuple(min(range(len(b)), key=b.__getitem__) for b in self._gene_size))
 
     def check_budget(self, budget: Budget, label: str = "budget") -> None:
         """Raise :class:`BudgetError` naming the minimum when no configuration meets ``budget``:
@@ -343,11 +355,21 @@ class SearchSpace:
                    tuple(AttentionInfo(*a) for a in data.get("attention", ())),
                    data.get("unsearched_active_params"))
 
+    def decode_kv(self, candidate: Candidate) -> dict[str, QuantOption]:
+        """Attention layer → its KV-cache option, for every attention layer a KV gene holds."""
+        self.validate(candidate)
+        return {a.name: gene.options[choice]
+                for gene, choice in zip(self.genes, candidate.choices, strict=True)
+                for a in gene.kv}
+
     def summarize(self, candidate: Candidate) -> str:
-        """Compact per-option layer counts, e.g. ``int3-g128-asym×10 int4-g128-asym×26``."""
+        """Compact per-option layer counts, e.g. ``int3-g128-asym×10 int4-g128-asym×26``; KV-cache
+        choices as ``kv:fp8_e4m3×2``."""
         counts: dict[str, int] = {}
         for option in self.decode(candidate).values():
             counts[option.label] = counts.get(option.label, 0) + 1
+        for option in self.decode_kv(candidate).values():
+            counts[f"kv:{option.label}"] = counts.get(f"kv:{option.label}", 0) + 1
         return " ".join(f"{label}×{n}" for label, n in sorted(counts.items()))
 
 
@@ -368,6 +390,8 @@ def build_space(
     unsearched_bits: float = 16.0,
     attention: Sequence[AttentionInfo] = (),
     expert_group: int | None = None,
+    kv_options: Sequence[QuantOption] = (),
+    kv_tied: bool = False,
 ) -> SearchSpace:
     """Apply the spec's layer rules and tie patterns to the discovered layers.
 
@@ -376,7 +400,8 @@ def build_space(
     ``layer\\.(\\d+)\\.attention\\.self\\.(query|key|value)`` nothing is tied, with
     ``layer\\.(\\d+)\\.attention\\.self\\.(?:query|key|value)`` q/k/v are tied within each block, and
     a pattern without groups ties every layer it matches. ``attention`` (the model's, for a
-    memory budget) is kept for the cost model.
+    memory budget or a KV choice) is kept for the cost model. ``kv_options`` adds a KV gene per
+    attention layer (``{name}.kv_cache``), or one for them all (``kv_cache``) with ``kv_tied``.
 
     ``expert_group``: routed experts that no tie pattern ties share one choice per
     ``expert_group`` consecutive experts of a MoE layer, their matrices included
@@ -435,4 +460,11 @@ def build_space(
     # routed experts left out of the search: a token reads top_k / E of their parameters
     idle = sum(layer.numel - layer.active_numel for layer in layers if layer.name not in chosen)
     active = unsearched - idle if idle and total_params is not None else None
+    if kv_options:  # the KV cache's precision: a gene per attention layer, or one for them all
+        assert attention, "a KV choice needs the model's attention layers"
+        kv = tuple(dict.fromkeys(kv_options))
+        if kv_tied:
+            genes.append(Gene("kv_cache", (), kv, tuple(attention)))
+        else:
+            genes.extend(Gene(f"{a.name}.kv_cache", (), kv, (a,)) for a in attention)
     return SearchSpace(tuple(genes), unsearched, unsearched_bits, tuple(attention), active)

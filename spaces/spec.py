@@ -20,13 +20,14 @@ from pydantic import (
     PlainValidator,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from .budget import MemoryBudget
 from .limits import MAX_BITS, MAX_LATENCY_ROWS
 from .options import QuantOption
-from .space import Budget, LayerRule
+from .space import KV_FORMATS, Budget, LayerRule
 
 OPTION_KEYS = tuple(f.name for f in fields(QuantOption))
 
@@ -96,6 +97,18 @@ class SpaceConfig(BaseModel):
     runtime: Literal["vllm", "transformers", "llama.cpp"] | None = None
     # Routed experts (MoE models only): None searches each expert as one gene in a MoE model.
     experts: ExpertsConfig | None = None
+    # KV-cache precisions to search (causal LMs): per attention layer, or one for the model when
+    # the runtime takes one (vLLM's kv_cache_dtype). None: the 16-bit cache, not searched.
+    kv_cache: list[Option] | None = Field(default=None, min_length=1)
+
+    @field_validator("kv_cache")
+    @classmethod
+    def _kv_formats(cls, value: list[QuantOption] | None) -> list[QuantOption] | None:
+        for option in value or ():
+            if option.format not in KV_FORMATS or option.activations or option.sparse:
+                raise ValueError(f"space.kv_cache: {option.label} is not a KV-cache precision; "
+                                 f"valid: {', '.join(KV_FORMATS)}")
+        return value
 
     def rules(self) -> list[LayerRule]:
         return [rule.to_rule() for rule in self.layers]

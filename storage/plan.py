@@ -2,7 +2,8 @@
 
 A plan names, for every searched layer, the option the trial gave it (every field of
 :class:`QuantOption`: format, bits, group size, symmetry, sparsity, ...), its label and the cost
-model's effective bits, and records where it came from (study, trial, objective, model, dtype,
+model's effective bits (and, when the study searched it, each attention layer's KV-cache
+precision under ``kv_cache``), and records where it came from (study, trial, objective, model, dtype,
 calibration, spec hash, mpsearch version). Layers not in the plan keep their original weights.
 Plain data, no torch: :mod:`mpsearch.workers.checkpoint` turns a plan into weights.
 """
@@ -41,9 +42,12 @@ def build_plan(study: StudyRecord, trial: TrialRecord,
                levels: str | None = None) -> dict[str, Any]:
     """The plan of ``trial`` (a JSON-able dict; see ``docs/storage.md`` for every key).
     ``levels``: the level database root the study used (``apply`` reads GPTQ variants there)."""
-    layers = []
+    layers: list[dict[str, Any]] = []
+    kv_cache: list[dict[str, Any]] = []
     for gene, choice in zip(study.space.genes, trial.choices, strict=True):
         option = gene.options[choice]
+        kv_cache.extend({"attention": a.name, "gene": gene.name, "label": option.label,
+                         **option.to_dict()} for a in gene.kv)
         for layer in gene.layers:
             layers.append({
                 "name": layer.name, "gene": gene.name,
@@ -72,6 +76,7 @@ def build_plan(study: StudyRecord, trial: TrialRecord,
         },
         "unsearched_bits": study.space.unsearched_bits,
         "layers": layers,
+        **({"kv_cache": kv_cache} if kv_cache else {}),  # a searched KV-cache precision
     }
 
 
@@ -120,11 +125,19 @@ class Plan:
         return {layer["name"]: _option(layer, self.source) for layer in self.data["layers"]}
 
 
+    @property
+    def kv_cache(self) -> dict[str, QuantOption]:
+        """Attention layer → its KV-cache precision, for a plan of a study that searched it."""
+        return {entry["attention"]: _option(entry, self.source)
+                for entry in self.data.get("kv_cache", ())}
+
+
 def _option(layer: dict[str, Any], source: str) -> QuantOption:
     try:
         return QuantOption.from_dict({k: layer[k] for k in _OPTION_FIELDS if k in layer})
     except (TypeError, ValueError) as exc:
-        raise PlanError(f"{source}: layer {layer.get('name')!r}: {exc}") from None
+        raise PlanError(f"{source}: layer {layer.get('name', layer.get('attention'))!r}: "
+                        f"{exc}") from None
 
 
 def write_plan(plan: dict[str, Any], out: str | Path) -> Path:
@@ -161,4 +174,9 @@ def read_plan(source: str | Path) -> Plan:
         raise PlanError(f"{path}: field 'provenance' is missing")
     for layer in layers:  # every option is checked now, not at first use
         _option(layer, str(path))
-    return Plan(data, str(path))
+    kv = data.get("kv_cache", [])
+    if not isinstance(kv, list) or not all(isinstance(e, dict) and "attention" in e for e in kv):
+        raise PlanError(f"{path}: field 'kv_cache' must be a list of entries with an 'attention'")
+    plan = Plan(data, str(path))
+    plan.kv_cache  # noqa: B018  (checked now, not at first use)
+    return plan

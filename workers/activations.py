@@ -18,6 +18,7 @@ per tensor from its absmax, as a static per-tensor scale calibrated on that inpu
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -64,6 +65,31 @@ def input_activation_args(option: QuantOption) -> dict[str, Any] | None:
         return None
     kind = "int" if option.activations == "int8" else "float"
     return {"num_bits": 8, "type": kind, "symmetric": True, "strategy": "token", "dynamic": True}
+
+
+KV_CACHE_SCHEME = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
+                   "symmetric": True}  # compressed-tensors' kv_cache_scheme of an FP8 cache
+
+
+def kv_cache_amax_(model: nn.Module, attention: Mapping[str, tuple[nn.Module, nn.Module]],
+                   batches: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, tuple[float, float]]:
+    """Per attention layer, the largest |key| and |value| the cache holds over ``batches`` (the
+    k_proj and v_proj outputs of ``model`` as it stands): a static FP8 scale is amax / 448."""
+    seen = {name: [0.0, 0.0] for name in attention}
+    handles = []
+    for name, modules in attention.items():
+        for i, module in enumerate(modules):
+            def record(_m: nn.Module, _a: tuple, out: torch.Tensor, name=name, i=i) -> None:
+                seen[name][i] = max(seen[name][i], float(out.detach().abs().max()))
+            handles.append(module.register_forward_hook(record))
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: (k, v) for name, (k, v) in seen.items()}
 
 
 def quantize_inputs_(module: nn.Module, scheme: str) -> RemovableHandle:

@@ -80,8 +80,9 @@ def measure_profile(worker: Worker, pairs: Iterable[Pair], samples: int | None =
     if unknown:
         raise WorkerError(f"profile: no gene {unknown[0]!r} in the space "
                           f"(genes: {', '.join(list(genes)[:3])}, ...)")
-    if hessians and pairs:
-        worker.hessian(genes[pairs[0][0]].layers[0].name)  # gather now: it restores fp weights
+    weighted = [name for name, _ in pairs if genes[name].layers]  # KV genes have no weights
+    if hessians and weighted:
+        worker.hessian(genes[weighted[0]].layers[0].name)  # gather now: it restores fp weights
     worker.restore_()
     base = worker.score(samples)
     out = []
@@ -92,6 +93,8 @@ def measure_profile(worker: Worker, pairs: Iterable[Pair], samples: int | None =
             w_err, h_err = _proxies(worker, layers, option, hessians)
             for name in layers:
                 worker.set_layer_(name, option)
+            for attention in genes[gene_name].kv:  # a KV gene: its caches quantized
+                worker.set_kv_(attention.name, option)
             value = worker.score(samples)
             if not math.isfinite(value):
                 raise WorkerError(f"objective is not finite ({value})")
@@ -103,6 +106,8 @@ def measure_profile(worker: Worker, pairs: Iterable[Pair], samples: int | None =
         finally:
             for name in layers:
                 worker.set_layer_(name, None)
+            for attention in genes[gene_name].kv:
+                worker.set_kv_(attention.name, None)
     return out
 
 

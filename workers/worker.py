@@ -37,7 +37,7 @@ from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
 from . import level_codec
-from .activations import quantize_inputs_
+from .activations import quantize_inputs_, quantize_outputs_
 from .errors import WorkerError
 from .gptq import HessianAccumulator
 from .layers import ExpertSlice, get_weight, quantizable_targets, set_weight_
@@ -161,6 +161,12 @@ class Worker:
                          else get_weight(m) for name, m in self.modules.items()}
         self.current: dict[str, QuantOption | None] = dict.fromkeys(self.modules)  # None = original
         self.input_quant: dict[str, RemovableHandle] = {}  # layers whose inputs are quantized
+        # attention layers whose KV-cache precision is searched: their key and value projections
+        self.kv_projections = {a.name: tuple(self.model.get_submodule(f"{a.name}.{p}")
+                                             for p in ("k_proj", "v_proj"))
+                               for gene in space.genes for a in gene.kv}
+        self.kv_current: dict[str, QuantOption | None] = dict.fromkeys(self.kv_projections)
+        self.kv_quant: dict[str, list[RemovableHandle]] = {}
         self.batches = batches if batches is not None else self._tokenize(
             load_tokenizer(setup.model_path))
         self.samples = sum(b["input_ids"].shape[0] for b in self.batches)
@@ -438,13 +444,29 @@ class Worker:
         self.current[name] = option
         return True
 
+    def set_kv_(self, attention: str, option: QuantOption | None) -> bool:
+        """Quantize ``attention``'s KV cache as ``option`` says (None or fp16: the model's own
+        precision): its k_proj and v_proj outputs, per tensor; True if changed."""
+        if self.kv_current[attention] == option:
+            return False
+        for handle in self.kv_quant.pop(attention, ()):
+            handle.remove()
+        if option is not None and option.format != "fp16":
+            self.kv_quant[attention] = [quantize_outputs_(m, option.format)
+                                        for m in self.kv_projections[attention]]
+        self.kv_current[attention] = option
+        return True
+
     def restore_(self) -> None:
-        """Every layer back to its full-precision weight."""
+        """Every layer back to its full-precision weight, every KV cache to the model's."""
         for name in self.modules:
             self.set_layer_(name, None)
+        for attention in self.kv_projections:
+            self.set_kv_(attention, None)
 
     def apply_(self, candidate: Candidate) -> int:
-        """Point every layer at its variant for ``candidate``; returns how many layers changed."""
+        """Point every layer at its variant for ``candidate`` and set its KV-cache precisions;
+        returns how many layers (and caches) changed."""
         wanted = self.space.decode(candidate)
         if self.levels is not None:  # what the level database holds: read in parallel threads
             load_stored_(self, [(n, o) for n, o in wanted.items()
@@ -452,7 +474,9 @@ class Worker:
         for name, option in wanted.items():  # compress first: gathering statistics restores fp
             if self.current[name] != option:
                 self.variant(name, option)
-        return sum(self.set_layer_(name, option) for name, option in wanted.items())
+        changed = sum(self.set_layer_(name, option) for name, option in wanted.items())
+        return changed + sum(self.set_kv_(attention, option)
+                             for attention, option in self.space.decode_kv(candidate).items())
 
     # -- scoring ------------------------------------------------------------------------------
     @torch.inference_mode()
