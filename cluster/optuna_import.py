@@ -22,6 +22,7 @@ from mpsearch.storage.store import StudyRecord, TrialStore
 from mpsearch.storage.strategies import record_switch
 
 from .job import open_job_study, prepare
+from .latency import with_latency
 from .mirror import check_mirror, sync_mirror
 from .spec import JobSpec
 
@@ -41,7 +42,7 @@ def import_optuna_study(spec: JobSpec, url: str, name: str, store: TrialStore) -
         OptunaImportError: the Optuna study is missing or does not match the spec's space.
         MirrorConflictError: a foreign Optuna study of that name sits where the mirror goes.
     """
-    job = prepare(spec)
+    job = with_latency(prepare(spec), store.url)  # a latency budget's row: its stored table
     try:
         store.study(spec.study)
     except StudyNotFoundError:
