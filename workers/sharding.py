@@ -36,6 +36,7 @@ from torch import nn
 
 from mpsearch.spaces.space import SearchSpace
 
+from .layers import get_weight, quantizable_targets
 from .placement import BlockNeeds, Placement, place
 from .registry import HESSIAN, handler_for
 from .variant_cache import VariantCache
@@ -109,7 +110,7 @@ def estimate_needs(model: nn.Module, space: SearchSpace, *, batch_size: int, seq
     projections alive at once.
     """
     prefix, blocks = find_blocks(model)
-    modules = dict(model.named_modules())
+    modules = quantizable_targets(model)  # a fused expert's slice too
     options = {layer.name: len(gene.options) for gene in space.genes for layer in gene.layers}
     variants = dict.fromkeys((f"{prefix}.{i}" for i in range(len(blocks))), 0)
     outside_variants = 0
@@ -122,7 +123,7 @@ def estimate_needs(model: nn.Module, space: SearchSpace, *, batch_size: int, seq
                 cols = layer.in_features
                 statistics[block] += 8 * cols + (4 * cols * cols if HESSIAN in wanted else 0)
     for name, count in options.items():
-        w = modules[name].weight
+        w = get_weight(modules[name])
         size = w.numel() * w.element_size() * count
         block = block_of(name, prefix)
         if block in variants:

@@ -211,3 +211,14 @@ def test_a_spread_encoder_loaded_through_from_pretrained_scores_like_one_device(
     assert [len(s.blocks) for s in two.placement.shares] == [3, 3]
     for c in random_candidates(space, 3):
         assert two.evaluate(c).objective == one.evaluate(c).objective
+
+
+@pytest.mark.slow
+def test_a_spread_mixtral_with_fused_experts_scores_like_one_device(tiny_mixtral_path):
+    setup, space = setup_for(tiny_mixtral_path)
+    assert any(".experts." in layer.name for layer in space.layers)
+    one, two = Worker(setup, space), Worker(spread(setup, space), space)
+    assert [s.blocks for s in two.placement.shares] == [("model.layers.0",), ("model.layers.1",)]
+    for c in [space.uniform(o) for o in space.uniform_options()] + random_candidates(space, 2):
+        a, b = one.evaluate(c), two.evaluate(c)  # GPTQ on fused experts included
+        assert a.error is None and b.error is None and b.objective == a.objective
