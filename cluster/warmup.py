@@ -189,9 +189,9 @@ def set_up_workers(executor: Any, space: SearchSpace, db: LevelDatabase | None,
     _run(executor, queues, listener, plan, result)
     if routing:
         result.routing = ray.get(executor.actors[0].routing.remote())
-    if proxies:
-        result.proxies = _all_proxies(space, plan.stored_proxies, plan.proxy_values,
-                                      result.routing)
+    if proxies:  # the Fisher proxy averages over every token already: routing is in its values
+        weights = result.routing if proxy_kind == "hessian" else None
+        result.proxies = _all_proxies(space, plan.stored_proxies, plan.proxy_values, weights)
     return result
 
 

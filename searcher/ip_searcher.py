@@ -107,6 +107,10 @@ class ProfileParams(SearcherParams):
     def _routing_needs_proxy(self) -> ProfileParams:
         if self.routing and not self.proxy:
             raise ValueError("routing: true weights the proxies, so it needs proxy: true")
+        if self.routing and not self.anchors:
+            raise ValueError("routing: true shares anchors between experts, and anchors: false "
+                             "has none (the Fisher proxy counts each expert's tokens already); "
+                             "drop routing")
         return self
 
 

@@ -121,3 +121,20 @@ def test_an_active_bytes_budget_is_the_cost_models_row_and_the_program_meets_it(
         assert space.cost(solution).active_bytes <= budget.active_bytes + 1e-6
     with pytest.raises(SpecError, match="budget.active_bytes: .* has no routed experts"):
         prepare(parse_spec(fields(tiny_llama_path, tmp_path, budget={"active_bytes": 1e9})))
+
+
+def test_a_routed_experts_proxy_is_weighted_by_its_share_of_the_tokens():
+    from mpsearch.cluster.warmup import _all_proxies
+    from mpsearch.spaces import parse_option
+    from mpsearch.spaces.space import Gene, LayerInfo, SearchSpace
+
+    int4 = parse_option("int4-g32-asym")
+    q = LayerInfo("model.layers.0.self_attn.q_proj", 64, 64)
+    up, down = (LayerInfo(f"model.layers.0.mlp.experts.1.{m}", 64, 64, 0.5) for m in ("up", "down"))
+    space = SearchSpace((Gene("q", (q,), (int4,)), Gene("e1", (up, down), (int4,))))
+    computed = {(q.name, int4.label): 3.0, (up.name, int4.label): 2.0,
+                (down.name, int4.label): 5.0}
+    routing = {up.name: 0.25, down.name: 0.25}
+    assert _all_proxies(space, None, computed, routing) == {("q", int4.label): 3.0,
+                                                            ("e1", int4.label): 0.25 * 7.0}
+    assert _all_proxies(space, None, computed) == {("q", int4.label): 3.0, ("e1", int4.label): 7.0}

@@ -60,6 +60,8 @@ def test_the_experts_of_a_layer_share_the_probe_of_the_most_routed_one():
 def test_routing_needs_proxies_and_the_routing_fractions():
     with pytest.raises(ValueError, match="routing: true .* needs proxy: true"):
         IntegerProgramParams(routing=True)
+    with pytest.raises(ValueError, match="anchors: false has none"):
+        IntegerProgramParams(proxy="fisher", anchors=False, routing=True)
     space = moe_space()
     proxy = {(g.name, o.label): 1.0 for g in space.genes for o in g.options}
     with pytest.raises(SpecError, match="routing fractions"):
