@@ -39,6 +39,7 @@ from mpsearch.storage.latency import (
 )
 from mpsearch.storage.store import TrialStore, normalize_url
 
+from .executor import first_line
 from .job import PreparedJob, connect_for, worker_setup
 
 CHUNK = 16  # GEMM points per task: enough to amortize a task, small enough to spread
@@ -123,7 +124,7 @@ def _table(job: PreparedJob, url: str, address: str | None,
 
     threads = setup.threads or 1
     remote = ray.remote(num_cpus=w.cpus, num_gpus=gpus)
-    key = ray.get(remote(measure.probe_device).remote(setup.device, threads))
+    key = _get(ray.get, remote(measure.probe_device).remote(setup.device, threads))
     if cfg.device is not None and key.name != cfg.device:
         _no_table(cfg.device, job, url, f"the workers run on {key.name}")
     lkey = LatencyKey(key.name, key.versions, _dtype(job))
@@ -150,7 +151,7 @@ def _table(job: PreparedJob, url: str, address: str | None,
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        worker_key, value = ray.get(ready[0])
+        worker_key, value = _get(ray.get, ready[0])
         at = LatencyKey(worker_key.name, worker_key.versions, _dtype(job))
         if at != lkey:  # a worker of another kind: its figures belong to its own key
             raise BudgetError(f"budget.latency: the workers run on different devices ({key.name}, "
@@ -163,6 +164,17 @@ def _table(job: PreparedJob, url: str, address: str | None,
     table = latency_table(store, lkey, job.model.path, layers, cfg.batch, cfg.tokens)
     assert table is not None and not table.missing(job.space)
     return table
+
+
+def _get(get: Callable[[Any], Any], ref: Any) -> Any:
+    """``get(ref)``; a task that failed on its worker (a kernel error, no memory) is one line."""
+    from ray.exceptions import RayError
+
+    try:
+        return get(ref)
+    except RayError as exc:
+        raise BudgetError(f"budget.latency: measuring the latency table failed on a worker: "
+                          f"{first_line(exc)}") from None
 
 
 def _no_table(device: str, job: PreparedJob, url: str, why: str) -> None:

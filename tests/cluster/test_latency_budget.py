@@ -42,6 +42,18 @@ def test_a_named_device_without_a_table_is_one_line_and_nothing_is_stored(
     assert not (tmp_path / "study.db").exists()
 
 
+def test_workers_with_a_gpu_on_a_cluster_without_one_is_one_line(
+        tiny_llama_path, tmp_path, ray_session, cli_inprocess):
+    spec = tmp_path / "gpu.yaml"
+    f = fields(tiny_llama_path, tmp_path, "gpu", {"ms": 40}, avg_bits=6.0)
+    spec.write_text(yaml.safe_dump({**f, "workers": {"count": 1, "cpus": 1, "gpus": 1}}))
+    res = cli_inprocess.invoke("run", str(spec))
+    cli_inprocess.assert_one_line_error(
+        res, "budget.latency: no worker can measure the latency table",
+        "no GPU for workers.gpus=1")
+    assert not (tmp_path / "study.db").exists()
+
+
 def test_the_table_is_measured_once_stored_and_the_search_meets_it(
         tiny_llama_path, tmp_path, ray_session, cli_inprocess):
     url = f"sqlite:///{tmp_path / 'study.db'}"
