@@ -86,6 +86,52 @@ def strategies(bits: float, space: str) -> dict[str, dict]:
 PROXIED = ("integer-program-proxy", "hybrid-proxy")
 
 
+# The protocol of issue 16 (``--set confirm``): calibration at scale, paid for only where it counts.
+# Evolution and the hybrid screen offspring on the first ``screen`` calibration samples and
+# confirm the best four on all of them (EvoPress's multi-step selection, common random numbers:
+# every candidate of a stage on the same samples); the profile strategies score everything on
+# all of them. The figure at N evaluations is chosen by re-scoring the top ``--confirm-top`` of
+# the first N − top on the larger confirmation set (charged as evaluations): see confirmed_best.
+def confirm_strategies(screen: int) -> dict[str, dict]:
+    stages = [[16, screen], [4, None]]
+    return {
+        "random": {"name": "random"},
+        "optuna-tpe": {"name": "optuna", "params": {"sampler": "tpe"}},
+        "evolutionary": {"name": "evolutionary", "params": {"selection": stages}},
+        # one probe per layer scales the Hessian-weighted error (the proxy strategy of before)
+        "integer-program-hessian": {"name": "integer-program",
+                                    "params": {"proxy": "hessian", "solutions": 4}},
+        # the Fisher proxy is the profile: no probe
+        "integer-program-fisher": {"name": "integer-program",
+                                   "params": {"proxy": "fisher", "anchors": False,
+                                              "solutions": 4}},
+        # the program's optima seed the evolution, which only moves on confirmed improvements
+        "hybrid": {"name": "hybrid", "params": {"proxy": "fisher", "anchors": False, "seeds": 4,
+                                                "selection": stages}},
+    }
+
+
+def proxy_kind(config: dict) -> str | None:
+    """The proxy a strategy's parameters ask for (None: none)."""
+    proxy = config.get("params", {}).get("proxy", False)
+    return None if proxy is False else "hessian" if proxy is True else proxy
+
+
+def confirmed_best(trace: Trace, n: int, top: int, confirm: Scorer) -> tuple[float, Candidate] | None:
+    """The configuration named at ``n`` evaluations: the ``top`` best full-fidelity results of
+    the first ``n - top`` re-scored on the confirmation set (those ``top`` evaluations charged),
+    the lowest confirmed one. Returns (calibration objective, candidate)."""
+    done: dict[tuple[int, ...], tuple[float, Candidate]] = {}
+    for c, ok, v in trace.trials[:max(n - top - trace.charged, 0)]:
+        if ok and v is not None and c.samples is None and (c.choices not in done
+                                                           or v < done[c.choices][0]):
+            done[c.choices] = (v, c)
+    ranked = sorted(done.values(), key=lambda x: x[0])[:top]
+    if not ranked:
+        return None
+    return min(ranked, key=lambda x: confirm(x[1]) or math.inf)
+
+
 class Scorer:
     """One worker per sample set; scores cached by configuration."""
 
@@ -163,6 +209,39 @@ def merge(paths: list[Path]) -> dict:
     return merged
 
 
+def mean_heldout(runs: list[dict], n: int) -> float | None:
+    """Mean held-out figure of ``runs`` at ``n`` evaluations (None unless every run has one)."""
+    vals = [(r["at"].get(str(n)) or r["at"].get(n) or {}).get("heldout") for r in runs]
+    return None if not vals or None in vals else sum(vals) / len(vals)
+
+
+def target_lines(entry: dict, noise: float) -> list[str]:
+    """Issue 16's checks on one budget's table: the best at ≤ 250 evaluations against the best
+    uniform configuration, 1,000 against 250 per strategy, the hybrid against every other."""
+    u, runs = entry["uniform"]["heldout"], entry["runs"]
+    at = {name: {n: mean_heldout(r, n) for n in (250, 1000)} for name, r in runs.items()}
+    best = min(((v[250], name) for name, v in at.items() if v[250] is not None), default=None)
+    out = []
+    if best is not None:
+        out.append(f"* Best at 250 evaluations: {best[1]} {best[0]:.5f}, "
+                   f"{100 * (1 - best[0] / u):.1f} % below the best uniform ({u:.5f}).")
+    worse = [f"{name} (+{v[1000] - v[250]:.5f})" for name, v in at.items()
+             if v[250] is not None and v[1000] is not None and v[1000] > v[250] + noise]
+    out.append("* 1,000 ≤ 250 evaluations within the noise floor: " +
+               ("every strategy." if not worse else "not for " + ", ".join(worse) + "."))
+    if "hybrid" in at:
+        for n in (250, 1000):
+            mine = at["hybrid"][n]
+            others = {k: v[n] for k, v in at.items() if k != "hybrid" and v[n] is not None}
+            if mine is None or not others:
+                continue
+            rival = min(others, key=lambda k: others[k])
+            verdict = "within" if mine <= others[rival] + noise else "above"
+            out.append(f"* Hybrid at {n}: {mine:.5f}, best other {rival} {others[rival]:.5f} "
+                       f"({verdict} the noise floor).")
+    return out + [""]
+
+
 def report(results: dict, out: Path) -> str:
     """The markdown table (mean ± sd over seeds of the held-out objective) and one PNG per budget
     of best-so-far (calibration) vs evaluations."""
@@ -170,6 +249,7 @@ def report(results: dict, out: Path) -> str:
 
     lines = []
     evals = results["args"]["evaluations"]
+    model_name = Path(results.get("model", {}).get("path", "MiniLM")).name
     for key, entry in results["budgets"].items():
         bits, _, space = key.partition("-")
         space = space or "rtn"
@@ -203,6 +283,7 @@ def report(results: dict, out: Path) -> str:
         lines += ["", f"Noise floor (one configuration, two disjoint held-out sets, mean "
                       f"|difference| over {len(noise)} configurations): {statistics.mean(noise):.5f}.",
                   ""]
+        lines += target_lines(entry, statistics.mean(noise))
         try:
             import matplotlib
 
@@ -224,7 +305,7 @@ def report(results: dict, out: Path) -> str:
             ax.plot(xs, ys, label=name)
         ax.axhline(u["calib"], color="gray", ls="--", label="uniform (calibration)")
         ax.set(xscale="log", yscale="log", xlabel="evaluations", ylabel="best so far (calibration)",
-               title=f"MiniLM, {bits} effective bits, {space} space, mean over seeds")
+               title=f"{model_name}, {bits} effective bits, {space} space, mean over seeds")
         ax.set_ylim(top=1.5 * u["calib"])  # the baselines above it are the same in every run
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -340,6 +421,21 @@ def main() -> None:
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--frontier", action="store_true",
                     help="one frontier study over --budgets against one study per budget")
+    ap.add_argument("--set", choices=["default", "confirm"], default="default",
+                    help="strategies: today's, or issue 16's (multi-fidelity, Fisher, "
+                         "confirmation; see confirm_strategies)")
+    ap.add_argument("--screen", type=int, default=32,
+                    help="--set confirm: samples the first selection stage screens on")
+    ap.add_argument("--confirm-samples", type=int, default=0,
+                    help="confirmation set: the first N samples of the source (0: none)")
+    ap.add_argument("--confirm-top", type=int, default=4,
+                    help="configurations re-scored on the confirmation set at each count")
+    ap.add_argument("--source", default="stdlib-docs", help="calibration source (a .jsonl path)")
+    ap.add_argument("--objective", default=None, help="default: kl for causal LMs, else "
+                                                      "embedding_distortion")
+    ap.add_argument("--layers", default=None, help="searched layers (regex); default: the "
+                                                   "numbered blocks of the model")
+    ap.add_argument("--tf32", action="store_true", help="TF32 matmuls on the GPU (faster scores)")
     ap.add_argument("--report", nargs="+", default=None,
                     help="only redo the table and plots of results.json files (merged)")
     args = ap.parse_args()
@@ -351,11 +447,19 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.tf32:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = True
     info = inspect_model(ModelConfig(name=args.model))
-    rule = LayerRule(r"encoder\.layer\.\d+\.", tuple(parse_option(x) for x in SPACES[args.space]))
+    causal = info.kind == "causal-lm"
+    pattern = args.layers or (r"(?:transformer\.h|model\.layers)\.\d+\." if causal
+                              else r"encoder\.layer\.\d+\.")
+    rule = LayerRule(pattern, tuple(parse_option(x) for x in SPACES[args.space]))
     space = build_space(info.layers, [rule], (), info.total_params)
-    cal = CalibrationConfig(samples=args.samples, seq_len=args.seq_len)
-    setup = WorkerSetup(model_path=info.path, kind=info.kind, objective="embedding_distortion",
+    cal = CalibrationConfig(source=args.source, samples=args.samples, seq_len=args.seq_len)
+    objective = args.objective or ("kl" if causal else "embedding_distortion")
+    setup = WorkerSetup(model_path=info.path, kind=info.kind, objective=objective,
                         texts=(), seq_len=args.seq_len, device=args.device)
     stats = Worker(replace(setup, texts=tuple(load_texts(cal.model_copy(
         update={"samples": args.stats_samples})))), space)
@@ -365,14 +469,27 @@ def main() -> None:
         "offset": args.heldout_offset, "samples": args.heldout_samples})), stats)
     fresh = Scorer(setup, space, load_texts(cal.model_copy(update={
         "offset": args.noise_offset, "samples": args.heldout_samples})), stats)
+    confirm = Scorer(setup, space, load_texts(cal.model_copy(
+        update={"samples": args.confirm_samples})), stats) if args.confirm_samples else None
     top = max(args.evaluations)
-    names = args.strategies or [n for n in strategies(0.0, args.space) if n != "optuna-gp"]
-    proxy = measure_proxies(calib.worker, profile_pairs(space)) \
-        if any(name in PROXIED for name in names) else None
+    catalogue = strategies(0.0, args.space) if args.set == "default" else \
+        confirm_strategies(args.screen)
+    names = args.strategies or [n for n in catalogue if n != "optuna-gp"]
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        raise SystemExit(f"search_quality: unknown strategy {unknown[0]!r} in --set "
+                         f"{args.set}; valid: {', '.join(catalogue)}")
+    proxied = {n for n in names if n in PROXIED or proxy_kind(catalogue[n]) is not None}
+    kinds = {proxy_kind(catalogue[n]) or "hessian" for n in proxied}
+    proxies = {kind: measure_proxies(calib.worker, profile_pairs(space), kind=kind)
+               for kind in sorted(kinds)}
     if args.frontier:
-        print(frontier_table(frontier_cost(args, space, calib, held, fresh, proxy, out)))
+        print(frontier_table(frontier_cost(args, space, calib, held, fresh,
+                                           proxies.get("hessian"), out)))
         return
-    results: dict = {"args": vars(args), "device": args.device, "budgets": {}}
+    results: dict = {"args": vars(args), "device": args.device, "budgets": {},
+                     "model": {"path": info.path, "kind": info.kind, "objective": objective,
+                               "genes": len(space.genes)}}
     for bits in args.budgets:
         budget = Budget(avg_bits=bits)
         uniform = [space.uniform(o) for o in space.uniform_options()]
@@ -383,14 +500,16 @@ def main() -> None:
                  "uniforms": {space.summarize(c): {"calib": calib(c), "heldout": held(c)}
                               for c in feasible},
                  "runs": {}}
-        chosen = strategies(bits, args.space)
+        chosen = strategies(bits, args.space) if args.set == "default" else catalogue
         for name in names:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 n_max = min(top, args.gp_max) if name == "optuna-gp" else top
                 cfg = SearcherConfig(**chosen[name])
+                proxy = proxies.get(proxy_kind(chosen[name]) or "hessian") \
+                    if name in proxied else None
                 searcher = make_searcher(cfg, space, budget, seed,
                                          SearchContext(study=f"{name}-{bits}-{seed}", proxy=proxy))
-                trace, start = Trace(charged=int(name in PROXIED)), time.perf_counter()
+                trace, start = Trace(charged=int(name in proxied)), time.perf_counter()
                 run_search(searcher, SerialExecutor(calib), trace, n_max - trace.charged, space,
                            budget)
                 seconds = time.perf_counter() - start
@@ -398,9 +517,11 @@ def main() -> None:
                 for n in args.evaluations:
                     if n > n_max:
                         continue
-                    best = trace.best(n)
+                    best = trace.best(n) if confirm is None else \
+                        confirmed_best(trace, n, args.confirm_top, confirm)
                     if best is not None:
                         at[n] = {"calib": best[0], "heldout": held(best[1]),
+                                 **({"confirmed": confirm(best[1])} if confirm else {}),
                                  "fresh": fresh(best[1]), "label": space.summarize(best[1]),
                                  "avg_bits": space.cost(best[1]).avg_bits}
                 entry["runs"].setdefault(name, []).append(

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 16's search-quality run on one GPU machine, in one call: trains the causal LM
+# (bench/train_causal_lm.py) while the MiniLM grid runs, then the GPT-2 grid with KL; both with
+# `--set confirm` (multi-fidelity selection, the Fisher proxy, confirmation on a larger set),
+# full space, 3.5 and 4.25 bits, 3 seeds, 1,000 evaluations; held-out samples the search never
+# used. Every process stops by DEADLINE seconds after the start (default 450) and keeps what it
+# finished. Usage: bench/search_quality_confirm.sh OUT_DIR [DEADLINE]; then
+#   python bench/search_quality.py --report OUT_DIR/minilm-*/results.json --out OUT_DIR/minilm
+set -u
+out=$1 deadline=${2:-450}
+start=$(date +%s)
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+left() { echo $(( deadline - ($(date +%s) - start) - 10 )); }
+run() {  # name, then search_quality.py arguments
+    local name=$1; shift
+    mkdir -p "$out/$name"
+    timeout "$(left)" python bench/search_quality.py --device cuda --tf32 --set confirm \
+        --space full --seeds 3 --evaluations 50 250 1000 --out "$out/$name" "$@" \
+        > "$out/$name/log.txt" 2>&1 &
+}
+grid() {  # prefix, then the model's arguments
+    local prefix=$1; shift
+    for bits in 3.5 4.25; do
+        run "$prefix-$bits-evo" "$@" --budgets $bits --strategies evolutionary
+        run "$prefix-$bits-hybrid" "$@" --budgets $bits --strategies hybrid
+        run "$prefix-$bits-ip" "$@" --budgets $bits \
+            --strategies integer-program-fisher integer-program-hessian random
+        run "$prefix-$bits-tpe" "$@" --budgets $bits --strategies optuna-tpe
+    done
+}
+mkdir -p "$out/lm"
+python bench/train_causal_lm.py --out "$out/lm/model" --seconds "${TRAIN_SECONDS:-110}" \
+    --calib-chars 400 > "$out/lm/train.log" 2>&1 &
+train=$!
+# MiniLM: 512 calibration samples × 64 tokens (32K), screening on 64, confirmation on 896;
+# held-out 256 at 896, noise floor 256 at 1152 (stdlib-docs has ~1,560 samples on Python 3.12)
+grid minilm --samples 512 --screen 64 --confirm-samples 896 --stats-samples 256 --seq-len 64 \
+    --heldout-offset 896 --heldout-samples 256 --noise-offset 1152
+wait $train
+cp "$out/lm/model/training.json" "$out/lm/" 2>/dev/null
+# GPT-2 on chunks of the standard-library files it never trained on: 128 × 128 tokens (16K),
+# screening on 32, confirmation on 512; held-out 256 at 512, noise floor 256 at 768
+grid gpt2 --model "$out/lm/model" --source "$out/lm/model/calib.jsonl" --samples 128 \
+    --screen 32 --confirm-samples 512 --stats-samples 256 --seq-len 128 \
+    --heldout-offset 512 --heldout-samples 256 --noise-offset 768
+wait
+rm -f "$out/lm/model/model.safetensors"  # rebuilt by the script; the figures do not need it
+for prefix in minilm gpt2; do
+    python bench/search_quality.py --report "$out/$prefix"-*/results.json --out "$out/$prefix" \
+        > "$out/$prefix.md" 2>&1
+done
