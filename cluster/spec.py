@@ -91,6 +91,9 @@ class JobSpec(BaseModel):
 # Spec fields added after studies were stored, with their defaults (see ``JobSpec.identity``).
 _LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "calibration": {"split": "train", "subset": None, "chat_template": False},
+    "space": {"experts": None, "kv_cache": None},
+    "budget": {"memory": None, "active_bytes": None, "latency": None},
+    "searcher": {"baselines": True, "confirm": 0},
 }
 
 

@@ -138,3 +138,16 @@ def test_a_routed_experts_proxy_is_weighted_by_its_share_of_the_tokens():
     assert _all_proxies(space, None, computed, routing) == {("q", int4.label): 3.0,
                                                             ("e1", int4.label): 0.25 * 7.0}
     assert _all_proxies(space, None, computed) == {("q", int4.label): 3.0, ("e1", int4.label): 7.0}
+
+
+def test_a_study_stored_before_the_serving_fields_keeps_its_identity(tiny_llama_path, tmp_path):
+    """Fields added since (space.experts, budget.active_bytes, …) are left out at their defaults,
+    so a rerun of a spec stored before them is the same study; given, they count."""
+    spec = parse_spec(fields(tiny_llama_path, tmp_path))
+    identity = spec.identity()
+    assert set(identity["space"]) == {"layers", "tie", "unsearched_bits", "runtime"}
+    assert set(identity["budget"]) == {"avg_bits", "total_bytes"}
+    assert set(identity["searcher"]) == {"name", "params"}
+    moe = parse_spec(fields(tiny_llama_path, tmp_path, budget={"avg_bits": 4.5,
+                                                               "active_bytes": 1e6}))
+    assert moe.identity()["budget"]["active_bytes"] == 1e6
