@@ -46,7 +46,13 @@ from torch import nn
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.runtime import fused_conflicts, refusal
 
-from .activations import input_activation_args
+from .activations import (
+    FP8_MAX,
+    FP8_MIN_SCALE,
+    KV_CACHE_SCHEME,
+    input_activation_args,
+    kv_cache_amax_,
+)
 from .checkpoint import (
     PLAN_FILE,
     CheckpointError,
@@ -188,14 +194,55 @@ def _dense_fp16_(modules: Mapping[str, nn.Module], options: Mapping[str, QuantOp
             weight.data = half
 
 
+def kv_cache_option(kv_cache: Mapping[str, QuantOption]) -> QuantOption | None:
+    """The one precision of a plan's quantized KV cache (None: 16-bit), or :class:`ExportError`:
+    compressed-tensors holds one ``kv_cache_scheme`` for the whole model."""
+    labels = {o.label for o in kv_cache.values()}
+    if labels <= {"fp16"}:
+        return None
+    if len(labels) > 1:
+        mixed = ", ".join(f"{n}={o.label}" for n, o in list(kv_cache.items())[:3])
+        raise ExportError(f"compressed-tensors holds one kv_cache_scheme per model, the plan gives "
+                          f"{mixed}, ...; search with space.runtime: vllm, which takes one")
+    return next(iter(kv_cache.values()))
+
+
+def _store_kv_scales_(worker: Any, model: nn.Module, kv_cache: Mapping[str, QuantOption]) -> None:
+    """``{attention}.k_scale`` and ``.v_scale`` (fp32 scalars, as vLLM reads them): the static FP8
+    scale of each layer's keys and values, amax / 448 over the calibration samples, with the
+    plan's weights (and W8A8 inputs) as scored."""
+    if not worker.batches:
+        raise ExportError("an FP8 KV cache's scales are calibrated on the plan's calibration "
+                          "texts, and the plan records none")
+    modules = dict(model.named_modules())
+    projections = {a: (modules[f"{a}.k_proj"], modules[f"{a}.v_proj"]) for a in kv_cache}
+    batches = [{k: v.to("cpu") for k, v in b.items()} for b in worker.batches]
+    for attention, (k, v) in kv_cache_amax_(model, projections, batches).items():
+        for name, value in (("k_scale", k), ("v_scale", v)):
+            modules[attention].register_buffer(
+                name, torch.tensor(max(value / FP8_MAX, FP8_MIN_SCALE), dtype=torch.float32))
+
+
+def _add_kv_cache_scheme(out: Path) -> None:
+    """The FP8 ``kv_cache_scheme`` in the checkpoint's ``quantization_config`` (vLLM then runs
+    ``kv_cache_dtype=fp8`` with the stored scales)."""
+    path = out / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["quantization_config"]["kv_cache_scheme"] = dict(KV_CACHE_SCHEME)
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
 def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOption],
                               out_dir: str | Path, plan: Mapping[str, Any] | None = None,
-                              runtime: str = "transformers") -> ExportResult:
+                              runtime: str = "transformers",
+                              kv_cache: Mapping[str, QuantOption] | None = None) -> ExportResult:
     """Apply ``options`` on ``setup`` and write a compressed-tensors checkpoint to ``out_dir``.
 
     ``setup`` is the trial's scoring setup (its dtype is the checkpoint's; GPTQ and Wanda use its
     calibration texts). ``runtime`` ``vllm`` also refuses what vLLM cannot load (asymmetric or
-    other than 4- and 8-bit integers, fused layers with different options).
+    other than 4- and 8-bit integers, fused layers with different options). ``kv_cache``
+    (attention layer → precision, the plan's) at FP8 writes the config's ``kv_cache_scheme`` and
+    each layer's ``k_scale``/``v_scale``, calibrated on ``setup``'s texts (one precision for all).
     Raises :class:`ExportError` (nothing written) for an option the format
     cannot hold, :class:`CheckpointError` for an unwritable ``out_dir`` or a plan naming layers
     the model lacks.
@@ -211,6 +258,7 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
     from transformers import AutoTokenizer
 
     schemes = compressed_tensors_schemes(_shapes_model(setup), options, runtime)
+    kv_option = kv_cache_option(kv_cache or {})
     out = _prepare_out(out_dir)
     try:
         worker = plan_worker(setup, options)
@@ -224,6 +272,9 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
             scored = worker.variant(name, option)
             assert torch.equal(enc.dequantize(scored.dtype).to(scored.device), scored), name
             encoded[name] = enc
+        if kv_option is not None:  # calibrated while the model still runs as scored
+            assert kv_cache is not None
+            _store_kv_scales_(worker, model, kv_cache)
         groups = _config_groups(options, schemes)
         config = QuantizationConfig(
             config_groups={group: QuantizationScheme(
@@ -241,6 +292,8 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
         _copy_side_files(setup.model_path, out)
         model.save_pretrained(out)
         compressor.update_config(str(out))
+        if kv_option is not None:
+            _add_kv_cache_scheme(out)
         AutoTokenizer.from_pretrained(setup.model_path).save_pretrained(out)
         if plan is not None:
             (out / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")

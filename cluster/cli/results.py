@@ -315,7 +315,8 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
 
     info = inspect_model(ModelConfig(name=source, kind=scoring.kind))
     check_plan_shapes(info.path, info.kind, shapes)
-    calibrated = any(needs_calibration(o) for o in plan.options.values())
+    calibrated = any(needs_calibration(o) for o in plan.options.values()) or any(
+        o.format != "fp16" for o in plan.kv_cache.values())  # an FP8 cache's scales
     setup = _scoring_setup(scoring, source) if scoring.calibration and (calibrated or verify) \
         else None
     if setup is not None and calibrated:
@@ -326,7 +327,8 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
 
             info = inspect_model(ModelConfig(name=source, kind=scoring.kind))
             setup = weights_only_setup(info.path, info.kind, scoring.dtype)
-        path = export_compressed_tensors(setup, plan.options, out_dir, plan.data, runtime).path \
+        path = export_compressed_tensors(setup, plan.options, out_dir, plan.data, runtime,
+                                         plan.kv_cache).path \
             if format == COMPRESSED_TENSORS else export_gguf(setup, plan.options, out_dir, plan.data)
     else:
         path = write_checkpoint(source, plan.options, out_dir, kind=scoring.kind,
