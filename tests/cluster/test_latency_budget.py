@@ -80,8 +80,8 @@ def test_the_table_is_measured_once_stored_and_the_search_meets_it(
                 for o in ("int2-g32-asym", "int4-g32-asym"))
     ms = (low + mid) / 2
     spec = tmp_path / "b.yaml"
-    spec.write_text(yaml.safe_dump(fields(tiny_llama_path, tmp_path, "b", {**lat, "ms": ms},
-                                          avg_bits=6.0)))
+    b = fields(tiny_llama_path, tmp_path, "b", {**lat, "ms": ms}, avg_bits=6.0)
+    spec.write_text(yaml.safe_dump({**b, "workers": {"count": 1, "cpus": 1}}))
     res = cli_inprocess.invoke("run", str(spec))
     assert res.code == 0, res.stderr
     assert "measuring" not in res.stderr
