@@ -151,3 +151,32 @@ def test_a_study_stored_before_the_serving_fields_keeps_its_identity(tiny_llama_
     moe = parse_spec(fields(tiny_llama_path, tmp_path, budget={"avg_bits": 4.5,
                                                                "active_bytes": 1e6}))
     assert moe.identity()["budget"]["active_bytes"] == 1e6
+
+
+@pytest.mark.parametrize("name", ["evolutionary", "evolutionary-population", "hybrid",
+                                  "integer-program", "optuna", "random"])
+def test_every_strategy_meets_an_active_bytes_budget(tiny_mixtral_path, tmp_path, name):
+    from mpsearch.searcher import SearchContext, SearcherConfig, make_searcher
+
+    from .test_memory_budget import _additive, _run
+
+    options = ["int2-g32-asym", "int4-g32-asym", "int8-g32-asym", "fp16"]
+    probe = prepare(parse_spec(fields(tiny_mixtral_path, tmp_path, space={
+        "layers": [{"match": r"layers\.\d+\.", "options": options}]},
+        budget={"active_bytes": 1e12})))
+    (row,) = probe.space.constraints(probe.budget)
+    top = row.value(probe.space.uniform(probe.space.uniform_options()[-1]).choices)
+    bound = row.least() + 0.4 * (top - row.least())
+    job = prepare(parse_spec(fields(tiny_mixtral_path, tmp_path, space={
+        "layers": [{"match": r"layers\.\d+\.", "options": options}]},
+        budget={"active_bytes": bound})))
+    f = _additive(job.space)
+    params = {"hybrid": {"seeds": 2}}.get(name, {})
+    searcher = make_searcher(SearcherConfig(name=name, params=params), job.space, job.budget, 0,
+                             SearchContext(study=f"active-{name}"))
+    proposed = [(c, ok) for c, ok in _run(searcher, f, 80, slots=2)
+                if not c.origin.endswith(":probe") and c.origin != "uniform"]
+    assert proposed
+    for c, ok in proposed:
+        active = job.space.cost(c).active_bytes
+        assert ok and active is not None and active <= bound + 1e-6, (name, c, active, bound)
