@@ -71,13 +71,14 @@ def with_latency(job: PreparedJob, store_url: str, address: str | None = None,
 
 
 def _existing_store(url: str) -> TrialStore | None:
-    """The store at ``url`` if it exists; a SQLite file is not created to look for a table."""
+    """The store at ``url``; None for a SQLite file that does not exist yet (it is not created
+    to look for a table: a refused budget leaves no file behind)."""
+    if not normalize_url(url).startswith("sqlite"):
+        return TrialStore(url)
     try:
         return TrialStore(url, create=False)
     except StoreError:
-        if normalize_url(url).startswith("sqlite"):
-            return None
-        raise
+        return None
 
 
 def _dtype(job: PreparedJob) -> str:

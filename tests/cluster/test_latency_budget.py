@@ -3,15 +3,25 @@ search meets it; a device with no table and no worker to measure it is one line,
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from mpsearch.cluster.job import prepare
 from mpsearch.cluster.latency import with_latency
 from mpsearch.cluster.spec import parse_spec
 from mpsearch.spaces import parse_option
-from mpsearch.spaces.latency import gemm_points
+from mpsearch.spaces.errors import BudgetError
+from mpsearch.spaces.latency import LatencyEntry, Timing, gemm_points
 from mpsearch.storage import TrialStore
-from mpsearch.storage.latency import latency_table, stored_devices
+from mpsearch.storage.latency import (
+    LatencyKey,
+    RestRecord,
+    latency_table,
+    layers_fingerprint,
+    save_entries,
+    save_rest,
+    stored_devices,
+)
 
 
 def fields(tiny_llama_path, tmp_path, study, latency, **budget):
@@ -40,6 +50,32 @@ def test_a_named_device_without_a_table_is_one_line_and_nothing_is_stored(
         res, "budget.latency: no latency table of NVIDIA H200 (float32, batch 8 × 1 tokens",
         "(no such file)", "the workers run on CPUs", "run once with workers on NVIDIA H200")
     assert not (tmp_path / "study.db").exists()
+
+
+def test_a_stored_table_of_a_named_device_serves_workers_of_another(
+        tiny_llama_path, tmp_path, store_url):
+    # the H200's table stored (as a GPU run would), searched for on CPU workers: no Ray, no
+    # measuring; on SQLite and PostgreSQL
+    spec = parse_spec({**fields(tiny_llama_path, tmp_path, "h200", {
+        "ms": 40, "batch": 8, "tokens": 1, "device": "NVIDIA H200"}, avg_bits=6.0),
+        "storage": {"url": store_url}})
+    job = prepare(spec)
+    key = LatencyKey("NVIDIA H200", "torch 2.11.0+cu130, cuda 13.0", "float32")
+    entries = [LatencyEntry(p, 8, 1, Timing(0.001 * (i + 1), 0, 0, 0, 0, 50, True), "op", True)
+               for i, p in enumerate(gemm_points(job.space))]
+    store = TrialStore(store_url)
+    save_entries(store, key, entries)
+    save_rest(store, key, job.model.path, layers_fingerprint(job.space.layers), 8, 1,
+              RestRecord(2.5, 2.4, 2.6, 50))
+    (row,) = with_latency(job, store_url).budget.extra
+    table = latency_table(store, key, job.model.path, job.space.layers, 8, 1)
+    assert table is not None and row.costs == table.gene_costs(job.space)
+    assert row.constant == 2.5 and row.limit == 40
+    # another batch has no table: refused in one line (the workers run on CPUs)
+    other = parse_spec({**spec.model_dump(mode="json"), "budget": {
+        "avg_bits": 6.0, "latency": {"ms": 40, "batch": 4, "device": "NVIDIA H200"}}})
+    with pytest.raises(BudgetError, match="no latency table of NVIDIA H200 .*batch 4"):
+        with_latency(prepare(other), store_url)
 
 
 def test_workers_with_a_gpu_on_a_cluster_without_one_is_one_line(
