@@ -56,8 +56,9 @@ def refusal(runtime: str, option: QuantOption) -> str | None:
                                                 "mxfp4, int4-g32-sym, int8-g32-sym and fp16")
     if option.sparse:
         return f"{runtime} loads no pruned weights (compressed-tensors stores none)"
-    if option.format not in ("int", "fp8_e4m3", "fp16"):
-        return f"{runtime} loads int, fp8_e4m3 and fp16 weights through compressed-tensors"
+    if option.format not in ("int", "fp8_e4m3", "nvfp4", "mxfp4", "fp16"):
+        return (f"{runtime} loads int, fp8_e4m3, nvfp4, mxfp4 and fp16 weights through "
+                "compressed-tensors")
     if runtime == "vllm" and option.format == "int" and (not option.symmetric
                                                          or option.bits not in (4, 8)):
         return "vLLM's packed integer kernels take symmetric 4- and 8-bit weights"

@@ -127,6 +127,21 @@ def compressed_tensors_schemes(model: nn.Module, options: Mapping[str, QuantOpti
     return schemes
 
 
+def _refuse_fp4_outside_bfloat16(options: Mapping[str, QuantOption], dtype: str,
+                                 runtime: str) -> None:
+    """compressed-tensors decompresses NVFP4 and MXFP4 weights into bfloat16 (its FP4 unpacking
+    has no other dtype), so transformers runs them in a bfloat16 model only: a float16 or float32
+    study is refused for transformers (vLLM runs the same parts with its own kernels)."""
+    if runtime != "transformers" or dtype == "bfloat16":
+        return
+    for name, option in options.items():
+        if option.format in ("nvfp4", "mxfp4"):
+            raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
+                              f"compressed-tensors from a {dtype} study for transformers: "
+                              "compressed-tensors decompresses FP4 weights to bfloat16, which a "
+                              f"{dtype} model cannot run (score in bfloat16, or --runtime vllm)")
+
+
 def _config_groups(options: Mapping[str, QuantOption],
                    schemes: Mapping[str, dict[str, Any] | None]) -> dict[str, tuple[str, list[str]]]:
     """group name → (option label, module names), one group per distinct quantized option."""
@@ -144,10 +159,16 @@ def _signed(codes: torch.Tensor, option: QuantOption) -> torch.Tensor:
 
 
 def _scale_parts(name: str, enc: Encoded, dtype: torch.dtype) -> torch.Tensor:
-    """``enc``'s scales as written: float16, the cost model's 16 bits (fp16 values: the loader
-    widens them exactly into the scale parameters compressed-tensors creates in the model's
-    dtype). A bfloat16 model's parameters cannot hold every fp16 scale: such a layer is refused."""
+    """``enc``'s scales as written: NVFP4's as E4M3, MXFP4's as E8M0 exponents (uint8, 2^(e−127)),
+    the others as float16, the cost model's 16 bits (fp16 values: the loader widens them exactly
+    into the scale parameters compressed-tensors creates in the model's dtype). A bfloat16 model's
+    parameters cannot hold every fp16 scale: such a layer is refused."""
     assert enc.scale is not None
+    if enc.option.format == "nvfp4":
+        return enc.scale.to(torch.float8_e4m3fn)  # exact: the scales are E4M3 values
+    if enc.option.format == "mxfp4":
+        _, exp = torch.frexp(enc.scale)  # scale = 2^(exp − 1), E8M0's range
+        return (exp - 1 + 127).to(torch.uint8)
     scale = enc.scale.to(torch.float16)
     if dtype == torch.bfloat16 and not torch.equal(scale.to(dtype).float(), enc.scale):
         raise ExportError(f"layer {name}: option {enc.option.label} cannot be exported to "
@@ -176,6 +197,15 @@ def _store_parts_(module: nn.Module, enc: Encoded, scale_values: torch.Tensor) -
                 assert zp.shape == module.weight_zero_point.shape, (zp.shape,
                                                                     module.weight_zero_point.shape)
                 module.weight_zero_point.data = zp
+        elif option.format in ("nvfp4", "mxfp4"):
+            from compressed_tensors.compressors.nvfp4.helpers import pack_fp4_to_uint8
+
+            packed = pack_fp4_to_uint8(enc.values.float())  # exact: the values are E2M1 numbers
+            assert packed.shape == module.weight_packed.shape
+            module.weight_packed.data = packed
+            if enc.global_scale is not None:  # NVFP4: compressed-tensors stores 1/g
+                inverse = cast(torch.Tensor, module.weight_global_scale)
+                inverse.data = (1 / enc.global_scale.float()).reshape(inverse.shape)
         else:  # FP8 E4M3: the float8 values as they are
             module.weight.data = enc.values.clone()
 
@@ -259,6 +289,7 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
 
     schemes = compressed_tensors_schemes(_shapes_model(setup), options, runtime)
     kv_option = kv_cache_option(kv_cache or {})
+    _refuse_fp4_outside_bfloat16(options, setup.dtype, runtime)
     out = _prepare_out(out_dir)
     try:
         worker = plan_worker(setup, options)

@@ -328,6 +328,16 @@ class Nvfp4Handler(FormatHandler):
         return (values * enc.scale.reshape(-1, 1) * enc.global_scale).reshape(enc.values.shape)
 
 
+    def compressed_tensors_args(self, option: QuantOption,
+                                in_features: int) -> dict[str, Any] | None:
+        """``nvfp4-pack-quantized`` (compressed-tensors' NVFP4A16): E4M3 scales per 16 and the
+        per-tensor scale, stored as its inverse (``weight_global_scale`` = 1/g)."""
+        self.refuse_sparsity(option, "compressed-tensors")
+        return {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16,
+                "symmetric": True, "dynamic": False, "scale_dtype": torch.float8_e4m3fn,
+                "zp_dtype": torch.float8_e4m3fn}
+
+
 class Mxfp4Handler(FormatHandler):
     """``mxfp4``: E2M1 values, an E8M0 power-of-two scale per 32 (OCP MX v1.0)."""
 
@@ -341,6 +351,14 @@ class Mxfp4Handler(FormatHandler):
         assert enc.scale is not None
         values = as_blocks(enc.values, MXFP4_BLOCK)
         return (values * enc.scale.reshape(-1, 1)).reshape(enc.values.shape)
+
+    def compressed_tensors_args(self, option: QuantOption,
+                                in_features: int) -> dict[str, Any] | None:
+        """``mxfp4-pack-quantized`` (compressed-tensors' MXFP4A16): E8M0 exponents per 32."""
+        self.refuse_sparsity(option, "compressed-tensors")
+        return {"num_bits": 4, "type": "float", "strategy": "group", "group_size": 32,
+                "symmetric": True, "dynamic": False, "scale_dtype": torch.uint8,
+                "zp_dtype": torch.uint8}
 
 
 class Nf4Handler(FormatHandler):

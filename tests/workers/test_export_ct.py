@@ -102,6 +102,40 @@ def test_export_loads_in_a_fresh_process_and_reproduces_the_trial(request, tmp_p
     assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
 
 
+MIXED_FP4 = ("nvfp4", "mxfp4", "fp16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, objective", [("tiny_llama_path", "kl"),
+                                              ("minilm_path", "embedding_distortion")])
+def test_fp4_export_of_a_bfloat16_study_reproduces_the_trial(request, tmp_path, model, objective,
+                                                             scored_trial):
+    """NVFP4 and MXFP4 as compressed-tensors stores them (E2M1 codes two a byte; E4M3 scales and
+    1/g, or E8M0 exponents), the trial's own parts, rescored by transformers in a fresh process."""
+    from safetensors import safe_open
+
+    worker, options, stored, cost = scored_trial(request.getfixturevalue(model), objective,
+                                                 "bfloat16", MIXED_FP4)
+    result = export_compressed_tensors(worker.setup, options, tmp_path / "ct")
+    config = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    assert sorted(g["format"] for g in config["config_groups"].values()) == [
+        "mxfp4-pack-quantized", "nvfp4-pack-quantized"]
+    by_label = {o.label: n for n, o in options.items()}
+    with safe_open(tmp_path / "ct" / "model.safetensors", "pt") as f:
+        nv, mx = by_label["nvfp4"], by_label["mxfp4"]
+        enc = worker.encoded(nv, options[nv])
+        assert torch.equal(f.get_tensor(f"{nv}.weight_scale").float(), enc.scale)
+        assert torch.equal(f.get_tensor(f"{nv}.weight_global_scale"), 1 / enc.global_scale.reshape(1))
+        enc = worker.encoded(mx, options[mx])
+        assert torch.equal(2.0 ** (f.get_tensor(f"{mx}.weight_scale").float() - 127), enc.scale)
+        assert f.get_tensor(f"{mx}.weight_packed").dtype == torch.uint8
+    value = rescore_in_fresh_process(worker, tmp_path / "ct", tmp_path)
+    assert value == pytest.approx(stored, rel=1e-4)
+    print(f"re-scored {value}; stored {stored}; on disk {result.weight_bytes} bytes; cost model "
+          f"{cost.total_bytes:.0f} bytes")
+    assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
+
+
 def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_path,
                                                                      tiny_gpt2_path, tmp_path):
     setup = scoring_setup(tiny_llama_path, "auto", "kl", CALIBRATION)
@@ -113,6 +147,11 @@ def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_
                                                         "exported to compressed-tensors: ") + why):
             export_compressed_tensors(setup, {layer: parse_option(label)}, tmp_path / label)
         assert not (tmp_path / label).exists()  # refused before anything is written
+    with pytest.raises(ExportError, match=f"layer {layer}: option nvfp4 cannot be exported to "
+                                          "compressed-tensors from a float32 study for "
+                                          "transformers: .* to bfloat16"):
+        export_compressed_tensors(setup, {layer: parse_option("nvfp4")}, tmp_path / "nvfp4")
+    assert not (tmp_path / "nvfp4").exists()
     q, k = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"
     mixed = {q: parse_option("int4-g32-sym"), k: parse_option("int8-ch-sym")}
     export_ok = compressed_tensors_schemes(_shapes_model(setup), mixed)  # transformers loads it
