@@ -148,3 +148,11 @@ def test_a_memory_budget_on_an_encoder_is_one_line(tmp_path):
     res = invoke("run", str(spec))
     assert_one_line_error(res, "budget.memory: model 'minilm' is an encoder")
     assert not db.exists()
+
+
+def test_a_memory_frontier_is_a_list_of_bytes():
+    budget = parse_spec({"study": "f", "budget": {"avg_bits": 5, "memory": {
+        "bytes": [3e7, "2e7"], "context": 2048, "batch": 2}}}).budget
+    assert budget.axis == "memory"
+    assert budget.to_budgets() == tuple(Budget(avg_bits=5, memory=MemoryBudget(b, 2048, 2))
+                                        for b in (2e7, 3e7))
