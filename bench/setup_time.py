@@ -149,11 +149,10 @@ def spec_for(args, work: Path, study: str) -> dict[str, Any]:
     }
 
 
-def space_of(model: torch.nn.Module) -> SearchSpace:
+def space_of(layers, total_params: int) -> SearchSpace:
     cfg = SpaceConfig.model_validate({"layers": [{"match": MATCH, "options": OPTIONS}],
                                       "tie": TIES})
-    return build_space(discover_layers(model), cfg.rules(), cfg.tie,
-                       sum(p.numel() for p in model.parameters()))
+    return build_space(layers, cfg.rules(), cfg.tie, total_params)
 
 
 # -- in process -------------------------------------------------------------------------------
@@ -205,7 +204,7 @@ def ratio(worker: Worker, device: torch.device, evals: int) -> dict[str, float]:
 
 def in_process(args, model: torch.nn.Module, work: Path, results: dict, out: Path) -> None:
     device = torch.device(args.device)
-    space = space_of(model)
+    space = space_of(discover_layers(model), sum(p.numel() for p in model.parameters()))
     setup = replace(worker_setup(args, work), proxies=True,
                     # the timed GPTQ level (14 GB for 8B) stays on the GPU
                     cache_device_bytes=40 << 30 if args.device == "cuda" else None)
@@ -246,10 +245,10 @@ def worker_setup(args, work: Path) -> WorkerSetup:
                        else "float32", device=args.device, threads=args.cpus)
 
 
-def spilled_ratio(args, model: torch.nn.Module, work: Path, results: dict, out: Path) -> None:
-    """The evaluation ratio with every variant in pinned host memory, on a worker over the
-    benchmark's model (the weights the CLI studies loaded from disk) that reads the GPTQ levels
-    from their level database."""
+def spilled_ratio(args, work: Path, results: dict, out: Path) -> None:
+    """The evaluation ratio with every variant in pinned host memory, on a worker that loads the
+    saved model (the benchmark must not hold 16 GB of the GPU while the CLI's worker builds its
+    levels) and reads the GPTQ levels from the CLI studies' level database."""
     device = torch.device(args.device)
     root = work / "store.db.levels"
     sets = [p for p in root.iterdir() if (p / "manifest.json").is_file()] if root.is_dir() else []
@@ -257,9 +256,13 @@ def spilled_ratio(args, model: torch.nn.Module, work: Path, results: dict, out: 
                     cache_device_bytes=0)  # every variant in (pinned) host memory
     r = results.setdefault("spilled", {})
     start = time.perf_counter()
-    worker = Worker(setup, space_of(model), model=model)
+    from mpsearch.workers.config import ModelConfig
+    from mpsearch.workers.model_loading import inspect_model
+
+    info = inspect_model(ModelConfig(name=str(work / "model")))
+    worker = Worker(setup, space_of(info.layers, info.total_params))
     sync(device)
-    r["reference_s"] = time.perf_counter() - start
+    r["load_and_reference_s"] = time.perf_counter() - start
     start = time.perf_counter()
     worker.warm_cache()  # GPTQ decoded from the database, RTN computed, all to the host
     sync(device)
@@ -335,7 +338,9 @@ def main() -> None:
     p.add_argument("--out", default=".", help="where setup_time.json goes")
     p.add_argument("--cli-timeout", type=float, default=400.0)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: inprocess, ratio "
-                   "(the spilled evaluation ratio), cli")
+                   "(the spilled evaluation ratio), cli; with inprocess skipped, the model, "
+                   "calibration file and level database already in --work are reused (a run "
+                   "split over two device calls)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     out = Path(args.out)
@@ -346,22 +351,24 @@ def main() -> None:
                                "gpu": torch.cuda.get_device_name() if args.device == "cuda"
                                else None, "samples": args.samples, "seq_len": args.seq_len,
                                "torch": torch.__version__}
-    start = time.perf_counter()
-    model = build_model(args, work)
-    results["build_and_save_s"] = time.perf_counter() - start
-    write_calibration(work / "calib.txt", load_tokenizer(str(work / "model")), args.samples,
-                      args.seq_len)
-    log(f"built and saved {args.model} in {results['build_and_save_s']:.1f} s", results, out)
-    if "inprocess" not in skip:
-        in_process(args, model, work, results, out)
-    gc.collect()  # the in-process variants; the model stays for the ratio (16 GB for 8B)
-    if args.device == "cuda":
-        torch.cuda.empty_cache()
+    if "inprocess" not in skip or not (work / "model" / "config.json").is_file():
+        start = time.perf_counter()
+        model = build_model(args, work)
+        results["build_and_save_s"] = time.perf_counter() - start
+        write_calibration(work / "calib.txt", load_tokenizer(str(work / "model")), args.samples,
+                          args.seq_len)
+        log(f"built and saved {args.model} in {results['build_and_save_s']:.1f} s", results, out)
+        if "inprocess" not in skip:
+            in_process(args, model, work, results, out)
+        del model  # the CLI's worker needs the whole GPU (its build peaks near 120 GB for 8B)
+        gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
     if "cli" not in skip:
         cli_study(args, work, "first", results, out)
         cli_study(args, work, "second", results, out)
     if "ratio" not in skip:
-        spilled_ratio(args, model, work, results, out)
+        spilled_ratio(args, work, results, out)
     log(json.dumps({k: v for k, v in results.items() if k != "cli"}, indent=1), results, out)
 
 

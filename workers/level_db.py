@@ -188,12 +188,14 @@ class LevelDatabase:
 
     def save(self, name: str, option: QuantOption, enc: Encoded | torch.Tensor,
              dtype: torch.dtype | None = None) -> None:
-        """Queue ``enc`` to be written in the background: it is packed now (on its device, a
-        fraction of the weight's bytes), copied and hashed by the writer thread, which starts at
-        :meth:`start_writing` or :meth:`flush`, so a build is not slowed by copies and hashing
-        beside it."""
+        """Queue ``enc`` to be written in the background: it is packed now on its device and
+        the packed bytes (a fraction of the weight's) are copied to host memory, so a build's
+        queued levels take no device memory; the writer thread, which starts at
+        :meth:`start_writing` or :meth:`flush`, hashes and writes them, so a build is not slowed
+        by hashing and disk writes beside it."""
         self._raise_pending()
-        self._queue.put((name, option, *level_codec.encode(enc, dtype or _dtype_of(enc))))
+        parts, meta = level_codec.encode(enc, dtype or _dtype_of(enc))
+        self._queue.put((name, option, {k: v.cpu() for k, v in parts.items()}, meta))
 
     def start_writing(self) -> None:
         """Start (once) the thread that writes what :meth:`save` queued."""
