@@ -258,3 +258,16 @@ def test_a_qwen_moe_counts_its_shared_expert_as_always_active_and_vllm_ties_it()
     tied = build_space(list(layers.values()), vllm.rules, vllm.ties, total, expert_group=1)
     # per block: every routed expert one gene, the shared expert's gate/up one, its down one
     assert sorted(len(g.layers) for g in tied.genes) == [1, 1, 2, 2, 2 * n, 2 * n]
+
+
+def test_the_level_builds_batched_gptq_makes_fused_experts_as_one_layer_at_a_time(mixtral):
+    from mpsearch.workers.level_build import BuildTask, build_task_
+
+    fused, _ = models(mixtral)
+    space = space_of(fused, rules=[LayerRule(r"experts", (GPTQ, FP16))])
+    w = worker(fused, space)
+    names = tuple(ly.name for ly in space.layers)
+    assert build_task_(w, BuildTask(names, (GPTQ,))) == len(names) == L * E * 2
+    for name in names:
+        one = quantize_weight(w.original[name], GPTQ, inputs=LayerInputs(hessian=w.hessian(name)))
+        assert torch.equal(w.cache.get((name, GPTQ)), one), name
