@@ -85,6 +85,11 @@ class JobSpec(BaseModel):
             for key, default in defaults.items():
                 if identity[section].get(key) == default:
                     del identity[section][key]
+        for rule in identity["space"]["layers"]:  # option fields added later, at their default
+            for option in rule["options"]:
+                for key, default in _LATER_OPTION_DEFAULTS.items():
+                    if option.get(key) == default:
+                        del option[key]
         return identity
 
 
@@ -95,6 +100,8 @@ _LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "budget": {"memory": None, "active_bytes": None, "latency": None},
     "searcher": {"baselines": True, "confirm": 0},
 }
+# QuantOption fields added after studies were stored (a weight-only option: no activations).
+_LATER_OPTION_DEFAULTS: dict[str, Any] = {"activations": ""}
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

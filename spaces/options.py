@@ -271,7 +271,12 @@ class QuantOption:
 
     # -- storage ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field; ``activations`` only when set (what weight-only options stored before it
+        existed read back as, so their stored spaces and identities do not change)."""
+        data = asdict(self)
+        if not self.activations:
+            del data["activations"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantOption:

@@ -107,3 +107,14 @@ def test_a_worker_scores_w8a8_with_the_inputs_quantized(tiny_llama_path):
     # the inputs' quantization changes the objective (either way: errors of one layer can cancel)
     assert scores["w8a8-int8"] != scores["int8-ch-sym"] and scores["w8a8-fp8"] != scores["fp8_e4m3"]
     assert worker.evaluate(at("int8-ch-sym")).objective == scores["int8-ch-sym"]  # hook gone
+
+
+def test_weight_only_options_keep_the_stored_form_of_studies_before_w8a8():
+    from mpsearch.cluster.spec import parse_spec
+
+    spec = parse_spec({"study": "s", "space": {"layers": [{"match": "x", "options": [
+        "int4-g128-asym", "w8a8-int8"]}]}, "budget": {"avg_bits": 4}})
+    stored, w8a8 = spec.identity()["space"]["layers"][0]["options"]
+    assert "activations" not in stored and w8a8["activations"] == "int8"
+    assert "activations" not in parse_option("int4-g128-asym").to_dict()
+    assert QuantOption.from_dict(parse_option("w8a8-fp8").to_dict()) == parse_option("w8a8-fp8")
