@@ -238,8 +238,9 @@ def kv_cache_option(kv_cache: Mapping[str, QuantOption]) -> QuantOption | None:
 
 
 def _store_kv_scales_(worker: Any, model: nn.Module, kv_cache: Mapping[str, QuantOption]) -> None:
-    """``{attention}.k_scale`` and ``.v_scale`` (fp32 scalars, as vLLM reads them): the static FP8
-    scale of each layer's keys and values, amax / 448 over the calibration samples, with the
+    """``{attention}.k_scale`` and ``.v_scale`` (fp32, one value each, shaped [1] as the
+    parameters compressed-tensors 0.17.1 creates for them on load; vLLM reads either): the
+    static FP8 scale of each layer's keys and values, amax / 448 over the calibration samples, with the
     plan's weights (and W8A8 inputs) as scored."""
     if not worker.batches:
         raise ExportError("an FP8 KV cache's scales are calibrated on the plan's calibration "
@@ -250,7 +251,7 @@ def _store_kv_scales_(worker: Any, model: nn.Module, kv_cache: Mapping[str, Quan
     for attention, (k, v) in kv_cache_amax_(model, projections, batches).items():
         for name, value in (("k_scale", k), ("v_scale", v)):
             modules[attention].register_buffer(
-                name, torch.tensor(max(value / FP8_MAX, FP8_MIN_SCALE), dtype=torch.float32))
+                name, torch.tensor([max(value / FP8_MAX, FP8_MIN_SCALE)], dtype=torch.float32))
 
 
 def _add_kv_cache_scheme(out: Path) -> None:

@@ -45,7 +45,7 @@ def test_fp8_kv_cache_export_writes_the_scheme_and_calibrated_scales(tiny_llama_
     for a in ATTENTION:
         for p, scale in (("k_proj", "k_scale"), ("v_proj", "v_scale")):
             stored = tensors[f"{a}.{scale}"]
-            assert stored.dtype == torch.float32 and stored.shape == ()
+            assert stored.dtype == torch.float32 and stored.shape == (1,)
             assert float(stored) == pytest.approx(seen[f"{a}.{p}"] / 448, rel=1e-6)
     assert rescore_in_fresh_process(worker, tmp_path / "ct", tmp_path) > 0  # it loads and runs
 
