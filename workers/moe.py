@@ -11,9 +11,10 @@ Two passes over the calibration batches that the dense layers do not need:
   ``x`` when its weight is a slice of a watched parameter. A class whose eager loop does not call
   ``F.linear`` (transposed layouts use ``bmm``) records nothing: the worker then says so.
 - :func:`routing_counts` counts how many calibration tokens (padding excluded) each routed
-  expert receives, from the ``top_k_index`` a fused experts module is called with; for experts
-  held as separate modules, from the rows their first matrix receives (padding included: the
-  block flattens tokens before routing). :func:`routing_fractions` turns counts into the
+  expert receives, from the ``top_k_index`` an experts module is called with (fused, or a
+  ``ModuleList`` of separate experts called as one, as transformers 5.x calls them); for
+  separate experts whose container is not called, from the rows each expert's first matrix
+  receives (padding included: the block flattens tokens before routing). :func:`routing_fractions` turns counts into the
   fraction of tokens routed to each expert, the weight MC-MoE gives the expert's sensitivity
   (``searcher.params.routing``; docs/moe.md).
 
@@ -117,9 +118,27 @@ def routing_counts(model: nn.Module, slices: Mapping[str, ExpertSlice],
         found = expert_of(name)
         if found is not None:
             first.setdefault(found, name)
+    routed: set[str] = set()  # containers called with top_k_index: counted there, not by rows
+    containers = dict(model.named_modules())
+
+    def on_container(prefix: str, experts: int):
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            index = args[1] if len(args) > 1 else kwargs.get("top_k_index")
+            if isinstance(index, torch.Tensor) and not index.is_floating_point():
+                routed.add(prefix)
+                on_fused(prefix, experts)(_module, args, kwargs)
+        return hook
+
+    for prefix in {moe for moe, _ in first}:
+        count = sum(1 for moe, _ in first if moe == prefix)
+        if prefix in containers:
+            handles.append(containers[prefix].register_forward_pre_hook(
+                on_container(prefix, count), with_kwargs=True))
 
     def on_expert(key: tuple[str, int]):
         def hook(_module: nn.Module, args: tuple) -> None:
+            if key[0] in routed:
+                return
             rows = args[0].reshape(-1, args[0].shape[-1]).shape[0]
             counts[key] = counts.get(key, 0) + rows
         return hook

@@ -184,6 +184,7 @@ def test_routing_is_counted_on_a_hand_made_routing(mixtral):
     real = [t for t in range(mask.numel()) if mask[t]]
     want = [sum(e in (t % E, (t + 1) % E) for t in real) for e in range(E)]
     every = [sum(e in (t % E, (t + 1) % E) for t in range(mask.numel())) for e in range(E)]
+    assert want != every  # the padded sample routes somewhere too
     got = worker(fused, space_of(fused), pad=True).routing()
     for layer in range(L):
         for e in range(E):
@@ -192,10 +193,32 @@ def test_routing_is_counted_on_a_hand_made_routing(mixtral):
                 assert got[name] == pytest.approx(want[e] / len(real))
     assert sum(got[f"model.layers.0.mlp.experts.{e}.down_proj"] for e in range(E)) == \
         pytest.approx(K)
-    # separate Linears: rows into each expert's first matrix (padding included, see workers/moe)
+    # separate Linears in a container called with the routing: counted there, padding excluded
     split = worker(linear, space_of(linear), pad=True).routing()
     assert [split[f"model.layers.1.mlp.experts.{e}.w2"] * len(real) for e in range(E)] == \
+        pytest.approx(want)
+    # a container its block does not call (each expert called alone): the rows each receives
+    for layer in linear.model.layers:
+        layer.mlp.experts.forward = None  # not called as a whole any more
+        layer.mlp.forward = loop_block(layer.mlp)
+    rows = worker(linear, space_of(linear), pad=True).routing()
+    assert [rows[f"model.layers.0.mlp.experts.{e}.w1"] * len(real) for e in range(E)] == \
         pytest.approx(every)
+
+
+def loop_block(mlp):
+    """A MoE block that calls its experts one by one (transformers 4.x Mixtral)."""
+    def forward(hidden):
+        shape = hidden.shape
+        flat = hidden.reshape(-1, H)
+        _, weights, index = mlp.gate(flat)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(mlp.experts):
+            token, slot = torch.where(index == e)
+            if len(token):
+                out.index_add_(0, token, expert(flat[token]) * weights[token, slot, None])
+        return out.reshape(shape)
+    return forward
 
 
 def test_the_fisher_proxy_of_a_fused_expert_is_the_linears(mixtral):
