@@ -14,9 +14,9 @@ Two passes over the calibration batches that the dense layers do not need:
   expert receives, from the ``top_k_index`` an experts module is called with (fused, or a
   ``ModuleList`` of separate experts called as one, as transformers 5.x calls them); for
   separate experts whose container is not called, from the rows each expert's first matrix
-  receives (padding included: the block flattens tokens before routing). :func:`routing_fractions` turns counts into the
-  fraction of tokens routed to each expert, the weight MC-MoE gives the expert's sensitivity
-  (``searcher.params.routing``; docs/moe.md).
+  receives (padding included: the block flattens tokens before routing).
+  :func:`routing_fractions` turns counts into the fraction of tokens routed to each expert, the
+  weight MC-MoE gives the expert's sensitivity (``searcher.params.routing``; docs/moe.md).
 
 Expert inputs include padding tokens routed to the expert (a hook after the block's flattening
 cannot tell them apart); calibration samples of one length have none.
