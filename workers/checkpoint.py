@@ -196,7 +196,14 @@ def rescore_checkpoint(checkpoint: str | Path, setup: WorkerSetup,
     worker = Worker(setup, SearchSpace(()))  # no searched layer: only the reference is needed
     path = Path(checkpoint)
     if path.suffix == ".gguf":  # transformers' GGUF loader (dequantizes to float32, then dtype)
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(setup.model_path)
+        if config.model_type == "gpt2" and config.n_positions != 1024:
+            raise CheckpointError(
+                f"cannot re-score {path.name} with transformers: its GGUF loader reads GPT-2's "
+                f"context length into n_ctx and keeps n_positions at 1,024, and this GPT-2 has "
+                f"{config.n_positions} positions (the file itself is complete; llama.cpp loads it)")
 
         model: nn.Module = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                                 dtype=getattr(torch, setup.dtype))

@@ -101,6 +101,19 @@ def test_gguf_round_trip_reader_and_transformers(request, tmp_path, model, score
     assert total / count == pytest.approx(stored, rel=1e-4)
 
 
+def test_a_gpt2_transformers_cannot_read_back_is_refused_at_verify(tiny_gpt2_path, tmp_path):
+    """The tiny GPT-2 has 256 positions: transformers' GGUF loader would build 1,024 and fail."""
+    from mpsearch.workers.checkpoint import rescore_checkpoint
+
+    setup = scoring_setup(tiny_gpt2_path, "auto", "kl", CALIBRATION)
+    out = export_gguf(setup, {"transformer.h.0.mlp.c_fc": parse_option("mxfp4")},
+                      tmp_path / "gpt2.gguf")
+    assert out.stat().st_size > 0
+    with pytest.raises(CheckpointError, match="keeps n_positions at 1,024, and this GPT-2 has 256 "
+                                              "positions"):
+        rescore_checkpoint(out, setup)
+
+
 def test_gguf_refuses_what_it_cannot_hold(tiny_llama_path, minilm_path, tmp_path):
     setup = scoring_setup(tiny_llama_path, "auto", "kl", CALIBRATION)
     layer = "model.layers.0.mlp.up_proj"
