@@ -152,6 +152,11 @@ def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_
                                           "transformers: .* to bfloat16"):
         export_compressed_tensors(setup, {layer: parse_option("nvfp4")}, tmp_path / "nvfp4")
     assert not (tmp_path / "nvfp4").exists()
+    bf16 = scoring_setup(tiny_llama_path, "auto", "kl", CALIBRATION, "bfloat16")
+    with pytest.raises(ExportError, match=f"layer {layer}: option int4-g32-sym cannot be exported "
+                                          "to compressed-tensors from a bfloat16 study"):
+        export_compressed_tensors(bf16, {layer: parse_option("int4-g32-sym")}, tmp_path / "bf16")
+    assert not (tmp_path / "bf16").exists()
     q, k = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"
     mixed = {q: parse_option("int4-g32-sym"), k: parse_option("int8-ch-sym")}
     export_ok = compressed_tensors_schemes(_shapes_model(setup), mixed)  # transformers loads it
