@@ -71,7 +71,7 @@ def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits
         raise ValueError(f"factors of shape {tuple(U.shape)} do not match W of {tuple(W.shape)}")
     if group_size is not None and block_size % group_size:
         block_size = group_size if group_size > block_size else group_size * (block_size // group_size)
-    W = W.float() * (~dead).unsqueeze(1)  # a copy, dead inputs zeroed
+    W = W.to(torch.float32, copy=True).mul_((~dead).unsqueeze(1))  # one copy, dead inputs zeroed
     keep = None if mask is None else mask.to(W.device, torch.float32)
     groups = 1 if group_size is None else d_col // group_size
     scales = torch.empty(B, d_row, groups, device=W.device)
