@@ -75,3 +75,18 @@ def test_one_budget_is_no_frontier(synthetic):
     config = SearcherConfig(name="evolutionary")
     built = make_searcher(config, space, BUDGETS[0], 0, frontier=BUDGETS[:1])
     assert not any(isinstance(s, FrontierSearcher) for s in built.stages)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_a_point_beside_a_tighter_one_does_as_well_as_a_study_of_its_own(synthetic, seed):
+    """A configuration that fits 3.5 bits is the 3.5 point's: told to the 4-bit point, its
+    evolution adopted it and filled the slack at random, and ended 6-8 % worse than alone."""
+    space = synthetic.transformer_space(4, options=synthetic.DENSE)
+    f = synthetic.Additive(space, seed=seed, interaction=0.002)
+    config = SearcherConfig(name="evolutionary")
+    alone = synthetic.run(make_searcher(config, space, BUDGETS[2], seed), f, 150)
+    pair = BUDGETS[1:3]
+    together = synthetic.run(make_searcher(config, space, pair[-1], seed, frontier=pair), f, 300)
+    assert best_at(together, space, BUDGETS[2]) <= best_at(alone, space, BUDGETS[2])
+    assert best_at(together, space, BUDGETS[1]) <= best_at(
+        synthetic.run(make_searcher(config, space, BUDGETS[1], seed), f, 150), space, BUDGETS[1])
