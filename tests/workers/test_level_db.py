@@ -202,3 +202,25 @@ def test_a_file_of_the_old_layout_is_rebuilt_never_misread(tiny_llama_path, tmp_
     worker.levels.flush()
     assert worker.levels.has(name, option)
     assert torch.equal(worker.levels.load(name, option), w)
+
+
+def test_a_candidate_reads_the_stored_variants_it_uses_and_rebuilds_a_bad_one(tiny_llama_path,
+                                                                              tmp_path):
+    from mpsearch.spaces.space import Candidate
+
+    first = tiny_worker(tiny_llama_path, tmp_path / "set")
+    build_all(first)
+    first.levels.flush()
+    uniform = Candidate((0,) * len(first.space.genes))  # int3-g32-asym-gptq everywhere
+    expected = first.evaluate(uniform).objective
+    option = first.space.genes[0].options[0]
+    bad_name = first.space.genes[0].layers[0].name
+    bad = first.levels.path(bad_name, option)
+    raw = bytearray(bad.read_bytes())
+    raw[-3] ^= 0x55
+    bad.write_bytes(bytes(raw))
+    second = tiny_worker(tiny_llama_path, tmp_path / "set")
+    assert second.evaluate(uniform).objective == expected  # the same weights, read or rebuilt
+    stored = {key for key in second.cache if stored_option(key[1])}
+    assert stored == {(layer.name, option) for g in second.space.genes for layer in g.layers}
+    assert second.computed == [(bad_name, option.label)] and second.levels.rejected == [bad]
