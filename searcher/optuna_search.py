@@ -255,7 +255,8 @@ class OptunaSearcher(Searcher):
             if c.samples is not None:
                 continue  # Optuna compares full-fidelity objectives only
             if self.dists is None:
-                labels = {g.options[o].label for g, o in zip(self.space.genes, c.choices, strict=True)}
+                labels = {g.options[o].label for g, o in zip(self.space.genes, c.choices, strict=True)
+                          if g.layers}  # a uniform baseline's weights (its KV cache aside)
                 if r.ok and len(labels) == 1:
                     assert r.objective is not None
                     self.uniform_scores[labels.pop()] = r.objective

@@ -320,12 +320,18 @@ class SearchSpace:
         return Candidate(tuple(choices))
 
     def uniform_options(self) -> list[QuantOption]:
-        """Options every gene offers, in the order of the first gene: the uniform baselines."""
-        common = set(self.genes[0].options).intersection(*(g.options for g in self.genes[1:]))
-        return [o for o in self.genes[0].options if o in common]
+        """Options every weight gene offers, in the order of the first: the uniform baselines."""
+        weights = [g for g in self.genes if g.layers] or list(self.genes)
+        common = set(weights[0].options).intersection(*(g.options for g in weights[1:]))
+        return [o for o in weights[0].options if o in common]
 
     def uniform(self, option: QuantOption) -> Candidate:
-        return Candidate(tuple(g.options.index(option) for g in self.genes))
+        """Every weight gene at ``option``; a KV gene at its 16-bit cache (the serving default)
+        unless ``option`` is one of its precisions."""
+        return Candidate(tuple(
+            g.options.index(option) if option in g.options or g.layers else
+            max((g.option_kv_bits(o, 1), -o, o) for o in range(len(g.options)))[2]
+            for g in self.genes))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description, stored with a study so trials decode without the model."""

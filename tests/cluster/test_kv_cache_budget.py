@@ -130,3 +130,11 @@ def test_kv_options_on_an_encoder_are_one_line(tmp_path):
                                     "storage": {"url": f"sqlite:///{db}"}}))
     assert_one_line_error(invoke("run", str(spec)), "space.kv_cache: model 'minilm' is an encoder")
     assert not db.exists()
+
+
+def test_uniform_baselines_put_the_cache_at_16_bits(tiny_llama_path):
+    space = _job(tiny_llama_path, {"avg_bits": 16}).space
+    assert [o.label for o in space.uniform_options()] == ["int2-g64-sym", "int4-g64-sym", "fp16"]
+    c = space.uniform(space.uniform_options()[1])
+    assert set(space.decode(c).values()) == {space.uniform_options()[1]}
+    assert {o.label for o in space.decode_kv(c).values()} == {"fp16"}
