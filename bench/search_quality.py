@@ -105,8 +105,11 @@ def confirm_strategies(screen: int) -> dict[str, dict]:
         "integer-program-fisher": {"name": "integer-program",
                                    "params": {"proxy": "fisher", "anchors": False,
                                               "solutions": 4}},
+        # its Kronecker-factored form (keeps GPTQ's input correlations): no probe either
+        "integer-program-kfac": {"name": "integer-program",
+                                 "params": {"proxy": "kfac", "anchors": False, "solutions": 4}},
         # the program's optima seed the evolution, which only moves on confirmed improvements
-        "hybrid": {"name": "hybrid", "params": {"proxy": "fisher", "anchors": False, "seeds": 4,
+        "hybrid": {"name": "hybrid", "params": {"proxy": "kfac", "anchors": False, "seeds": 4,
                                                 "selection": stages}},
     }
 

@@ -127,7 +127,7 @@ class _Plan:
         tasks = plan_tasks(self.missing_pairs(), self.shapes, self.workers,
                            self.owner)[slot] if self.db is not None else []
         mine = [(n, o) for n, o in self.missing_proxies() if self.owner[block_of(n)] == slot]
-        hessians = [n for n, _ in mine] if self.kind == "hessian" else []
+        hessians = [n for n, _ in mine] if self.kind in ("hessian", "kfac") else []
         names = list(dict.fromkeys([n for t in tasks for n in t.layers] + hessians))
         steps = [_Step("load_model", (), "model", 1), _Step("compute_reference", (), "reference", 1)]
         if names:

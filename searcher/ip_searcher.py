@@ -78,7 +78,9 @@ class ProfileParams(SearcherParams):
     # the job runner computes on a worker): one probe per gene instead of one per option.
     # ``true``/``hessian``: the Hessian-weighted output error tr(ΔW H ΔWᵀ); ``fisher``: the
     # Fisher estimate ½ΣF·ΔW² of the objective's change (workers/fisher.py).
-    proxy: bool | Literal["hessian", "fisher"] = False
+    # ``kfac``: its Kronecker-factored form ¼Σ_i S_i (ΔW H ΔWᵀ)_ii, which keeps the input
+    # correlations GPTQ exploits (the diagonal overestimates GPTQ options 5-33× on MiniLM).
+    proxy: bool | Literal["hessian", "fisher", "kfac"] = False
     # With a proxy: measure one anchor option per gene and scale the gene's others by it. false
     # (``proxy: fisher`` only, whose values are on the objective's scale): take the proxy as
     # the profile itself, no probe at all.
@@ -93,9 +95,9 @@ class ProfileParams(SearcherParams):
 
     @model_validator(mode="after")
     def _check_anchors(self) -> ProfileParams:
-        if not self.anchors and self.proxy_kind != "fisher":
-            raise ValueError("anchors: false needs proxy: fisher (the Hessian-weighted error is "
-                             "not on the objective's scale: its anchors scale it)")
+        if not self.anchors and self.proxy_kind not in ("fisher", "kfac"):
+            raise ValueError("anchors: false needs proxy: fisher or kfac (the Hessian-weighted "
+                             "error is not on the objective's scale: its anchors scale it)")
         return self
 
     # MC-MoE (MoE models, with a proxy): weight each routed expert's proxy by the fraction

@@ -19,7 +19,7 @@ import ray
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
-from .fisher import fisher_diagonals, fisher_error
+from .fisher import fisher_diagonals, fisher_error, kfac_error, output_fisher
 from .level_build import BuildTask, build_task_
 from .profile import ProfileMeasurement, layer_proxy, measure_profile
 from .sharding import worker_diagnostics
@@ -35,6 +35,7 @@ class WorkerActor:
         self.setup, self.space = replace(setup, label=self.label), space
         self._worker: Worker | None = None
         self._fisher: dict[str, Any] | None = None  # Fisher diagonals, once asked for
+        self._kfac: dict[str, Any] | None = None  # output-gradient squares, once asked for
         if not setup.phased:
             self._worker = Worker(self.setup, space)
 
@@ -92,6 +93,14 @@ class WorkerActor:
                       kind: str = "hessian") -> dict[tuple[str, str], float]:
         """The proxy error of each (layer, option), by (layer, option label): the Hessian-weighted
         output error, or with ``kind="fisher"`` ½ΣF·ΔW² (the Fisher diagonal computed once)."""
+        if kind == "kfac":
+            if self._kfac is None:
+                self._kfac = output_fisher(self.worker)
+            worker, S = self.worker, self._kfac
+            return {(name, option.label): kfac_error(
+                S[name], worker.hessian(name), worker.original[name],
+                worker.variant(name, option).to(worker.original[name].device))
+                for name, option in pairs}
         if kind == "fisher":
             if self._fisher is None:
                 self._fisher = fisher_diagonals(self.worker)

@@ -32,10 +32,22 @@ from __future__ import annotations
 from typing import cast
 
 import torch
+from torch import nn
 
 from .errors import WorkerError
 from .layers import Conv1D, ExpertSlice
 from .worker import Worker
+
+
+def _modules(worker: Worker) -> dict[str, nn.Module]:
+    """The searched layers as modules; routed experts (slices of one 3-D weight) are refused."""
+    out = {}
+    for name, module in worker.modules.items():
+        if not isinstance(module, nn.Module):
+            raise WorkerError(f"proxy: fisher/kfac cannot take the gradient of expert slice "
+                              f"{name} (use proxy: hessian)")
+        out[name] = module
+    return out
 
 
 def fisher_error(F: torch.Tensor, W: torch.Tensor, W_hat: torch.Tensor) -> float:
@@ -97,3 +109,62 @@ def fisher_diagonals(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str,
             p.grad = None
     count = max(count / draws, 1.0)
     return {n: f / (count * draws) for n, f in F.items()}
+
+
+def output_fisher(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per searched layer, ``S_i = Σ_t g_ti²``: the squared gradient of the pseudo-target loss
+    with respect to the layer's output ``i`` over every calibration token, per objective item
+    (float32, one entry per output row). The output side of the K-FAC factorization below."""
+    if not hasattr(worker.objective, "fisher_loss"):
+        raise WorkerError(f"proxy: fisher needs the kl or embedding_distortion objective, not "
+                          f"{worker.objective.name!r} (use proxy: hessian)")
+    worker.restore_()
+    modules = _modules(worker)
+    names = list(modules)
+    params = [cast(torch.Tensor, modules[n].weight) for n in names]
+    wanted = [bool(p.requires_grad) for p in params]
+    S = {n: torch.zeros(worker.original[n].shape[0], device=worker.original[n].device)
+         for n in names}
+    generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(device: torch.device) -> torch.Generator:
+        if device not in generators:
+            generators[device] = torch.Generator(device=device).manual_seed(seed)
+        return generators[device]
+
+    def hook_for(name: str):
+        def on_output(_module, _args, output: torch.Tensor) -> None:
+            def on_grad(g: torch.Tensor) -> None:
+                S[name] += g.float().square().reshape(-1, g.shape[-1]).sum(dim=0).to(
+                    S[name].device)
+            output.register_hook(on_grad)
+        return on_output
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
+    count = 0.0
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            for batch in worker.batches:
+                for _ in range(draws):
+                    loss, n = worker.objective.fisher_loss(worker.model(**batch), batch,
+                                                           generator)
+                    torch.autograd.grad(loss, params)
+                    count += n
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in zip(params, wanted, strict=True):
+            p.requires_grad_(flag)
+    return {n: s / max(count, 1.0) for n, s in S.items()}
+
+
+def kfac_error(S: torch.Tensor, H: torch.Tensor, W: torch.Tensor, W_hat: torch.Tensor) -> float:
+    """¼ Σ_i S_i (ΔW H ΔWᵀ)_ii: the objective change by the Kronecker-factored Gauss-Newton,
+    ``E[g_ti² x_tj x_tk] ≈ E[g_ti²] E[x_tj x_tk]`` (K-FAC), with the layer's input Hessian
+    ``H = 2XᵀX/n``. Unlike the diagonal it keeps the input correlations GPTQ exploits (a GPTQ
+    weight has a larger ‖ΔW‖ than round-to-nearest and a smaller output error)."""
+    delta = (W.float() - W_hat.float()).to(H.device)
+    rows = ((delta @ H.float()) * delta).sum(dim=1)
+    return 0.25 * float((S.to(H.device) * rows).sum())

