@@ -15,7 +15,7 @@ and its factors under ``max_factor_bytes``; factors are computed one Hessian at 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -139,9 +139,10 @@ def _factors(worker: Worker, chunk: list[list[str]]) -> tuple[torch.Tensor, torc
 
 
 def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption, U: torch.Tensor,
-                dead: torch.Tensor) -> dict[str, Encoded]:
+                dead: torch.Tensor) -> Iterator[tuple[str, Encoded]]:
     """Each layer's parts (codes, scales, zero points, mask) under ``option``, from one batched
-    GPTQ over the chunk's stacks."""
+    GPTQ over the chunk's stacks, one layer at a time (an 8B gate/up chunk's float32 codes
+    would take 15 GB at once)."""
     W = torch.stack([torch.cat([worker.original[n] for n in stack]) for stack in chunk])
     mask = None
     if option.sparse:  # prune as the option says, then GPTQ the survivors (SparseGPT-like)
@@ -153,17 +154,15 @@ def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption, U: 
     codes = gptq_encode_batch(W, U, dead, option.bits, option.group_size, option.symmetric,
                               worker.setup.gptq_block_size, mask)
     del W, mask
-    out = {}
     for b, stack in enumerate(chunk):
         start = 0
         for n in stack:
             r = slice(start, start + worker.original[n].shape[0])
             start = r.stop
-            out[n] = Encoded(option, codes.codes[b, r].float().add_(codes.q_min),
+            yield n, Encoded(option, codes.codes[b, r].float().add_(codes.q_min),
                              codes.scale[b, r].clone(),
                              None if codes.zero is None else codes.zero[b, r].clone(),
                              mask=None if codes.mask is None else codes.mask[b, r].clone())
-    return out
 
 
 @torch.inference_mode()
@@ -181,7 +180,7 @@ def build_task_(worker: Worker, task: BuildTask,
                       for c in _chunks(same, worker)]:
             U, dead = _factors(worker, chunk)
             for option in gptq:
-                for name, enc in _gptq_chunk(worker, chunk, option, U, dead).items():
+                for name, enc in _gptq_chunk(worker, chunk, option, U, dead):
                     if (name, option) in todo:
                         w = level_codec.dequantize(enc, worker.original[name].dtype)
                         worker.keep_variant(name, option, w, enc)
