@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mpsearch.spaces.space import Candidate
 
@@ -52,6 +52,14 @@ class HybridParams(ProfileParams):
     # penalty per gene (larger: trust the profile more).
     resolve_every: int = Field(default=3, ge=0)
     ridge: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_offspring(self) -> HybridParams:
+        if (self.selection and "offspring" in self.model_fields_set
+                and self.offspring != self.selection[0][0]):
+            raise ValueError(f"offspring ({self.offspring}) must equal the first selection count "
+                             f"({self.selection[0][0]}), or be left out")
+        return self
 
 
 def corrected_loss(loss: np.ndarray, choices: np.ndarray, values: np.ndarray,
@@ -97,7 +105,9 @@ class HybridSearcher(Searcher):
         check_solver(self.space, self.budget, self.p.solver)
         self.levels = LevelMap(self.space)
         self.measurer = profile_measurer(self.space, self.budget, self.p, self.context, self.name)
-        evo = EvolutionaryParams(offspring=self.p.offspring, max_switches=self.p.max_switches,
+        # the first selection stage is λ (EvolutionaryParams refuses a different offspring)
+        offspring = self.p.selection[0][0] if self.p.selection else self.p.offspring
+        evo = EvolutionaryParams(offspring=offspring, max_switches=self.p.max_switches,
                                  selection=self.p.selection)
         self.evolution = EvolutionarySearcher(self.space, self.budget, self.seed, evo)
         self.samples = self.evolution.final_samples

@@ -82,3 +82,25 @@ def test_hybrid_with_proxy_probes_one_option_per_gene_and_resumes(ray_session, t
     assert result.stats.completed == 30
     again = run_job(spec, store, extend=5)
     assert again.replay_note is None and again.stats.completed == 5  # replayed exactly
+
+
+def test_kfac_proxy_through_ray_workers_needs_no_probe_and_is_confirmed(ray_session,
+                                                                        tiny_llama_path, tmp_path):
+    """``proxy: kfac, anchors: false``: the workers compute the Kronecker-factored Fisher proxy
+    (output gradients × their Hessians) in the setup phase, the program needs no probe, and
+    ``confirm`` stores a confirmed figure on the best trials, which ``best`` returns first."""
+    spec = tiny_spec("kfac", tiny_llama_path, r"layers\.\d+\.",
+                     ["int2-g32-asym", "int3-g32-asym", "int4-g32-asym", "int8-g32-asym"],
+                     tmp_path, budget={"avg_bits": 4.0}, evaluations=20,
+                     searcher={"name": "hybrid", "confirm": 2,
+                               "params": {"proxy": "kfac", "anchors": False, "seeds": 2,
+                                          "selection": [[4, 2], [2, None]]}})
+    store = TrialStore(spec.storage.url)
+    result = run_job(spec, store)
+    trials = store.trials("kfac")
+    assert not [t for t in trials if t.origin.endswith(":probe")]
+    assert result.stats.completed == 20
+    best = store.best("kfac", top=2)
+    assert best[0].confirmed is not None and best[0].confirmed > 0
+    confirmed = {t.choices: t.confirmed for t in trials if t.confirmed is not None}
+    assert len(confirmed) == 2  # the two best configurations, each with one figure

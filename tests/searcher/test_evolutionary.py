@@ -85,3 +85,21 @@ def test_hybrid_reaches_the_optimum_fast(synthetic):
     best, _ = _optimum(synthetic, space, f)
     rec = synthetic.run(HybridSearcher(space, BUDGET, 0, HybridParams(seeds=2)), f, 200)
     assert rec.best()[0] == pytest.approx(best, rel=1e-9)
+
+
+def test_hybrid_takes_lambda_from_its_selection_and_keeps_the_programs_optimum(synthetic):
+    """A selection whose first stage is not 16 sets λ (it used to fail validation), offspring
+    are screened on 2 samples, and what the hybrid finds on all of them is never worse than the
+    integer program's optimum it started from."""
+    space = synthetic.make_space(10, seed=8)
+    f = synthetic.Additive(space, seed=8)
+    params = HybridParams(seeds=2, selection=[[6, 2], [2, None]])
+    hybrid = HybridSearcher(space, BUDGET, 0, params)
+    assert hybrid.evolution.p.offspring == 6
+    rec = synthetic.run(hybrid, f, 150)
+    assert any(t["candidate"].samples == 2 for t in rec.trials)
+    full = [t["objective"] for t in rec.trials
+            if t["candidate"].samples is None and t["feasible"] and t["objective"] is not None]
+    assert min(full) <= _optimum(synthetic, space, f)[0] + 1e-12
+    with pytest.raises(ValueError, match="must equal the first selection count"):
+        HybridParams(offspring=16, selection=[[6, 2], [2, None]])
