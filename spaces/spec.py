@@ -25,9 +25,10 @@ from pydantic import (
 )
 
 from .budget import MemoryBudget
+from .kv_cache import KV_FORMATS
 from .limits import MAX_BITS, MAX_LATENCY_ROWS
 from .options import QuantOption
-from .space import KV_FORMATS, Budget, LayerRule
+from .space import Budget, LayerRule
 
 OPTION_KEYS = tuple(f.name for f in fields(QuantOption))
 

@@ -24,7 +24,8 @@ from torch import nn
 
 from mpsearch.spaces.errors import SpecError
 from mpsearch.spaces.experts import expert_of
-from mpsearch.spaces.space import AttentionInfo, LayerInfo
+from mpsearch.spaces.kv_cache import AttentionInfo
+from mpsearch.spaces.space import LayerInfo
 
 try:  # transformers keeps GPT-2's Conv1D here
     from transformers.pytorch_utils import Conv1D

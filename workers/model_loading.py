@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from mpsearch.spaces.errors import SpecError
-from mpsearch.spaces.space import AttentionInfo, LayerInfo
+from mpsearch.spaces.kv_cache import AttentionInfo
+from mpsearch.spaces.space import LayerInfo
 
 from .config import ModelConfig
 from .errors import ModelNotFoundError
