@@ -118,3 +118,11 @@ def test_weight_only_options_keep_the_stored_form_of_studies_before_w8a8():
     assert "activations" not in stored and w8a8["activations"] == "int8"
     assert "activations" not in parse_option("int4-g128-asym").to_dict()
     assert QuantOption.from_dict(parse_option("w8a8-fp8").to_dict()) == parse_option("w8a8-fp8")
+
+
+def test_runtimes_that_load_w8a8():
+    from mpsearch.spaces.runtime import refusal
+
+    for label in ("w8a8-int8", "w8a8-fp8"):
+        assert refusal("vllm", parse_option(label)) is None
+        assert refusal("llama.cpp", parse_option(label)) is not None
