@@ -45,18 +45,25 @@ def results_table(study: StudyRecord, best: list[TrialRecord],
     title = f"study {study.name}: best configurations and uniform baselines"
     table = Table(title=title, title_justify="left")
     moe = study.space.has_experts  # then also the bytes one token reads (docs/moe.md)
+    confirmed = any(t.confirmed is not None for t in best)  # searcher.confirm (confirm.py)
     columns = (("rank", "right"), ("trial", "right"), ("avg bits", "right"), ("bytes", "right"),
                *((("active bytes", "right"),) if moe else ()), ("objective", "right"),
-               ("layers", "left"))
+               *((("confirmed", "right"),) if confirmed else ()), ("layers", "left"))
     for col, justify in columns:
         table.add_column(col, justify=justify)
 
     def active(t: TrialRecord) -> tuple[str, ...]:
         return (fmt_bytes(active_bytes(study, t)),) if moe else ()
 
+    def figure(t: TrialRecord) -> tuple[str, ...]:
+        if not confirmed:
+            return ()
+        return (fmt_obj(t.confirmed),)
+
     for rank, t in enumerate(best, 1):
         table.add_row(str(rank), str(t.number), f"{t.avg_bits:.4f}", fmt_bytes(t.total_bytes),
-                      *active(t), fmt_obj(t.objective), study.space.summarize(t.candidate))
+                      *active(t), fmt_obj(t.objective), *figure(t),
+                      study.space.summarize(t.candidate))
     if baselines:
         table.add_section()
         for t in baselines:
@@ -65,7 +72,7 @@ def results_table(study: StudyRecord, best: list[TrialRecord],
             mark = "" if t.feasible else " (over budget)"
             table.add_row("uniform", str(t.number), f"{t.avg_bits:.4f}",
                           fmt_bytes(t.total_bytes), *active(t), fmt_obj(t.objective),
-                          f"{name}{mark}")
+                          *figure(t), f"{name}{mark}")
     return table
 
 

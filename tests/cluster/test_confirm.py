@@ -86,3 +86,18 @@ def test_the_top_configurations_are_confirmed_and_best_ranks_by_it(tmp_path):
     # resumed: nothing is evaluated again
     assert session(store).calls == 0
     assert len(store.trials("c")) == len(trials)
+
+
+def test_best_shows_the_confirmed_figure(tmp_path):
+    from rich.console import Console
+
+    from mpsearch.cluster.cli.output import fmt_obj, results_table
+
+    store = TrialStore(f"sqlite:///{tmp_path / 's.db'}")
+    session(store)
+    best = store.best("c", top=3)
+    console = Console(width=250, record=True)
+    console.print(results_table(store.study("c"), best, store.baselines("c")))
+    text = console.export_text()
+    assert "confirmed" in text.splitlines()[2]  # the header row
+    assert fmt_obj(best[0].confirmed) in text
