@@ -158,3 +158,14 @@ def test_chat_template_renders_conversations_and_the_fingerprint_follows(tmp_pat
         load_texts(cfg, minilm_path)
     with pytest.raises(WorkerError, match="sample 0 of 'stdlib-docs' is not a list of messages"):
         load_texts(CalibrationConfig(samples=1, chat_template=True), chat_model)
+
+
+def test_hub_source_goes_through_load_dataset(tmp_path):
+    """``hub:NAME`` is ``datasets.load_dataset(NAME, subset, split=split)``; a local folder of
+    data files is a name it loads without the network."""
+    (tmp_path / "train.csv").write_text("text\nalpha\nbeta\ngamma\n")
+    cfg = CalibrationConfig(source=f"hub:{tmp_path}", samples=2, offset=1)
+    assert load_texts(cfg) == ["beta", "gamma"]
+    with pytest.raises(WorkerError, match=r"cannot read 'hub:.*' with datasets: Unknown split "
+                                          r"\"dev\""):
+        load_texts(cfg.model_copy(update={"split": "dev"}))
