@@ -26,8 +26,9 @@ grid() {  # prefix, then the model's arguments
     for bits in 3.5 4.25; do
         run "$prefix-$bits-evo" "$@" --budgets $bits --strategies evolutionary
         run "$prefix-$bits-hybrid" "$@" --budgets $bits --strategies hybrid
-        run "$prefix-$bits-ip" "$@" --budgets $bits \
-            --strategies integer-program-fisher integer-program-hessian random
+        run "$prefix-$bits-hybrid-kfac" "$@" --budgets $bits --strategies hybrid-kfac
+        run "$prefix-$bits-ip" "$@" --budgets $bits --strategies integer-program-hessian \
+            integer-program-kfac integer-program-fisher random
         run "$prefix-$bits-tpe" "$@" --budgets $bits --strategies optuna-tpe
     done
 }
