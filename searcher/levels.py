@@ -14,6 +14,7 @@ import math
 import random
 from collections.abc import Collection, Sequence
 
+from mpsearch.spaces.budget import TOLERANCE
 from mpsearch.spaces.space import Budget, Candidate, SearchSpace
 
 
@@ -42,6 +43,7 @@ class LevelMap:
                     tiers.append([o])
             self.tiers.append(tiers)
             self.tier_of.append({o: t for t, tier in enumerate(tiers) for o in tier})
+        self._tier_count = [len(tiers) for tiers in self.tiers]
 
     def level(self, gene: int, option: int) -> int:
         return self.rank[gene][option]
@@ -54,7 +56,8 @@ class LevelMap:
 
     def can_move(self, gene: int, option: int, direction: int) -> bool:
         """Whether ``option`` has a tier above (``direction`` 1) or below (-1) it."""
-        return 0 <= self.tier_of[gene][option] + direction < len(self.tiers[gene])
+        t = self.tier_of[gene][option] + direction
+        return 0 <= t < self._tier_count[gene]
 
     def move(self, gene: int, option: int, direction: int, rng: random.Random) -> int:
         """A random option of the tier above (1) or below (-1) ``option``'s."""
@@ -101,18 +104,27 @@ def budget_window(space: SearchSpace, budget: Budget, width: int) -> list[set[in
 
 
 class _Use:
-    """The summed costs of ``choices`` on each row of a budget, kept as genes move."""
+    """The summed costs of ``choices`` on each row of a budget, kept as genes move.
+
+    The tests are :meth:`Constraint.admits_sum <mpsearch.spaces.budget.Constraint.admits_sum>`'s
+    arithmetic, operation for operation (so the searcher and the stored feasibility flag agree at
+    the boundary), unrolled here because they run tens of times per proposed candidate.
+    """
 
     def __init__(self, space: SearchSpace, budget: Budget, choices: Sequence[int]) -> None:
         self.rows = space.constraints(budget)
         self.sums = [row.summed(choices) for row in self.rows]
+        self._terms = [(row.costs, row.constant, row.divisor, row.limit + TOLERANCE)
+                       for row in self.rows]
 
     def fits(self) -> bool:
         return all(row.admits_sum(s) for row, s in zip(self.rows, self.sums, strict=True))
 
     def fits_after(self, gene: int, old: int, new: int) -> bool:
-        return all(row.admits_sum(s + (row.costs[gene][new] - row.costs[gene][old]))
-                   for row, s in zip(self.rows, self.sums, strict=True))
+        for (costs, constant, divisor, bound), s in zip(self._terms, self.sums, strict=True):
+            if ((s + (costs[gene][new] - costs[gene][old])) + constant) / divisor > bound:
+                return False
+        return True
 
     def relieves(self, gene: int, old: int, new: int) -> bool:
         """Whether moving ``gene`` from ``old`` to ``new`` lowers a row that is over."""
