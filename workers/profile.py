@@ -161,19 +161,8 @@ def fisher_proxies(worker: Worker, pairs: Iterable[Pair],
     objective's delta from one backward pass per calibration batch (:mod:`.fisher`), on the same
     scale for every layer. Scores no candidate."""
     diag = fisher_diagonals(worker, draws)
-    genes = {gene.name: gene for gene in worker.space.genes}
-    out = {}
-    with torch.inference_mode():
-        for gene_name, option in pairs:
-            total = 0.0
-            for layer in genes[gene_name].layers:
-                W = worker.original[layer.name]
-                W_hat = worker.variant(layer.name, option).to(W.device, non_blocking=False)
-                total += fisher_error(diag[layer.name], W, W_hat)
-            out[(gene_name, option.label)] = total
-            if on_gene is not None:
-                on_gene()
-    return out
+    return _summed_over_layers(worker, pairs, on_gene,
+                               lambda name, W, W_hat: fisher_error(diag[name], W, W_hat))
 
 
 def kfac_proxies(worker: Worker, pairs: Iterable[Pair],
@@ -184,6 +173,15 @@ def kfac_proxies(worker: Worker, pairs: Iterable[Pair],
     inputs. On MiniLM it is each layer's measured delta within 0.4–0.9× for RTN and GPTQ alike,
     where the diagonal Fisher overestimates GPTQ's 5–33×."""
     S = output_fisher(worker)
+    return _summed_over_layers(
+        worker, pairs, on_gene,
+        lambda name, W, W_hat: kfac_error(S[name], worker.hessian(name), W, W_hat))
+
+
+def _summed_over_layers(worker: Worker, pairs: Iterable[Pair], on_gene: Callable[[], None] | None,
+                        error: Callable[[str, torch.Tensor, torch.Tensor], float],
+                        ) -> dict[tuple[str, str], float]:
+    """``error(layer name, W, Ŵ)`` of each (gene, option), summed over the gene's layers."""
     genes = {gene.name: gene for gene in worker.space.genes}
     out = {}
     with torch.inference_mode():
@@ -192,7 +190,7 @@ def kfac_proxies(worker: Worker, pairs: Iterable[Pair],
             for layer in genes[gene_name].layers:
                 W = worker.original[layer.name]
                 W_hat = worker.variant(layer.name, option).to(W.device, non_blocking=False)
-                total += kfac_error(S[layer.name], worker.hessian(layer.name), W, W_hat)
+                total += error(layer.name, W, W_hat)
             out[(gene_name, option.label)] = total
             if on_gene is not None:
                 on_gene()
