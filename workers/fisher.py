@@ -29,6 +29,7 @@ gradients. Plain torch on a :class:`~.worker.Worker`; the worker is left at full
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -62,9 +63,7 @@ def fisher_diagonals(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str,
     embeddings) so that :func:`fisher_error` is on the objective's scale. ``draws`` pseudo-targets
     per batch (more: less Monte-Carlo noise). Raises ``WorkerError`` for an objective without a
     pseudo-target (a user objective)."""
-    if not hasattr(worker.objective, "fisher_loss"):
-        raise WorkerError(f"proxy: fisher needs the kl or embedding_distortion objective, not "
-                          f"{worker.objective.name!r} (use proxy: hessian)")
+    fisher_loss = _pseudo_target_loss(worker)
     if draws < 1:
         raise WorkerError(f"fisher draws must be >= 1, got {draws}")
     worker.restore_()
@@ -75,11 +74,44 @@ def fisher_diagonals(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str,
                for t in targets]
     params = list({id(w): w for w in weights}.values())
     position = {id(p): i for i, p in enumerate(params)}
-    wanted = [bool(p.requires_grad) for p in params]
     F = {n: torch.zeros_like(worker.original[n], dtype=torch.float32) for n in names}
+
+    def accumulate(loss: torch.Tensor) -> None:
+        grads = torch.autograd.grad(loss, params)
+        for name, target, w in zip(names, targets, weights, strict=True):
+            g = grads[position[id(w)]]
+            if isinstance(target, ExpertSlice):
+                g = g[target.index]
+            transposed = isinstance(target, Conv1D) or (
+                isinstance(target, ExpertSlice) and target.transposed)
+            oriented = g.t() if transposed else g
+            F[name] += oriented.float().square()
+
+    count = _each_draw(worker, fisher_loss, params, draws, seed, accumulate)
+    count = max(count / draws, 1.0)
+    return {n: f / (count * draws) for n, f in F.items()}
+
+
+def _pseudo_target_loss(worker: Worker) -> Callable[..., tuple[torch.Tensor, float]]:
+    """The objective's loss against sampled pseudo-targets (``fisher_loss``); a user objective
+    has none."""
+    loss = getattr(worker.objective, "fisher_loss", None)
+    if loss is None:
+        raise WorkerError(f"proxy: fisher needs the kl or embedding_distortion objective, not "
+                          f"{worker.objective.name!r} (use proxy: hessian)")
+    return cast(Callable[..., tuple[torch.Tensor, float]], loss)
+
+
+def _each_draw(worker: Worker, fisher_loss: Callable[..., tuple[torch.Tensor, float]],
+               params: list[torch.Tensor], draws: int, seed: int,
+               backward: Callable[[torch.Tensor], None]) -> float:
+    """Call ``backward`` on the pseudo-target loss of ``draws`` draws per calibration batch, with
+    gradients on for ``params`` (put back as they were after); one seeded stream per device.
+    Returns the objective items the losses summed over."""
+    wanted = [bool(p.requires_grad) for p in params]
     generators: dict[torch.device, torch.Generator] = {}
 
-    def generator(device: torch.device) -> torch.Generator:  # one seeded stream per device
+    def generator(device: torch.device) -> torch.Generator:
         if device not in generators:
             generators[device] = torch.Generator(device=device).manual_seed(seed)
         return generators[device]
@@ -91,46 +123,27 @@ def fisher_diagonals(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str,
                 p.requires_grad_(True)
             for batch in worker.batches:
                 for _ in range(draws):
-                    loss, n = worker.objective.fisher_loss(worker.model(**batch), batch,
-                                                           generator)
-                    grads = torch.autograd.grad(loss, params)
-                    for name, target, w in zip(names, targets, weights, strict=True):
-                        g = grads[position[id(w)]]
-                        if isinstance(target, ExpertSlice):
-                            g = g[target.index]
-                        transposed = isinstance(target, Conv1D) or (
-                            isinstance(target, ExpertSlice) and target.transposed)
-                        oriented = g.t() if transposed else g
-                        F[name] += oriented.float().square()
+                    loss, n = fisher_loss(worker.model(**batch), batch, generator)
+                    backward(loss)
                     count += n
     finally:
         for p, flag in zip(params, wanted, strict=True):
             p.requires_grad_(flag)
             p.grad = None
-    count = max(count / draws, 1.0)
-    return {n: f / (count * draws) for n, f in F.items()}
+    return count
 
 
 def output_fisher(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
     """Per searched layer, ``S_i = Σ_t g_ti²``: the squared gradient of the pseudo-target loss
     with respect to the layer's output ``i`` over every calibration token, per objective item
     (float32, one entry per output row). The output side of the K-FAC factorization below."""
-    if not hasattr(worker.objective, "fisher_loss"):
-        raise WorkerError(f"proxy: fisher needs the kl or embedding_distortion objective, not "
-                          f"{worker.objective.name!r} (use proxy: hessian)")
+    fisher_loss = _pseudo_target_loss(worker)
     worker.restore_()
     modules = _modules(worker)
     names = list(modules)
     params = [cast(torch.Tensor, modules[n].weight) for n in names]
-    wanted = [bool(p.requires_grad) for p in params]
     S = {n: torch.zeros(worker.original[n].shape[0], device=worker.original[n].device)
          for n in names}
-    generators: dict[torch.device, torch.Generator] = {}
-
-    def generator(device: torch.device) -> torch.Generator:
-        if device not in generators:
-            generators[device] = torch.Generator(device=device).manual_seed(seed)
-        return generators[device]
 
     def hook_for(name: str):
         def on_output(_module, _args, output: torch.Tensor) -> None:
@@ -140,23 +153,15 @@ def output_fisher(worker: Worker, draws: int = 1, seed: int = 0) -> dict[str, to
             output.register_hook(on_grad)
         return on_output
 
+    def backward(loss: torch.Tensor) -> None:  # the hooks collect the output gradients
+        torch.autograd.grad(loss, params)
+
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
-    count = 0.0
     try:
-        with torch.inference_mode(False), torch.enable_grad():
-            for p in params:
-                p.requires_grad_(True)
-            for batch in worker.batches:
-                for _ in range(draws):
-                    loss, n = worker.objective.fisher_loss(worker.model(**batch), batch,
-                                                           generator)
-                    torch.autograd.grad(loss, params)
-                    count += n
+        count = _each_draw(worker, fisher_loss, params, draws, seed, backward)
     finally:
         for h in handles:
             h.remove()
-        for p, flag in zip(params, wanted, strict=True):
-            p.requires_grad_(flag)
     return {n: s / max(count, 1.0) for n, s in S.items()}
 
 
