@@ -23,10 +23,13 @@ packing the zero point, so a [out·b/32, groups] zero point meets an [out, group
 (``docs/formats.md``). transformers' other route, ``dequantize=True``, decompresses every layer
 with the first config group's scheme, which garbles a mixed plan.
 
-Sentence-transformers files (``modules.json``, pooling, normalize) are copied beside it, but
-``SentenceTransformer(DIR)`` cannot run the result: it calls the model's ``forward`` itself,
-skipping the forward pre-hook through which compressed-tensors decompresses (the dense export
-runs there). Options the format cannot hold (NF4, FP8 E5M2,
+Sentence-transformers files (``modules.json``, pooling, normalize) are copied beside it.
+``SentenceTransformer(DIR)`` (6.2) calls the model as ``getattr(model, "forward")(...)``, past
+``nn.Module.__call__`` and so past the forward pre-hook (``ct_decompress_hook``, on the top-level
+model) through which compressed-tensors decompresses: one call of ``st[0].model`` itself runs
+the hook, and then it gives the trial's embeddings (no checkpoint setting reaches either; the
+loader's ``dequantize`` route would use one config group's scheme for every layer). Options the
+format cannot hold (NF4, FP8 E5M2,
 pruning, GPT-2's Conv1D layers, which compressed-tensors does not quantize) are refused before
 anything is written, naming the layer and the option.
 """

@@ -338,9 +338,11 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
     err.print(f"wrote a {format} checkpoint of {source} with {len(plan.options)} quantized layers "
               f"(trial {prov.get('trial')} of study {prov.get('study')}) to {path}")
     if format == COMPRESSED_TENSORS and (path / "modules.json").is_file():
-        err.print("note: SentenceTransformer(DIR) cannot run a compressed-tensors checkpoint (it "
-                  "skips the hook that decompresses it); AutoModel.from_pretrained(DIR) and vLLM "
-                  "load it, and --format dense runs in sentence-transformers")
+        err.print("note: in SentenceTransformer(DIR) call its transformers model once, "
+                  "st[0].model(**st[0].tokenizer(['x'], return_tensors='pt')), before encoding: "
+                  "sentence-transformers calls the model's forward directly, past the hook through "
+                  "which compressed-tensors decompresses it (AutoModel.from_pretrained(DIR) and "
+                  "vLLM load it as it is)")
     if verify:
         assert setup is not None
         value = rescore_checkpoint(path, setup, scoring.samples)

@@ -218,6 +218,63 @@ def test_dense_export_of_an_encoder_runs_in_sentence_transformers(minilm_path, t
     assert float(d.mean()) == pytest.approx(stored, rel=1e-4)
 
 
+# sentence-transformers 6.2 calls ``getattr(model, "forward")(...)``, past nn.Module.__call__ and so
+# past the forward pre-hook through which compressed-tensors decompresses the model; one call of
+# the transformers model itself (what AutoModel users do anyway) runs the hook.
+ST_CT_LOADER = textwrap.dedent("""
+    import sys, torch
+    from sentence_transformers import SentenceTransformer
+    path, batches, out = sys.argv[1:4]
+    model = SentenceTransformer(path, device="cpu")
+    batches = torch.load(batches)
+    try:
+        model(dict(batches[0]))
+        plain = "ran"
+    except AttributeError as exc:
+        plain = str(exc)
+    encoder = model[0].model
+    encoder(**model[0].tokenizer(["decompress"], return_tensors="pt"))  # the hook decompresses
+    assert not any(m.startswith("mpsearch") for m in sys.modules)
+    with torch.inference_mode():
+        embeddings = [model(dict(b))["sentence_embedding"] for b in batches]
+    torch.save({"plain": plain, "embeddings": embeddings}, out)
+""")
+
+
+@pytest.mark.slow
+def test_compressed_tensors_export_of_an_encoder_runs_in_sentence_transformers(minilm_path,
+                                                                               tmp_path,
+                                                                               scored_trial):
+    """The MiniLM's compressed-tensors export in ``SentenceTransformer(DIR)``, in a fresh process:
+    its modules (pooling, normalize) give the embeddings the trial scored once the transformers
+    model has been called through ``__call__`` once (sentence-transformers' own call skips
+    compressed-tensors' decompression hook, and fails on the packed layers)."""
+    from mpsearch.workers.scoring import embedding_distortion
+
+    worker, options, stored, cost = scored_trial(minilm_path, "embedding_distortion", "float32",
+                                                 MIXED_CT)
+    result = export_compressed_tensors(worker.setup, options, tmp_path / "ct")
+    modules = json.loads((result.path / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling",
+                                                               "Normalize"]
+    torch.save(worker.batches, tmp_path / "batches.pt")
+    (tmp_path / "st.py").write_text(ST_CT_LOADER)
+    run = subprocess.run([sys.executable, str(tmp_path / "st.py"), str(result.path),
+                          str(tmp_path / "batches.pt"), str(tmp_path / "emb.pt")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = torch.load(tmp_path / "emb.pt")
+    assert loaded["plain"] == "'Linear' object has no attribute 'weight'"  # the packed layer
+    embeddings = loaded["embeddings"]
+    assert all(torch.allclose(e.norm(dim=-1), torch.ones(len(e))) for e in embeddings)  # Normalize
+    d = torch.cat([embedding_distortion(ref, e) for ref, e in zip(worker.reference, embeddings,
+                                                                    strict=True)])
+    assert float(d.mean()) == pytest.approx(stored, rel=1e-4)
+    print(f"re-scored {float(d.mean())}; stored {stored}; on disk {result.weight_bytes} bytes; "
+          f"cost model {cost.total_bytes:.0f} bytes")
+    assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
+
+
 def test_a_plan_for_another_model_is_refused_by_its_shapes(tiny_llama_path):
     from mpsearch.workers.checkpoint import check_plan_shapes
 
