@@ -132,17 +132,21 @@ def compressed_tensors_schemes(model: nn.Module, options: Mapping[str, QuantOpti
 
 def _refuse_fp4_outside_bfloat16(options: Mapping[str, QuantOption], dtype: str,
                                  runtime: str) -> None:
-    """compressed-tensors decompresses NVFP4 and MXFP4 weights into bfloat16 (its FP4 unpacking
-    has no other dtype), so transformers runs them in a bfloat16 model only: a float16 or float32
-    study is refused for transformers (vLLM runs the same parts with its own kernels)."""
+    """compressed-tensors 0.17.1 decompresses NVFP4 and MXFP4 weights into bfloat16
+    (``unpack_fp4_from_uint8``'s dtype; ``decompress`` computes ŵ in it) and installs that tensor
+    as the layer's weight without casting it, so in a float16 or float32 model the layer's matmul
+    meets a bfloat16 weight and stops ("self and mat2 must have the same dtype"). No layout
+    avoids it: the FP4 formats are the only ones holding E2M1 codes at 4 bits. Such a study is
+    refused for transformers (vLLM runs the same parts with its own kernels)."""
     if runtime != "transformers" or dtype == "bfloat16":
         return
     for name, option in options.items():
         if option.format in ("nvfp4", "mxfp4"):
             raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
                               f"compressed-tensors from a {dtype} study for transformers: "
-                              "compressed-tensors decompresses FP4 weights to bfloat16, which a "
-                              f"{dtype} model cannot run (score in bfloat16, or --runtime vllm)")
+                              "compressed-tensors 0.17.1 decompresses FP4 weights to bfloat16 "
+                              f"and does not cast them, so a {dtype} model's matmul fails on the "
+                              "mixed dtypes (score in bfloat16, or --runtime vllm)")
 
 
 def _config_groups(options: Mapping[str, QuantOption],
@@ -173,11 +177,18 @@ def _scale_parts(name: str, enc: Encoded, dtype: torch.dtype) -> torch.Tensor:
         _, exp = torch.frexp(enc.scale)  # scale = 2^(exp − 1), E8M0's range
         return (exp - 1 + 127).to(torch.uint8)
     scale = enc.scale.to(torch.float16)
-    if dtype == torch.bfloat16 and not torch.equal(scale.to(dtype).float(), enc.scale):
-        raise ExportError(f"layer {name}: option {enc.option.label} cannot be exported to "
-                          "compressed-tensors from a bfloat16 study: its scales are created in "
-                          "bfloat16, which cannot hold every fp16 scale (score in float16 or "
-                          "float32)")
+    if dtype == torch.bfloat16:
+        rounds = scale.to(dtype).float() != enc.scale
+        if rounds.any():
+            first = int(rounds.flatten().nonzero()[0])
+            was, now = float(enc.scale.flatten()[first]), float(scale.flatten()[first].bfloat16())
+            raise ExportError(
+                f"layer {name}: option {enc.option.label} cannot be exported to "
+                f"compressed-tensors from a bfloat16 study: compressed-tensors 0.17.1 creates "
+                f"int and FP8 scales in the model's dtype, and {int(rounds.sum())} of the "
+                f"{rounds.numel()} fp16 scales the trial was scored with round in bfloat16 "
+                f"({was!r} loads as {now!r}), so the loaded weights would not be the scored ones "
+                "(score in float16 or float32)")
     return scale
 
 

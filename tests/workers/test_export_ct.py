@@ -136,6 +136,54 @@ def test_fp4_export_of_a_bfloat16_study_reproduces_the_trial(request, tmp_path, 
     assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
 
 
+# Options whose scales come out as powers of two on the weights below, so bfloat16 holds each
+# fp16 scale exactly: int sym s = 0.875/7, asym s = 0.9375/15, FP8 s = 0.875/448 (per group of
+# 32 or per channel); NVFP4 and MXFP4 keep their own scale formats.
+MIXED_BF16 = ("int4-g32-sym", "int4-g32-asym", "fp8_e4m3", "int4-ch-asym", "nvfp4", "mxfp4", "fp16")
+
+
+def _power_of_two_scales_llama(source: str, out: Path) -> str:
+    """The tiny Llama with every block's weights in [−0.0625, 0.875], each group of 32 holding
+    both ends (bfloat16 values), so the int and FP8 scales above are exact in bfloat16."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and re.search(r"\.\d+\.", name):
+                w = (torch.rand_like(module.weight) * 0.9375 - 0.0625).bfloat16().float()
+                groups = w.view(w.shape[0], -1, 32)
+                groups[..., 0], groups[..., 1] = 0.875, -0.0625
+                module.weight.copy_(w)
+    model.save_pretrained(out)
+    for f in Path(source).iterdir():
+        if f.suffix != ".safetensors" and f.name != "config.json" and f.is_file():
+            shutil.copy(f, out / f.name)
+    return str(out)
+
+
+@pytest.mark.slow
+def test_bfloat16_study_with_exact_scales_exports_int_and_fp8(tiny_llama_path, tmp_path,
+                                                              scored_trial):
+    """A bfloat16 study whose fp16 scales bfloat16 holds exactly: compressed-tensors creates the
+    scale parameters in bfloat16 and computes the trial's very weights, so the int and FP8 layers
+    export (and reproduce the trial in a fresh process) where other scales are refused."""
+    path = _power_of_two_scales_llama(tiny_llama_path, tmp_path / "llama")
+    worker, options, stored, cost = scored_trial(path, "kl", "bfloat16", MIXED_BF16)
+    assert {o.label for o in options.values()} == set(MIXED_BF16)
+    result = export_compressed_tensors(worker.setup, options, tmp_path / "ct")
+    config = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    assert len(config["config_groups"]) == len(MIXED_BF16) - 1
+    value = rescore_in_fresh_process(worker, tmp_path / "ct", tmp_path)
+    assert value == pytest.approx(stored, rel=1e-4)
+    print(f"re-scored {value}; stored {stored}; on disk {result.weight_bytes} bytes; cost model "
+          f"{cost.total_bytes:.0f} bytes")
+    assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
+
+
 def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_path,
                                                                      tiny_gpt2_path, tmp_path):
     setup = scoring_setup(tiny_llama_path, "auto", "kl", CALIBRATION)
@@ -147,16 +195,26 @@ def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_
                                                         "exported to compressed-tensors: ") + why):
             export_compressed_tensors(setup, {layer: parse_option(label)}, tmp_path / label)
         assert not (tmp_path / label).exists()  # refused before anything is written
-    with pytest.raises(ExportError, match=f"layer {layer}: option nvfp4 cannot be exported to "
-                                          "compressed-tensors from a float32 study for "
-                                          "transformers: .* to bfloat16"):
-        export_compressed_tensors(setup, {layer: parse_option("nvfp4")}, tmp_path / "nvfp4")
-    assert not (tmp_path / "nvfp4").exists()
+    for dtype, fp4 in (("float32", "nvfp4"), ("float16", "mxfp4")):
+        with pytest.raises(ExportError, match=f"layer {layer}: option {fp4} cannot be exported to "
+                                              f"compressed-tensors from a {dtype} study for "
+                                              "transformers: compressed-tensors 0.17.1 "
+                                              "decompresses FP4 weights to bfloat16 and does not "
+                                              f"cast them, so a {dtype} model's matmul fails"):
+            export_compressed_tensors(scoring_setup(tiny_llama_path, "auto", "kl", CALIBRATION,
+                                                    dtype),
+                                      {layer: parse_option(fp4)}, tmp_path / fp4)
+        assert not (tmp_path / fp4).exists()
     bf16 = scoring_setup(tiny_llama_path, "auto", "kl", CALIBRATION, "bfloat16")
-    with pytest.raises(ExportError, match=f"layer {layer}: option int4-g32-sym cannot be exported "
-                                          "to compressed-tensors from a bfloat16 study"):
-        export_compressed_tensors(bf16, {layer: parse_option("int4-g32-sym")}, tmp_path / "bf16")
-    assert not (tmp_path / "bf16").exists()
+    for label, scales in (("int4-g32-sym", 128 * 2), ("fp8_e4m3", 128)):
+        with pytest.raises(ExportError, match=f"layer {layer}: option {label} cannot be exported "
+                                              "to compressed-tensors from a bfloat16 study: "
+                                              "compressed-tensors 0.17.1 creates int and FP8 "
+                                              r"scales in the model's dtype, and \d+ of the "
+                                              f"{scales} fp16 scales the trial was scored with "
+                                              r"round in bfloat16 \(\S+ loads as \S+\)"):
+            export_compressed_tensors(bf16, {layer: parse_option(label)}, tmp_path / "bf16")
+        assert not (tmp_path / "bf16").exists()
     q, k = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"
     mixed = {q: parse_option("int4-g32-sym"), k: parse_option("int8-ch-sym")}
     export_ok = compressed_tensors_schemes(_shapes_model(setup), mixed)  # transformers loads it
