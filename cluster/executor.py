@@ -86,7 +86,10 @@ class RayExecutor:
                  gpus: float = 0.0, max_attempts: int = 3, *, depth: int = 2,
                  actor_cls: Any = None, before_dispatch: Callable[[], None] | None = None,
                  max_replacements: int | None = None, start_timeout: float = 600.0,
-                 flush_due: Callable[[], float | None] | None = None) -> None:
+                 flush_due: Callable[[], float | None] | None = None,
+                 started: list[Any] | None = None) -> None:
+        """``started``: actors of ``actor_cls`` already started without a setup (see
+        :mod:`.prestart`), taken as the first workers and given ``setup`` and ``space``."""
         if actor_cls is None:
             from mpsearch.workers.actor import WorkerActor
             actor_cls = WorkerActor
@@ -98,7 +101,10 @@ class RayExecutor:
         self.start_timeout = start_timeout
         self.replaced = 0
         self.redispatched = 0
-        self.actors = [self._spawn(i) for i in range(count)]
+        started = list(started or [])[:count]
+        for actor in started:  # an actor runs one caller's calls in order: this one first
+            actor.configure.remote(setup, space)
+        self.actors = started + [self._spawn(i) for i in range(len(started), count)]
         self.labels = self._ready(self.actors)
         self.idle = [i for _ in range(depth) for i in range(count)]
         self.queued: list[tuple[int, Candidate, int]] = []  # (key, candidate, attempts)

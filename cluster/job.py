@@ -137,6 +137,7 @@ class RayResources:
     store_url: str = ""
     listener: Any = None  # a warmup.SetupListener
     executor_options: dict[str, Any] | None = None
+    early: Any = None  # the prestart.EarlyWorkers of ``mpsearch run``, if any
     _workers: Any = None  # the warmup.SetUpWorkers once started
 
     def profile_key(self) -> ProfileKey:
@@ -148,7 +149,7 @@ class RayResources:
         if self._workers is None:
             connect_for(self.job.spec, self.address)
             self._workers = SetUpWorkers(self.job, worker_setup(self.job), self.store_url,
-                                         self.listener, self.executor_options)
+                                         self.listener, self.executor_options, self.early)
         return self._workers
 
     def proxies(self) -> dict[tuple[str, str], float]:
@@ -160,6 +161,8 @@ class RayResources:
     def close(self) -> None:
         if self._workers is not None:
             self._workers.close()
+        if self.early is not None:
+            self.early.close()
 
 
 def connect_for(spec: JobSpec, address: str | None) -> None:
@@ -227,7 +230,8 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
             extend: int = 0, lease_ttl: float = DEFAULT_TTL,
             executor_options: dict[str, Any] | None = None,
             job: PreparedJob | None = None,
-            switch_to: SearcherConfig | None = None, on_phase: Any = None) -> SessionResult:
+            switch_to: SearcherConfig | None = None, on_phase: Any = None,
+            early: Any = None) -> SessionResult:
     """Run, continue or extend the study of ``spec`` until it has its completed evaluations.
 
     The spec's part: check everything before a worker starts, open the study, say how workers
@@ -235,7 +239,8 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
     ``extend`` adds evaluations to the study's budget; ``switch_to`` continues it with another
     strategy (``resume --searcher``); ``on_phase`` (a
     :class:`~mpsearch.cluster.warmup.SetupListener`) follows the workers' setup phases, which
-    are also stored in the study row for ``mpsearch status``.
+    are also stored in the study row for ``mpsearch status``. ``early``: the workers
+    :class:`~.prestart.EarlyWorkers` started while the job was prepared.
     """
     from .latency import with_latency
     from .warmup import StudyPhaseListener
@@ -246,7 +251,7 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
     check_mirror(store, spec.study)  # before the study is created: a foreign Optuna study
     study = open_job_study(job, store)
     resources = RayResources(job, address, store.url, StudyPhaseListener(store, study.id, on_phase),
-                             executor_options)
+                             executor_options, early)
 
     def make_executor(recorder: StoreRecorder) -> Any:
         executor = resources.workers().executor(recorder)

@@ -355,7 +355,9 @@ class SetUpWorkers:
 
     def __init__(self, job: Any, setup: WorkerSetup, store_url: str,
                  listener: SetupListener | None = None,
-                 executor_options: dict[str, Any] | None = None) -> None:
+                 executor_options: dict[str, Any] | None = None, early: Any = None) -> None:
+        """``early``: the job's :class:`~.prestart.EarlyWorkers`, whose actors become the
+        workers (the level database's path is checked before they are taken)."""
         spec = job.spec
         root = levels_root(spec.levels, store_url)
         self.db_dir: Path | None
@@ -370,6 +372,8 @@ class SetUpWorkers:
         self.listener = listener or QuietListener()
         w = spec.workers
         options = {"depth": w.depth, **(executor_options or {})}
+        if early is not None and "actor_cls" not in options:
+            options["started"] = early.take()
         self._executor: LevelRayExecutor | None = LevelRayExecutor(
             setup, job.space, w.count, w.cpus, w.gpus, **options)
         try:

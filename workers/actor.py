@@ -9,35 +9,104 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
+import torch
 
 from mpsearch.spaces.options import QuantOption
 from mpsearch.spaces.space import Candidate, SearchSpace
 
 from .fisher import fisher_diagonals, fisher_error, kfac_error, output_fisher
 from .level_build import BuildTask, build_task_
+from .model_loading import detect_kind, load_config, load_model
 from .profile import ProfileMeasurement, layer_proxy, measure_profile
 from .sharding import worker_diagnostics
 from .worker import EvalOutcome, Worker, WorkerSetup
 
 
+@dataclass(frozen=True)
+class ModelPreload:
+    """The model a worker can start loading before its job is prepared (``mpsearch run`` starts
+    its workers while the driver still inspects the model, see :mod:`mpsearch.cluster.prestart`):
+    the spec's model name resolved to its path, the kind asked for ("auto" is resolved from the
+    config here), dtype, one device, CPU threads."""
+
+    model_path: str
+    kind: str
+    dtype: str
+    device: str
+    threads: int | None = None
+
+
+class _Preloading(threading.Thread):
+    """Loads a :class:`ModelPreload` in the background (``load_model``, as the worker would);
+    on an error nothing is kept, and the worker loads as if nothing had been preloaded (and
+    reports the error in its own words)."""
+
+    def __init__(self, preload: ModelPreload) -> None:
+        super().__init__(name="mpsearch-preload", daemon=True)
+        self.preload = preload
+        self.key: tuple[str, str, str, str] | None = None  # (path, kind, dtype, device) loaded
+        self.model: Any = None
+        self.start()
+
+    def run(self) -> None:
+        p = self.preload
+        try:
+            if p.threads:
+                torch.set_num_threads(p.threads)
+            kind = detect_kind(load_config(p.model_path), p.kind)
+            self.model = load_model(p.model_path, kind, p.dtype, p.device)
+            self.key = (p.model_path, kind, p.dtype, p.device)
+        except Exception:  # noqa: BLE001 - the worker's own load reports it, in its words
+            self.model = None
+
+    def take(self, setup: WorkerSetup) -> Any:
+        """The preloaded model when it is the one ``setup`` loads (None otherwise: dropped)."""
+        self.join()
+        model, self.model = self.model, None
+        wanted = (setup.model_path, setup.kind, setup.dtype, setup.device)
+        if model is None or self.key != wanted or len(setup.devices) > 1 or setup.random_weights:
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return None
+        return model
+
+
 @ray.remote
 class WorkerActor:
-    def __init__(self, setup: WorkerSetup, space: SearchSpace, label: str) -> None:
+    def __init__(self, setup: WorkerSetup | None, space: SearchSpace | None, label: str,
+                 preload: ModelPreload | None = None) -> None:
         """Load the model now, or, with ``setup.phased``, when the driver runs the setup phases
-        (:mod:`mpsearch.cluster.warmup`) or the first evaluation arrives (a replacement)."""
+        (:mod:`mpsearch.cluster.warmup`) or the first evaluation arrives (a replacement).
+        ``preload`` (with no setup and space yet; :meth:`configure` gives them): start loading
+        that model now, in the background, for the phase that loads it to take over."""
         self.label = f"{label}@{socket.gethostname()}:{os.getpid()}"
-        self.setup, self.space = replace(setup, label=self.label), space
         self._worker: Worker | None = None
         self._fisher: dict[str, Any] | None = None  # Fisher diagonals, once asked for
         self._kfac: dict[str, Any] | None = None  # output-gradient squares, once asked for
+        self._preloading = _Preloading(preload) if preload is not None else None
+        self.preloaded = False  # whether the worker took the preloaded model
+        if setup is not None and space is not None:
+            self.configure(setup, space)
+
+    def configure(self, setup: WorkerSetup, space: SearchSpace) -> None:
+        """The worker's setup and space (given to the constructor, or later to an actor started
+        with only a ``preload``)."""
+        self.setup, self.space = replace(setup, label=self.label), space
         if not setup.phased:
-            self._worker = Worker(self.setup, space)
+            self._worker = self._make_worker(defer_reference=False)
+
+    def _make_worker(self, defer_reference: bool) -> Worker:
+        preloaded = self._preloading.take(self.setup) if self._preloading is not None else None
+        self._preloading, self.preloaded = None, preloaded is not None
+        return Worker(self.setup, self.space, model=preloaded, defer_reference=defer_reference)
 
     @property
     def worker(self) -> Worker:
@@ -51,6 +120,10 @@ class WorkerActor:
     def name(self) -> str:
         return self.label
 
+    def took_preload(self) -> bool:
+        """Whether this worker's model is the one its ``preload`` loaded (tests, benchmarks)."""
+        return self.preloaded
+
     def placement(self) -> list[str]:
         """Where the model's parts went, one line per device (empty for one device)."""
         placement = self.worker.placement
@@ -63,8 +136,8 @@ class WorkerActor:
     # -- setup phases (see mpsearch.cluster.warmup); each returns its seconds ------------------
     def load_model(self) -> float:
         start = time.perf_counter()
-        if self._worker is None:
-            self._worker = Worker(self.setup, self.space, defer_reference=True)
+        if self._worker is None:  # a preload still running is waited for
+            self._worker = self._make_worker(defer_reference=True)
         return time.perf_counter() - start
 
     def compute_reference(self) -> float:

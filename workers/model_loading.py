@@ -65,7 +65,7 @@ def resolve_model_path(name: str) -> str:
     return name  # a Hugging Face id: the cache, or the hub when it can be reached
 
 
-def _load_config(path: str):
+def load_config(path: str):
     from transformers import AutoConfig
 
     try:
@@ -94,7 +94,7 @@ def _auto_class(kind: str):
 def inspect_model(cfg: ModelConfig) -> ModelInfo:
     """Layer shapes and parameter count, from the config alone (meta device, no weights read)."""
     path = resolve_model_path(cfg.name)
-    config = _load_config(path)
+    config = load_config(path)
     kind = detect_kind(config, cfg.kind)
     with torch.device("meta"):
         model = _auto_class(kind).from_config(config)

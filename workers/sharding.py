@@ -183,9 +183,9 @@ def _parameters_on_meta() -> Iterator[None]:
 
 def empty_model(path: str, kind: str, dtype: str) -> nn.Module:
     """The model of ``path``'s config, parameters on the meta device, buffers on the CPU."""
-    from .model_loading import _auto_class, _load_config
+    from .model_loading import _auto_class, load_config
 
-    config = _load_config(path)
+    config = load_config(path)
     with _parameters_on_meta():
         model = _auto_class(kind).from_config(config, dtype=getattr(torch, dtype))
     return model.eval()

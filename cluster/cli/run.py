@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -32,23 +32,31 @@ def run(
     top: Annotated[int, typer.Option(help="Best configurations to show at the end.")] = 5,
 ) -> None:
     """Run a search job (or continue the study it names) and show the best configurations."""
-    from mpsearch.cluster.job import prepare
-    from mpsearch.cluster.latency import with_latency
-    from mpsearch.cluster.mirror import check_mirror
+    from mpsearch.cluster.prestart import EarlyWorkers
     from mpsearch.cluster.spec import load_spec
-    from mpsearch.storage.store import TrialStore
 
     spec = load_spec(spec_path)
-    job = prepare(spec)  # spec, model, space, budget, calibration: before the store is created
-    job = with_latency(job, spec.storage.url, address, say=err.print)  # its table, if budgeted
-    store = TrialStore(spec.storage.url)
-    check_mirror(store, spec.study)  # a foreign Optuna study of the name: refused before the bar
-    run_with_progress(spec, store, address, top, job=job)
+    # Ray and the workers start now: their imports and the model's weights load while this
+    # process prepares the job (cluster/prestart.py)
+    early = EarlyWorkers(spec, address)
+    try:
+        from mpsearch.cluster.job import prepare
+        from mpsearch.cluster.latency import with_latency
+        from mpsearch.cluster.mirror import check_mirror
+        from mpsearch.storage.store import TrialStore
+
+        job = prepare(spec)  # spec, model, space, budget, calibration: before the store is created
+        job = with_latency(job, spec.storage.url, address, say=err.print)  # its table, if budgeted
+        store = TrialStore(spec.storage.url)
+        check_mirror(store, spec.study)  # a foreign Optuna study of the name: refused before the bar
+        run_with_progress(spec, store, address, top, job=job, early=early)
+    finally:
+        early.close()
 
 
 def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top: int,
                       extend: int = 0, job: PreparedJob | None = None,
-                      switch_to: SearcherConfig | None = None) -> None:
+                      switch_to: SearcherConfig | None = None, early: Any = None) -> None:
     """Run (continue, extend) a study with a live progress bar, then print its best results."""
     from mpsearch.cluster.job import run_job
 
@@ -84,7 +92,8 @@ def run_with_progress(spec: JobSpec, store: TrialStore, address: str | None, top
 
     try:
         result = run_job(spec, store, address, on_start=on_start, on_result=on_result,
-                         extend=extend, job=job, switch_to=switch_to, on_phase=phases)
+                         extend=extend, job=job, switch_to=switch_to, on_phase=phases,
+                         early=early)
     except BaseException:
         # an error is the run's last word: the bar leaves no line behind it (on a file or pipe
         # Progress.stop prints the bar's final state and a newline, making a one-line error three)
