@@ -28,7 +28,10 @@ Sentence-transformers files (``modules.json``, pooling, normalize) are copied be
 ``nn.Module.__call__`` and so past the forward pre-hook (``ct_decompress_hook``, on the top-level
 model) through which compressed-tensors decompresses: one call of ``st[0].model`` itself runs
 the hook, and then it gives the trial's embeddings (no checkpoint setting reaches either; the
-loader's ``dequantize`` route would use one config group's scheme for every layer). Options the
+loader's ``dequantize`` route would use one config group's scheme for every layer). Fused MoE experts (3-D
+parameters) are written in the checkpoint's per-expert layout under one ``re:`` group, which
+transformers' loader decompresses into the fused parameters: one symmetric int or FP8 option for
+all of them (:func:`_write_experts_`). Options the
 format cannot hold (NF4, FP8 E5M2,
 pruning, GPT-2's Conv1D layers, which compressed-tensors does not quantize) are refused before
 anything is written, naming the layer and the option.
@@ -37,8 +40,9 @@ anything is written, naming the layer and the option.
 from __future__ import annotations
 
 import json
+import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -118,16 +122,61 @@ def compressed_tensors_schemes(model: nn.Module, options: Mapping[str, QuantOpti
             raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
                               f"compressed-tensors: {exc}") from None
         if args is not None and isinstance(module, ExpertSlice):
-            raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
-                              "compressed-tensors: it is a slice of a fused 3-D expert "
-                              "parameter, which the export does not write yet; `mpsearch apply` "
-                              "writes its dequantized weights")
-        if args is not None and not isinstance(module, nn.Linear):
+            _check_expert_option(name, option, module)
+        elif args is not None and not isinstance(module, nn.Linear):
             raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
                               f"compressed-tensors: it quantizes nn.Linear layers only, and this "
                               f"is a {type(module).__name__} (GPT-2's Conv1D); export GGUF instead")
         schemes[name] = args
+    _check_one_expert_scheme(modules, options, schemes)
     return schemes
+
+
+# The checkpoint's per-expert matrices (``...experts.3.w1``), never the fused module
+# (``...experts``): transformers' loader takes the experts' scheme from the group whose ``re:``
+# target names experts (``get_experts_scheme``), and the instantiated model has no module it
+# matches, so compressed-tensors builds nothing for it and the loader decompresses the experts.
+EXPERTS_TARGET = r"re:.*experts\.\d+\.[^.]+$"
+
+
+def _check_expert_option(name: str, option: QuantOption, target: ExpertSlice) -> None:
+    """:class:`ExportError` unless transformers' loader rebuilds the slice exactly: it unpacks
+    fused experts without zero points or global scales (``CompressedTensorsDequantize``), so
+    symmetric int (packed) and FP8 E4M3 weight-only experts load, nothing else."""
+    why = None
+    if target.transposed:
+        why = "its parameter is stored [experts, in, out], which the export does not write"
+    elif option.activations:
+        why = "transformers runs fused experts dense, without quantized inputs"
+    elif option.format == "int" and not option.symmetric:
+        why = ("transformers' loader unpacks fused experts without zero points "
+               "(CompressedTensorsDequantize); use a symmetric option")
+    elif option.format not in ("int", "fp8_e4m3"):
+        why = ("transformers' loader rebuilds fused experts from symmetric int or fp8_e4m3 "
+               "parts only")
+    if why is not None:
+        raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
+                          f"compressed-tensors as a fused expert: {why}")
+
+
+def _check_one_expert_scheme(modules: Mapping[str, Any], options: Mapping[str, QuantOption],
+                             schemes: Mapping[str, dict[str, Any] | None]) -> None:
+    """:class:`ExportError` unless every fused-expert slice of the model takes one quantized
+    option or none does: a checkpoint holds one scheme for its experts (transformers decompresses
+    them all with ``get_experts_scheme``, and drops a dense expert beside packed ones)."""
+    slices = [n for n, t in modules.items() if isinstance(t, ExpertSlice)]
+    quantized = [n for n in slices if schemes.get(n) is not None]
+    if not quantized:
+        return
+    first = quantized[0]
+    for name in slices:
+        if name not in options or options[name] != options[first]:
+            given = options[name].label if name in options else "nothing (left dense)"
+            raise ExportError(f"layer {name}: option {given} cannot be exported to "
+                              f"compressed-tensors beside {first}'s {options[first].label}: a "
+                              "checkpoint holds one scheme for all its fused experts (give every "
+                              "expert slice the same option: one space.layers rule of one "
+                              "option for the experts)")
 
 
 def _refuse_fp4_outside_bfloat16(options: Mapping[str, QuantOption], dtype: str,
@@ -150,13 +199,18 @@ def _refuse_fp4_outside_bfloat16(options: Mapping[str, QuantOption], dtype: str,
 
 
 def _config_groups(options: Mapping[str, QuantOption],
-                   schemes: Mapping[str, dict[str, Any] | None]) -> dict[str, tuple[str, list[str]]]:
-    """group name → (option label, module names), one group per distinct quantized option."""
+                   schemes: Mapping[str, dict[str, Any] | None],
+                   experts: Collection[str] = ()) -> dict[str, tuple[str, list[str]]]:
+    """group name → (option label, module names), one group per distinct quantized option,
+    then ``experts`` (the fused-expert slices, one option) as the group ``experts``."""
     by_label: dict[str, list[str]] = {}
     for name, option in options.items():
-        if schemes[name] is not None:
+        if schemes[name] is not None and name not in experts:
             by_label.setdefault(option.label, []).append(name)
-    return {f"group_{i}": (label, names) for i, (label, names) in enumerate(by_label.items())}
+    groups = {f"group_{i}": (label, names) for i, (label, names) in enumerate(by_label.items())}
+    if experts:
+        groups["experts"] = (options[next(iter(experts))].label, list(experts))
+    return groups
 
 
 def _signed(codes: torch.Tensor, option: QuantOption) -> torch.Tensor:
@@ -231,11 +285,79 @@ def _dense_fp16_(modules: Mapping[str, nn.Module], options: Mapping[str, QuantOp
     if dtype != torch.float32:
         return
     for name, option in options.items():
-        if schemes[name] is None and option.format == "fp16":
+        if schemes[name] is None and option.format == "fp16" and name in modules:
             weight = cast(torch.Tensor, modules[name].weight)
             half = weight.data.half()
             assert torch.equal(half.float(), weight.data), name
             weight.data = half
+
+
+def _expert_format(option: QuantOption) -> str:
+    """The experts group's compressed-tensors format (no module of the model infers it)."""
+    return "pack-quantized" if option.format == "int" else "float-quantized"
+
+
+def _write_experts_(out: Path, parts: Mapping[str, Encoded], weights: Mapping[str, torch.Tensor],
+                    dtype: torch.dtype) -> None:
+    """Replace the dense expert matrices ``save_pretrained`` wrote (the fused parameters split
+    back into the checkpoint's own per-expert layout, e.g. Mixtral's ``experts.3.w1``/``w3`` of
+    ``gate_up_proj``) by their compressed-tensors parts, cut from the slice whose scored rows
+    they are. Int scales are written in the model's dtype: the loader computes the experts' ŵ in
+    the scale's dtype (fp16 scales would round a float32 study's products), and a bfloat16
+    study whose fp16 scale bfloat16 cannot hold is refused."""
+    import hashlib
+
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    from safetensors.torch import load_file, save_file
+
+    def digest(t: torch.Tensor) -> bytes:
+        return hashlib.sha1(t.contiguous().flatten().view(torch.uint8).numpy().tobytes()).digest()
+
+    files = {f: load_file(f) for f in sorted(out.glob("*.safetensors"))}
+    expert_key = re.compile(r".*experts\.\d+\.[^.]+\.weight$")
+    keys = {k: f for f, sd in files.items() for k in sd if expert_key.fullmatch(k)}
+    heights = {files[f][k].shape[0] for k, f in keys.items()}
+    blocks: dict[bytes, tuple[str, int]] = {}
+    for name, w in weights.items():
+        for r in heights:
+            for o in range(0, w.shape[0] - r + 1, r) if w.shape[0] % r == 0 else ():
+                blocks.setdefault(digest(w[o:o + r]), (name, o))
+    index = out / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"] if index.is_file() else None
+    for key, f in keys.items():
+        dense = files[f].pop(key)
+        if (found := blocks.get(digest(dense))) is None:
+            raise ExportError(f"the checkpoint's expert matrix {key} is none of the planned "
+                              "slices' rows: this architecture's expert layout is not supported")
+        name, o = found
+        enc, base = parts[name], key.removesuffix(".weight")
+        option, rows = enc.option, slice(o, o + dense.shape[0])
+        assert enc.scale is not None
+        new: dict[str, torch.Tensor] = {}
+        if option.format == "int":
+            scale = enc.scale[rows].to(dtype)
+            if not torch.equal(scale.float(), enc.scale[rows]):
+                raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
+                                  f"compressed-tensors from a {dtype} study as a fused expert: "
+                                  "the loader computes the experts in the scales' dtype, which "
+                                  "cannot hold its fp16 scales (score in float16 or float32)")
+            new[f"{base}.weight_packed"] = pack_to_int32(_signed(enc.values[rows], option),
+                                                         option.bits)
+            new[f"{base}.weight_scale"] = scale
+            new[f"{base}.weight_shape"] = torch.tensor(dense.shape)
+        else:  # FP8 E4M3: the loader computes float32 values · scales, then the model's dtype
+            new[f"{base}.weight"] = enc.values[rows].contiguous()
+            new[f"{base}.weight_scale"] = enc.scale[rows].to(torch.float16)
+        files[f].update(new)
+        if weight_map is not None:
+            weight_map.pop(key, None)
+            weight_map.update(dict.fromkeys(new, f.name))
+    for f, sd in files.items():
+        save_file({k: v.contiguous() for k, v in sd.items()}, f, metadata={"format": "pt"})
+    if weight_map is not None:
+        data = json.loads(index.read_text())
+        data["weight_map"] = weight_map
+        index.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def kv_cache_option(kv_cache: Mapping[str, QuantOption]) -> QuantOption | None:
@@ -266,6 +388,14 @@ def _store_kv_scales_(worker: Any, model: nn.Module, kv_cache: Mapping[str, Quan
         for name, value in (("k_scale", k), ("v_scale", v)):
             modules[attention].register_buffer(
                 name, torch.tensor([max(value / FP8_MAX, FP8_MIN_SCALE)], dtype=torch.float32))
+
+
+def _add_config_group(out: Path, group: str, scheme: Any) -> None:
+    """``scheme`` (a ``QuantizationScheme``) as ``group`` of the checkpoint's config groups."""
+    path = out / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["quantization_config"]["config_groups"][group] = scheme.model_dump(mode="json")
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def _add_kv_cache_scheme(out: Path) -> None:
@@ -310,6 +440,9 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
         worker = plan_worker(setup, options)
         model = cast("PreTrainedModel", worker.model.cpu())
         dtype = next(model.parameters()).dtype
+        targets = _planned_modules(model, options)
+        experts = [n for n in options
+                   if schemes[n] is not None and isinstance(targets[n], ExpertSlice)]
         encoded: dict[str, Encoded] = {}
         for name, option in options.items():
             if schemes[name] is None:
@@ -321,11 +454,13 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
         if kv_option is not None:  # calibrated while the model still runs as scored
             assert kv_cache is not None
             _store_kv_scales_(worker, model, kv_cache)
-        groups = _config_groups(options, schemes)
+        groups = _config_groups(options, schemes, experts)
         config = QuantizationConfig(
             config_groups={group: QuantizationScheme(
-                targets=names, weights=QuantizationArgs(**schemes[names[0]]),  # type: ignore[arg-type]
-                input_activations=_input_args(options[names[0]], QuantizationArgs))
+                targets=[EXPERTS_TARGET] if group == "experts" else names,
+                weights=QuantizationArgs(**schemes[names[0]]),  # type: ignore[arg-type]
+                input_activations=_input_args(options[names[0]], QuantizationArgs),
+                format=_expert_format(options[names[0]]) if group == "experts" else None)
                 for group, (_, names) in groups.items()},
             quantization_status="frozen")
         apply_quantization_config(model, config)
@@ -333,11 +468,17 @@ def export_compressed_tensors(setup: WorkerSetup, options: Mapping[str, QuantOpt
         compressor.compress_model(model)
         modules = dict(model.named_modules())
         for name, enc in encoded.items():
-            _store_parts_(modules[name], enc, _scale_parts(name, enc, dtype))
+            if name not in experts:
+                _store_parts_(modules[name], enc, _scale_parts(name, enc, dtype))
         _dense_fp16_(modules, options, schemes, dtype)
         _copy_side_files(setup.model_path, out)
         model.save_pretrained(out)
+        if experts:
+            _write_experts_(out, {n: encoded[n] for n in experts},
+                            {n: worker.variant(n, options[n]).to(dtype) for n in experts}, dtype)
         compressor.update_config(str(out))
+        if experts:  # no module of the model carries it, so the compressor left it out
+            _add_config_group(out, "experts", config.config_groups["experts"])
         if kv_option is not None:
             _add_kv_cache_scheme(out)
         AutoTokenizer.from_pretrained(setup.model_path).save_pretrained(out)

@@ -184,6 +184,49 @@ def test_bfloat16_study_with_exact_scales_exports_int_and_fp8(tiny_llama_path, t
     assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("expert, dtype", [("int4-g32-sym", "float32"), ("int8-ch-sym", "float16"),
+                                           ("fp8_e4m3", "float32")])
+def test_fused_moe_experts_export_and_reproduce_the_trial(tiny_mixtral_path, tmp_path, expert,
+                                                          dtype, scored_trial):
+    """A tiny Mixtral (fused 3-D experts) with every expert slice at one option and its other
+    layers mixed: the experts are written in the checkpoint's per-expert layout (w1/w3 cut from
+    gate_up_proj, w2 from down_proj) under one ``re:`` group, which transformers' loader
+    decompresses into the fused parameters; rescored in a fresh process."""
+    from safetensors import safe_open
+
+    from mpsearch.spaces import LayerRule
+
+    rules = (LayerRule(r"experts\.", (parse_option(expert),)),)
+    worker, options, stored, cost = scored_trial(tiny_mixtral_path, "kl", dtype,
+                                                 ("int4-g32-asym", "fp8_e4m3", "int8-ch-sym",
+                                                  "fp16"), first_rules=rules)
+    assert sum(".experts." in n for n in options) == 2 * 4 * 2  # every slice: blocks × experts × 2
+    result = export_compressed_tensors(worker.setup, options, tmp_path / "ct")
+    config = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    assert config["config_groups"]["experts"]["targets"] == [r"re:.*experts\.\d+\.[^.]+$"]
+    key = "model.layers.1.block_sparse_moe.experts.2.w3"
+    with safe_open(tmp_path / "ct" / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+        if expert.startswith("int"):
+            assert {f"{key}.weight_packed", f"{key}.weight_scale"} <= names
+            assert f.get_tensor(f"{key}.weight_scale").dtype == getattr(torch, dtype)
+        else:
+            assert f.get_tensor(f"{key}.weight").dtype == torch.float8_e4m3fn
+    assert f"{key}.weight" not in names or not expert.startswith("int")
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ct").model.layers[1].mlp.experts
+    for param in ("gate_up_proj", "down_proj"):  # the scored weights, bit for bit
+        scored = worker.variant(f"model.layers.1.mlp.experts.2.{param}", parse_option(expert))
+        assert torch.equal(getattr(loaded, param)[2], scored.to(getattr(loaded, param).dtype))
+    value = rescore_in_fresh_process(worker, tmp_path / "ct", tmp_path)
+    assert value == pytest.approx(stored, rel=1e-4)
+    print(f"re-scored {value}; stored {stored}; on disk {result.weight_bytes} bytes; cost model "
+          f"{cost.total_bytes:.0f} bytes")
+    assert result.weight_bytes == pytest.approx(cost.total_bytes, rel=0.02)
+
+
 def test_unrepresentable_options_are_refused_naming_layer_and_option(tiny_llama_path,
                                                                      tiny_gpt2_path, tmp_path):
     setup = scoring_setup(tiny_llama_path, "auto", "kl", CALIBRATION)

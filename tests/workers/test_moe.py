@@ -234,7 +234,7 @@ def test_the_fisher_proxy_of_a_fused_expert_is_the_linears(mixtral):
     assert torch.allclose(ff[f"{prefix}.down_proj"], fl[f"{prefix}.w2"], rtol=1e-3, atol=1e-12)
 
 
-def test_a_checkpoint_holds_the_quantized_fused_experts_and_compressed_tensors_refuses_them(
+def test_a_checkpoint_holds_the_quantized_fused_experts_and_compressed_tensors_refuses_unloadable(
         tiny_mixtral_path, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -252,8 +252,20 @@ def test_a_checkpoint_holds_the_quantized_fused_experts_and_compressed_tensors_r
     assert torch.equal(after.down_proj[2], quantize_weight(before.down_proj[2], INT4))
     assert torch.equal(after.gate_up_proj[1], before.gate_up_proj[1])  # left alone by the plan
     setup = weights_only_setup(tiny_mixtral_path, "causal-lm")
-    with pytest.raises(ExportError, match="slice of a fused 3-D expert parameter"):
+    with pytest.raises(ExportError, match=f"layer {name}: option int4-g32-asym cannot be exported "
+                                          "to compressed-tensors as a fused expert: transformers' "
+                                          "loader unpacks fused experts without zero points"):
         compressed_tensors_schemes(_shapes_model(setup), plan)
+    sym = {n: parse_option("int4-g32-sym") for n in plan}  # one scheme for every expert slice
+    with pytest.raises(ExportError, match="layer model.layers.0.mlp.experts.0.gate_up_proj: option "
+                                          "nothing \\(left dense\\) cannot be exported to "
+                                          f"compressed-tensors beside {name}'s int4-g32-sym: a "
+                                          "checkpoint holds one scheme for all its fused experts"):
+        compressed_tensors_schemes(_shapes_model(setup), sym)
+    for label in ("nvfp4", "w8a8-fp8"):
+        with pytest.raises(ExportError, match=f"layer {name}: option {label} cannot be exported "
+                                              "to compressed-tensors as a fused expert"):
+            compressed_tensors_schemes(_shapes_model(setup), {name: parse_option(label)})
 
 
 def test_a_qwen_moe_counts_its_shared_expert_as_always_active_and_vllm_ties_it():
