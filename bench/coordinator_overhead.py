@@ -30,14 +30,16 @@ from mpsearch.cluster.spec import SPEC_VERSION
 from mpsearch.searcher import SearcherConfig
 from mpsearch.spaces import Budget, LayerInfo, LayerRule, build_space, parse_option
 from mpsearch.storage import TrialStore
+from mpsearch.workers.actor import BatchEvaluation
 from mpsearch.workers.worker import EvalOutcome
 
 PG_ADMIN = os.environ.get("MPSEARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 @ray.remote
-class NoopActor:
-    """A worker that answers at once: what is left is the coordinator's own cost."""
+class NoopActor(BatchEvaluation):
+    """A worker that answers at once: what is left is the coordinator's own cost (several
+    candidates per call, as ``WorkerActor`` takes them, when the executor batches)."""
 
     def __init__(self, _setup, _space, label):
         self.label = label

@@ -6,6 +6,16 @@ land on as many nodes as the cluster has. Each actor holds ``depth`` candidates 
 (default 2: the next candidate waits on the worker while one is evaluated, which hides the
 driver's round trip).
 
+Batches: when evaluations are much cheaper than an actor call (a no-op objective, a tiny model on
+a CPU), one call carries several candidates (``WorkerActor.evaluate_many``) and the driver pays
+Ray's round trip once for them. The executor measures both sides from the calls it has made:
+the worker's seconds per candidate ``e`` (the actor times its own call) and the call's overhead
+``c`` (its round trip less the seconds the worker spent on it and on the calls queued ahead of
+it), each the median of the last calls; a call then carries ``k = c / e`` candidates, at most
+``max_batch``. So a batch's first result waits at most about one round trip longer than it
+would alone, and an evaluation that takes longer than half a round trip (anything on a GPU:
+~100 ms against ~1 ms) always goes one per call. Results are reported per candidate as before.
+
 Fault tolerance: a worker that dies (process killed, node lost, CUDA error that kills the
 process) is told apart from a candidate that failed (an exception inside an evaluation, which the
 actor returns as a failed outcome). The dead actor is replaced and every candidate it held is
@@ -16,6 +26,9 @@ instead of looping. Each submitted key is reported exactly once, so a trial is n
 never stored twice. Each death is reported in mpsearch's own words, one line each on the
 ``mpsearch.cluster`` logger (the CLI prints them): which worker, why (Ray's reason in short), and
 which trial was dispatched again (or failed for good), then when the replacement is up.
+A worker that dies during a batch leaves unknown which of its candidates it was evaluating:
+none of them is charged an attempt, and each is sent again in a call of its own, where a
+candidate that kills workers is then caught and charged.
 
 Durability: ``before_dispatch`` (the recorder's flush) runs before anything is sent to a worker
 and before blocking on results; while blocked, the executor wakes after ``flush_due()`` seconds
@@ -28,9 +41,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -44,13 +59,25 @@ log = logging.getLogger("mpsearch.cluster")
 
 
 @dataclass
-class _Flight:
+class _Item:
+    """A submitted candidate: its key, the attempts charged to it, and whether it must go alone
+    (it was in a batch whose worker died, so it may be the candidate that kills workers)."""
+
     key: int
     candidate: Candidate
+    attempts: int = 0
+    alone: bool = False
+
+
+@dataclass
+class _Flight:
+    items: list[_Item]  # one call's candidates, evaluated in this order
     slot: int  # actor index
     actor: Any  # the handle it was sent to (a replaced actor's late error is not a new death)
-    attempts: int
     sent: int  # dispatch order: an actor runs its tasks in the order they were sent
+    at: float  # time.monotonic() when sent
+    ahead: list[_Flight] = field(default_factory=list)  # calls queued before it on its actor
+    worked: float = 0.0  # the worker's seconds on this call, once it returned
 
 
 def first_line(exc: BaseException) -> str:
@@ -81,6 +108,8 @@ class RayExecutor:
     """The loop's executor over Ray actors (see the module docstring for the guarantees)."""
 
     item = "trial"  # what a submitted key numbers, in the messages about dead workers
+    max_batch = 8  # candidates per call at most (a subclass whose items are chunks: 1)
+    window = 16  # calls whose timings decide the batch size
 
     def __init__(self, setup: Any, space: SearchSpace, count: int, cpus: float = 1.0,
                  gpus: float = 0.0, max_attempts: int = 3, *, depth: int = 2,
@@ -107,11 +136,18 @@ class RayExecutor:
         self.actors = started + [self._spawn(i) for i in range(len(started), count)]
         self.labels = self._ready(self.actors)
         self.idle = [i for _ in range(depth) for i in range(count)]
-        self.queued: list[tuple[int, Candidate, int]] = []  # (key, candidate, attempts)
+        self.queued: deque[_Item] = deque()
         self.running: dict[ray.ObjectRef, _Flight] = {}
         self.starting: dict[ray.ObjectRef, int] = {}  # replacements not up yet → their slot
         self.sent = 0
         self.in_progress: dict[int, int] = {}  # id of a dead actor → the ``sent`` it was running
+        # batches need an actor that evaluates several candidates per call, and evaluations
+        # much cheaper than a call (measured: the worker's seconds per candidate, the overhead)
+        self.batching = self.max_batch > 1 and hasattr(
+            getattr(actor_cls, "__ray_actor_class__", actor_cls), "evaluate_many")
+        self.batch = 1
+        self.per_candidate: deque[float] = deque(maxlen=self.window)
+        self.per_call: deque[float] = deque(maxlen=self.window)
 
     # -- actors ------------------------------------------------------------------------------
     def _spawn(self, index: int) -> Any:
@@ -158,22 +194,29 @@ class RayExecutor:
     # -- the Executor protocol ---------------------------------------------------------------
     @property
     def slots(self) -> int:
-        return len(self.actors) * self.depth
+        """Candidates the loop may have in flight: ``depth`` calls per worker, of ``batch`` each."""
+        return len(self.actors) * self.depth * self.batch
 
     def submit(self, key: int, candidate: Candidate, attempts: int = 0) -> None:
         """Queue a candidate; it is sent at the next :meth:`collect`, after ``before_dispatch``."""
-        self.queued.append((key, candidate, attempts))
+        self.queued.append(_Item(key, candidate, attempts))
 
     def _dispatch(self) -> None:
-        """Send queued candidates to free workers (the recorder has flushed first)."""
+        """Send queued candidates to free workers (the recorder has flushed first): up to
+        ``batch`` per call, in the order submitted; one that must go alone goes alone."""
         if self.before_dispatch is not None:
             self.before_dispatch()
         while self.queued and self.idle:
-            key, candidate, attempts = self.queued.pop(0)
+            items = [self.queued.popleft()]
+            while (self.queued and len(items) < self.batch and not items[0].alone
+                   and not self.queued[0].alone):
+                items.append(self.queued.popleft())
             index = self.idle.pop()
             actor = self.actors[index]
-            self.running[self._call(actor, candidate)] = _Flight(key, candidate, index, actor,
-                                                                 attempts, self.sent)
+            ahead = [f for f in self.running.values() if f.actor is actor]
+            ref = (actor.evaluate_many.remote([item.candidate for item in items])
+                   if self.batching else self._call(actor, items[0].candidate))
+            self.running[ref] = _Flight(items, index, actor, self.sent, time.monotonic(), ahead)
             self.sent += 1
 
     def collect(self) -> list[tuple[int, Outcome]]:
@@ -192,17 +235,35 @@ class RayExecutor:
                 ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in [r for r in ready if r in self.starting]:
                 self._started(ref)
-            finished = [r for r in ready if r in self.running]
+            finished = sorted((r for r in ready if r in self.running),
+                              key=lambda r: self.running[r].sent)  # calls ahead come first
+            now = time.monotonic()
             for ref, value in zip(finished, self._get(finished), strict=True):
                 flight = self.running.pop(ref)
                 if isinstance(value, RayActorError):
                     self._worker_died(flight, value, done)
                     continue
                 self.idle.append(flight.slot)
-                done.append((flight.key, self._outcome(*value)))
+                if self.batching:
+                    label, results, flight.worked = value
+                    self._timed(flight, now)
+                    done += [(item.key, self._outcome(label, result))
+                             for item, result in zip(flight.items, results, strict=True)]
+                else:
+                    done.append((flight.items[0].key, self._outcome(*value)))
             if not done:
                 self._dispatch()  # re-dispatched candidates, freshly started workers
         return done
+
+    def _timed(self, flight: _Flight, now: float) -> None:
+        """Learn from a returned call, and size the next calls' batches (module docstring)."""
+        self.per_candidate.append(flight.worked / len(flight.items))
+        waited = sum(f.worked for f in flight.ahead)  # at most what it waited behind them
+        flight.ahead = []  # (kept, each call would hold every call before it)
+        self.per_call.append(max(now - flight.at - flight.worked - waited, 0.0))
+        if len(self.per_call) >= 3:
+            e, c = statistics.median(self.per_candidate), statistics.median(self.per_call)
+            self.batch = max(1, min(self.max_batch, int(c / e) if e > 0 else self.max_batch))
 
     def _wait_one(self, refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
         """Block until a ref is ready; meanwhile call ``before_dispatch`` again whenever
@@ -249,33 +310,44 @@ class RayExecutor:
     def _worker_died(self, flight: _Flight, exc: BaseException,
                      done: list[tuple[int, Outcome]]) -> None:
         if self.actors[flight.slot] is flight.actor:  # first news of this death
-            # the candidate it was evaluating is the first sent of those it held; the others
+            # the call it was evaluating is the first sent of those it held; the others
             # waited behind it and are sent again without an attempt counted against them
             self.in_progress[id(flight.actor)] = min(
                 [flight.sent] + [f.sent for f in self.running.values() if f.actor is flight.actor])
             self._replace(flight.slot, exc)
         running = flight.sent == self.in_progress.get(id(flight.actor))
-        attempts = flight.attempts + running
         label = self.labels[flight.slot]
-        if attempts >= self.max_attempts:
-            log.warning(f"{self.item} {flight.key} failed: its worker died {attempts} times "
-                        "while evaluating it (a candidate that kills workers is not tried again)")
-            done.append((flight.key, self._failed(
-                flight.candidate, f"worker died {attempts} times evaluating this candidate: "
-                f"{first_line(exc)}")))
-        elif not running:
-            log.warning(f"{self.item} {flight.key} dispatched again (it was waiting on worker "
-                        f"{label}, behind the one it was evaluating)")
-            self.redispatched += 1
-            self.submit(flight.key, flight.candidate, attempts)
-        else:
-            log.warning(f"{self.item} {flight.key} dispatched again (it was on worker {label}; "
-                        f"attempt {attempts + 1} of {self.max_attempts})")
-            self.redispatched += 1
-            self.submit(flight.key, flight.candidate, attempts)
+        if running and len(flight.items) > 1:  # which of them it was evaluating is unknown
+            for item in flight.items:
+                log.warning(f"{self.item} {item.key} dispatched again, alone (it was in a batch "
+                            f"of {len(flight.items)} on worker {label}; attempt "
+                            f"{item.attempts + 1} of {self.max_attempts})")
+                self.redispatched += 1
+                self.queued.append(_Item(item.key, item.candidate, item.attempts, alone=True))
+            return
+        for item in flight.items:
+            attempts = item.attempts + running
+            if attempts >= self.max_attempts:
+                log.warning(f"{self.item} {item.key} failed: its worker died {attempts} times "
+                            "while evaluating it (a candidate that kills workers is not tried "
+                            "again)")
+                done.append((item.key, self._failed(
+                    item.candidate, f"worker died {attempts} times evaluating this candidate: "
+                    f"{first_line(exc)}")))
+            elif not running:
+                log.warning(f"{self.item} {item.key} dispatched again (it was waiting on worker "
+                            f"{label}, behind the one it was evaluating)")
+                self.redispatched += 1
+                self.queued.append(_Item(item.key, item.candidate, attempts, item.alone))
+            else:
+                log.warning(f"{self.item} {item.key} dispatched again (it was on worker {label}; "
+                            f"attempt {attempts + 1} of {self.max_attempts})")
+                self.redispatched += 1
+                self.queued.append(_Item(item.key, item.candidate, attempts, item.alone))
 
     def shutdown(self) -> None:
         for actor in self.actors:
             with contextlib.suppress(RayError, ValueError):
                 ray.kill(actor, no_restart=True)
-        self.actors, self.idle, self.running, self.queued, self.starting = [], [], {}, [], {}
+        self.actors, self.idle, self.running, self.starting = [], [], {}, {}
+        self.queued.clear()

@@ -63,6 +63,7 @@ class ProfileExecutor(RayExecutor):
     """
 
     item = "chunk"
+    max_batch = 1  # a chunk is already a batch of pairs
 
     def __init__(self, setup: WorkerSetup, space: SearchSpace, count: int, cpus: float,
                  gpus: float, samples: int | None, hessians: bool, **options: Any) -> None:

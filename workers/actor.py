@@ -29,6 +29,22 @@ from .sharding import worker_diagnostics
 from .worker import EvalOutcome, Worker, WorkerSetup
 
 
+class BatchEvaluation:
+    """``evaluate_many`` for an actor with ``evaluate(candidate) -> (label, outcome)``: several
+    candidates in one call, in order, each failing alone, with the seconds the call took here
+    (what the executor weighs against the call's round trip to size its batches)."""
+
+    label: str
+
+    def evaluate(self, candidate: Candidate) -> tuple[str, EvalOutcome]:
+        raise NotImplementedError
+
+    def evaluate_many(self, candidates: list[Candidate]) -> tuple[str, list[EvalOutcome], float]:
+        start = time.perf_counter()
+        outcomes = [self.evaluate(candidate)[1] for candidate in candidates]
+        return self.label, outcomes, time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class ModelPreload:
     """The model a worker can start loading before its job is prepared (``mpsearch run`` starts
@@ -80,7 +96,7 @@ class _Preloading(threading.Thread):
 
 
 @ray.remote
-class WorkerActor:
+class WorkerActor(BatchEvaluation):
     def __init__(self, setup: WorkerSetup | None, space: SearchSpace | None, label: str,
                  preload: ModelPreload | None = None) -> None:
         """Load the model now, or, with ``setup.phased``, when the driver runs the setup phases
