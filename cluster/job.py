@@ -32,6 +32,7 @@ from mpsearch.workers.worker import WorkerSetup
 
 from .driver import SessionResult, StoreRecorder, drive
 from .mirror import check_mirror
+from .ray_runtime import connect_for
 from .spec import JobSpec
 
 
@@ -163,14 +164,6 @@ class RayResources:
             self._workers.close()
         if self.early is not None:
             self.early.close()
-
-
-def connect_for(spec: JobSpec, address: str | None) -> None:
-    """Connect to Ray (or start a local instance big enough for the spec's workers)."""
-    from .ray_runtime import connect
-
-    w = spec.workers
-    connect(address, num_cpus=max(int(w.count * w.cpus), 1), num_gpus=None)
 
 
 def worker_setup(job: PreparedJob) -> WorkerSetup:

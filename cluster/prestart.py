@@ -28,15 +28,15 @@ class EarlyWorkers:
     """The spec's worker actors, started at once (see the module docstring)."""
 
     def __init__(self, spec: JobSpec, address: str | None) -> None:
-        from mpsearch.workers.actor import ModelPreload, WorkerActor
-        from mpsearch.workers.model_loading import resolve_model_path
+        from mpsearch.workers.model_paths import resolve_model_path
         from mpsearch.workers.placement import worker_devices
 
-        from .job import connect_for
+        from .ray_runtime import connect_for
 
         w = spec.workers
         path = resolve_model_path(spec.model.name)  # a missing model: one line, before Ray
-        connect_for(spec, address)
+        connect_for(spec, address)  # Ray's processes start before this one imports torch
+        from mpsearch.workers.actor import ModelPreload, WorkerActor
         device = spec.model.device
         if device == "auto":
             device = "cuda" if w.gpus > 0 else "cpu"

@@ -43,3 +43,9 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     from .signals import reinstall
 
     reinstall()  # ray.init replaced the SIGTERM handler with one that exits mid-cleanup
+
+
+def connect_for(spec: Any, address: str | None) -> None:
+    """Connect to Ray (or start a local instance big enough for the ``JobSpec``'s workers)."""
+    w = spec.workers
+    connect(address, num_cpus=max(int(w.count * w.cpus), 1), num_gpus=None)

