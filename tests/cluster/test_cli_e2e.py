@@ -111,9 +111,12 @@ def test_run_best_and_trials_end_to_end(spec_fields, tmp_path):
      "database postgresql+psycopg://mp:***@127.0.0.1:1/db: cannot connect"),
     ({"searcher": {"name": "annealing"}}, "unknown strategy 'annealing'; valid:"),
 ])
-def test_bad_input_is_one_line_and_exit_1(spec_fields, tmp_path, edit, expected):
+def test_bad_input_is_one_line_and_exit_1(spec_fields, tmp_path, edit, expected, ray_session):
     spec = write_spec(tmp_path / "bad.yaml", **{**spec_fields, **edit})
-    line = one_line_error(cli("run", str(spec), cwd=tmp_path))
+    # `run` starts its workers once the spec is read and the model found (cluster/prestart.py):
+    # on the session's Ray instance, not a new local one per case (~10 s each)
+    address = ray_session.get_runtime_context().gcs_address
+    line = one_line_error(cli("run", str(spec), "--address", address, cwd=tmp_path))
     assert expected in line
     assert "s3cret" not in line
 

@@ -166,7 +166,10 @@ def test_bad_level_database_paths_are_one_line_errors_that_keep_stored_trials(
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec_fields("kept", tiny_llama_path, tmp_path,
                                                levels=blocker / "levels", evaluations=8)))
-    res = cli("run", str(path), cwd=tmp_path)
+    # the session's Ray instance: `run` starts its workers before it checks the level database's
+    # path (cluster/prestart.py), and a new local instance would cost ~10 s
+    res = cli("run", str(path), "--address", ray_session.get_runtime_context().gcs_address,
+              cwd=tmp_path)
     assert res.returncode == 1, res.stderr
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1 and "levels.path: cannot write" in lines[0], res.stderr

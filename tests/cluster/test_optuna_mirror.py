@@ -268,7 +268,7 @@ def snapshot(store_url, optuna_url):
 
 
 @pytest.mark.slow
-def test_import_optuna_then_resume_and_bad_input(tiny_llama_path, tmp_path):
+def test_import_optuna_then_resume_and_bad_input(ray_session, tiny_llama_path, tmp_path):
     """An Optuna study over the tiny Llama's layers becomes an mpsearch study that resumes; an
     Optuna study of other parameters, an unknown strategy and a name taken by a foreign Optuna
     study are one line each, exit 1, and leave both stores as they were."""
@@ -322,7 +322,10 @@ def test_import_optuna_then_resume_and_bad_input(tiny_llama_path, tmp_path):
          "parameter 'lr' is not a layer"),
         (("resume", "--study", "adopted", "--db", db, "--searcher", "bogus"),
          "unknown strategy 'bogus'; valid: evolutionary"),
-        (("run", "taken.yaml"), "Optuna study 'taken' in"),
+        # the session's Ray instance: `run` starts its workers before it opens the store
+        # (cluster/prestart.py), and a new local instance would cost ~10 s
+        (("run", "taken.yaml", "--address", ray_session.get_runtime_context().gcs_address),
+         "Optuna study 'taken' in"),
     ):
         assert expected in one_line_error(run_cli(*args, cwd=tmp_path))
         assert snapshot(db, optuna_url) == before
