@@ -27,8 +27,9 @@ Sentence-transformers files (``modules.json``, pooling, normalize) are copied be
 ``SentenceTransformer(DIR)`` (6.2) calls the model as ``getattr(model, "forward")(...)``, past
 ``nn.Module.__call__`` and so past the forward pre-hook (``ct_decompress_hook``, on the top-level
 model) through which compressed-tensors decompresses: one call of ``st[0].model`` itself runs
-the hook, and then it gives the trial's embeddings (no checkpoint setting reaches either; the
-loader's ``dequantize`` route would use one config group's scheme for every layer). Fused MoE experts (3-D
+the hook, and then it gives the trial's embeddings (no checkpoint setting changes either: the
+loader's ``dequantize`` route, the only one that decompresses while loading, takes one config
+group's scheme for every layer and stops on a mixed checkpoint). Fused MoE experts (3-D
 parameters) are written in the checkpoint's per-expert layout under one ``re:`` group, which
 transformers' loader decompresses into the fused parameters: one symmetric int or FP8 option for
 all of them (:func:`_write_experts_`). Options the
