@@ -27,9 +27,12 @@ Sentence-transformers files (``modules.json``, pooling, normalize) are copied be
 ``SentenceTransformer(DIR)`` (6.2) calls the model as ``getattr(model, "forward")(...)``, past
 ``nn.Module.__call__`` and so past the forward pre-hook (``ct_decompress_hook``, on the top-level
 model) through which compressed-tensors decompresses: one call of ``st[0].model`` itself runs
-the hook, and then it gives the trial's embeddings (no checkpoint setting changes either: the
-loader's ``dequantize`` route, the only one that decompresses while loading, takes one config
-group's scheme for every layer and stops on a mixed checkpoint). Fused MoE experts (3-D
+the hook, and then it gives the trial's embeddings. No checkpoint setting changes either side
+(each route tried, ``docs/formats.md``): ``run_compressed: false`` only sets ``dequantize``, the
+loader's one route that decompresses while loading, which takes one config group's scheme for
+every layer and stops on a mixed checkpoint; ``model_kwargs`` from ``sentence_bert_config.json``
+are a dict, which transformers refuses beside the checkpoint's config; a modality ``method`` of
+``__call__`` runs the hook but drops every input. Fused MoE experts (3-D
 parameters) are written in the checkpoint's per-expert layout under one ``re:`` group, which
 transformers' loader decompresses into the fused parameters: one symmetric int or FP8 option for
 all of them (:func:`_write_experts_`). Options the

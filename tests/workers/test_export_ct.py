@@ -5,6 +5,7 @@ trial's objective to 1e-4 relative, and the weights on disk against the cost mod
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -325,7 +326,12 @@ def test_dense_export_of_an_encoder_runs_in_sentence_transformers(minilm_path, t
 ST_CT_LOADER = textwrap.dedent("""
     import sys, torch
     from sentence_transformers import SentenceTransformer
-    path, batches, out = sys.argv[1:4]
+    path, batches, out, run_compressed_false = sys.argv[1:5]
+    try:  # transformers' load-time decompression, asked for by the checkpoint
+        SentenceTransformer(run_compressed_false, device="cpu")
+        dequantized = "loaded"
+    except RuntimeError as exc:
+        dequantized = str(exc)
     model = SentenceTransformer(path, device="cpu")
     batches = torch.load(batches)
     try:
@@ -338,7 +344,7 @@ ST_CT_LOADER = textwrap.dedent("""
     assert not any(m.startswith("mpsearch") for m in sys.modules)
     with torch.inference_mode():
         embeddings = [model(dict(b))["sentence_embedding"] for b in batches]
-    torch.save({"plain": plain, "embeddings": embeddings}, out)
+    torch.save({"plain": plain, "dequantized": dequantized, "embeddings": embeddings}, out)
 """)
 
 
@@ -349,7 +355,9 @@ def test_compressed_tensors_export_of_an_encoder_runs_in_sentence_transformers(m
     """The MiniLM's compressed-tensors export in ``SentenceTransformer(DIR)``, in a fresh process:
     its modules (pooling, normalize) give the embeddings the trial scored once the transformers
     model has been called through ``__call__`` once (sentence-transformers' own call skips
-    compressed-tensors' decompression hook, and fails on the packed layers)."""
+    compressed-tensors' decompression hook, and fails on the packed layers). A checkpoint that asks
+    for transformers' load-time decompression (``run_compressed: false``) does not load: that
+    route decodes every layer with the first config group's scheme."""
     from mpsearch.workers.scoring import embedding_distortion
 
     worker, options, stored, cost = scored_trial(minilm_path, "embedding_distortion", "float32",
@@ -358,14 +366,20 @@ def test_compressed_tensors_export_of_an_encoder_runs_in_sentence_transformers(m
     modules = json.loads((result.path / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling",
                                                                "Normalize"]
+    dequantized = tmp_path / "run-compressed-false"
+    shutil.copytree(result.path, dequantized)
+    config = json.loads((dequantized / "config.json").read_text())
+    config["quantization_config"]["run_compressed"] = False
+    (dequantized / "config.json").write_text(json.dumps(config))
     torch.save(worker.batches, tmp_path / "batches.pt")
     (tmp_path / "st.py").write_text(ST_CT_LOADER)
     run = subprocess.run([sys.executable, str(tmp_path / "st.py"), str(result.path),
-                          str(tmp_path / "batches.pt"), str(tmp_path / "emb.pt")],
+                          str(tmp_path / "batches.pt"), str(tmp_path / "emb.pt"), str(dequantized)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     loaded = torch.load(tmp_path / "emb.pt")
     assert loaded["plain"] == "'Linear' object has no attribute 'weight'"  # the packed layer
+    assert loaded["dequantized"].startswith("We encountered some issues during automatic conversion")
     embeddings = loaded["embeddings"]
     assert all(torch.allclose(e.norm(dim=-1), torch.ones(len(e))) for e in embeddings)  # Normalize
     d = torch.cat([embedding_distortion(ref, e) for ref, e in zip(worker.reference, embeddings,
