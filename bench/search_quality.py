@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -157,11 +158,15 @@ class Scorer:
 
 class Trace:
     """The loop's recorder: every trial in order, and its feasibility; ``charged`` evaluations
-    spent before the first trial (the proxy pass) shift every count."""
+    spent before the first trial (the proxy pass) shift every count. As the ``n``-th evaluation
+    finishes, for each ``n`` of ``counts``, it calls ``passed(trace, n)``: so a run cut off keeps
+    the figures of the counts it passed."""
 
-    def __init__(self, charged: int = 0) -> None:
+    def __init__(self, charged: int = 0, counts: tuple[int, ...] = (),
+                 passed: Callable[[Trace, int], None] | None = None) -> None:
         self.trials: list[tuple[Candidate, bool, float | None]] = []
         self.charged = charged
+        self.counts, self.passed, self.finished = set(counts), passed, 0
 
     def start(self, candidate: Candidate, cost: Cost, feasible: bool) -> int:
         self.trials.append((candidate, feasible, None))
@@ -169,6 +174,9 @@ class Trace:
 
     def finish(self, key: int, candidate: Candidate, outcome: Outcome) -> None:
         self.trials[key] = (candidate, self.trials[key][1], outcome.objective)
+        self.finished += 1
+        if self.passed is not None and self.finished + self.charged in self.counts:
+            self.passed(self, self.finished + self.charged)
 
     def best(self, first: int) -> tuple[float, Candidate] | None:
         done = [(v, c) for c, ok, v in self.trials[:max(first - self.charged, 0)]
@@ -213,13 +221,20 @@ def merge(paths: list[Path]) -> dict:
             if mine is not entry:
                 for name, runs in entry["runs"].items():
                     mine["runs"].setdefault(name, []).extend(runs)
+                for label, figures in entry.get("uniforms", {}).items():  # --kl-check's, say
+                    mine.setdefault("uniforms", {}).setdefault(label, {}).update(figures)
     return merged
 
 
+def heldout_at(run: dict, n: int) -> float | None:
+    """One seed's held-out figure at ``n`` evaluations (None: it did not reach ``n``)."""
+    return (run["at"].get(str(n)) or run["at"].get(n) or {}).get("heldout")
+
+
 def mean_heldout(runs: list[dict], n: int) -> float | None:
-    """Mean held-out figure of ``runs`` at ``n`` evaluations (None unless every run has one)."""
-    vals = [(r["at"].get(str(n)) or r["at"].get(n) or {}).get("heldout") for r in runs]
-    return None if not vals or None in vals else sum(vals) / len(vals)
+    """Mean held-out figure at ``n`` evaluations of the seeds that reached it (None: none)."""
+    vals = [v for v in (heldout_at(r, n) for r in runs) if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def target_lines(entry: dict, noise: float) -> list[str]:
@@ -228,17 +243,30 @@ def target_lines(entry: dict, noise: float) -> list[str]:
     u, runs = entry["uniform"]["heldout"], entry["runs"]
     at = {name: {n: mean_heldout(r, n) for n in (250, 1000)} for name, r in runs.items()}
     best = min(((v[250], name) for name, v in at.items() if v[250] is not None), default=None)
+
+    def seeds(name: str, n: int) -> int:
+        return sum(heldout_at(r, n) is not None for r in runs[name])
+
     out = []
     if best is not None:
-        out.append(f"* Best at 250 evaluations: {best[1]} {best[0]:.5f}, "
+        out.append(f"* Best at 250 evaluations: {best[1]} {best[0]:.5f} "
+                   f"({seeds(best[1], 250)} seeds), "
                    f"{100 * (1 - best[0] / u):.1f} % below the best uniform ({u:.5f}).")
-    both = [name for name, v in at.items() if v[250] is not None and v[1000] is not None]
-    worse = [f"{name} (+{at[name][1000] - at[name][250]:.5f})" for name in both
-             if at[name][1000] > at[name][250] + noise]
+    # paired: the seeds that reached 1,000, at 250 and at 1,000
+    paired = {name: [r for r in runs[name] if heldout_at(r, 1000) is not None] for name in at}
+    both = [name for name, r in paired.items() if r]
+    gap = {name: (mean_heldout(paired[name], 1000) or 0.0) - (mean_heldout(paired[name], 250)
+                                                              or 0.0) for name in both}
+    worse = [f"{name} (+{gap[name]:.5f})" for name in both if gap[name] > noise]
     unmeasured = [name for name in at if name not in both]
-    out.append("* 1,000 ≤ 250 evaluations within the noise floor: " +
-               ("every strategy measured" if not worse else "not for " + ", ".join(worse)) +
-               (f" (not measured for {', '.join(unmeasured)})." if unmeasured else "."))
+    if not both:
+        out.append("* 1,000 ≤ 250 evaluations: not measured (no seed reached 1,000).")
+    else:
+        out.append("* 1,000 ≤ 250 evaluations within the noise floor: " +
+                   ("every strategy measured" if not worse else "not for " + ", ".join(worse)) +
+                   " (seeds that reached 1,000: " +
+                   ", ".join(f"{name} {len(paired[name])}" for name in both) + ")" +
+                   (f"; not measured for {', '.join(unmeasured)}." if unmeasured else "."))
     if "hybrid" in at:
         for n in (250, 1000):
             mine = at["hybrid"][n]
@@ -247,9 +275,24 @@ def target_lines(entry: dict, noise: float) -> list[str]:
                 continue
             rival = min(others, key=lambda k: others[k])
             verdict = "within" if mine <= others[rival] + noise else "above"
-            out.append(f"* Hybrid at {n}: {mine:.5f}, best other {rival} {others[rival]:.5f} "
-                       f"({verdict} the noise floor).")
+            out.append(f"* Hybrid at {n}: {mine:.5f} ({seeds('hybrid', n)} seeds), best other "
+                       f"{rival} {others[rival]:.5f} ({seeds(rival, n)} seeds; {verdict} the "
+                       f"noise floor).")
     return out + [""]
+
+
+def kl_check_lines(uniforms: dict) -> list[str]:
+    """How the top-k KL of every uniform configuration compares with its full-vocabulary KL
+    (``--kl-check``): the ratio's range and whether both orders agree."""
+    pairs = [(v["heldout"], v["heldout_full"]) for v in uniforms.values() if "heldout_full" in v]
+    if not pairs:
+        return []
+    ratios = [k / f for k, f in pairs if f > 0]
+    same = sorted(range(len(pairs)), key=lambda i: pairs[i][0]) == \
+        sorted(range(len(pairs)), key=lambda i: pairs[i][1])
+    return [f"* Top-k KL / full-vocabulary KL, held-out, {len(pairs)} uniform configurations: "
+            f"{min(ratios):.4f}–{max(ratios):.4f}; the two orders "
+            f"{'agree' if same else 'differ'}.", ""]
 
 
 def report(results: dict, out: Path) -> str:
@@ -272,7 +315,8 @@ def report(results: dict, out: Path) -> str:
                       f"{label.split('×')[0]} {v['heldout']:.5f}"
                       for label, v in sorted(entry.get("uniforms", {}).items(),
                                              key=lambda kv: kv[1]["heldout"])) + ".", "",
-                  "| strategy | seeds | " + " | ".join(f"{n} evals" for n in evals) + " |",
+                  "| strategy | seeds (count reached) | " +
+                  " | ".join(f"{n} evals" for n in evals) + " |",
                   "| --- | --- | " + " | ".join("---" for _ in evals) + " |"]
         for name, runs in entry["runs"].items():
             cells = []
@@ -284,16 +328,20 @@ def report(results: dict, out: Path) -> str:
                     a = r["at"].get(str(n)) or r["at"].get(n)
                     if a:
                         noise.append(abs(a["heldout"] - a["fresh"]))
-                if len(vals) < len(runs):
+                if not vals:
                     cells.append("n/a")
-                else:
+                else:  # over the seeds that reached n; their number where not every seed did
                     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                    cells.append(f"{statistics.mean(vals):.5f} ± {sd:.5f}")
-            lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+                    cells.append(f"{statistics.mean(vals):.5f} ± {sd:.5f}" +
+                                 (f" ({len(vals)} seeds)" if len(vals) < len(runs) else ""))
+            reached = ", ".join(str(r.get("reached", max(map(int, r["at"]), default=0)))
+                                for r in runs)
+            lines.append(f"| {name} | {len(runs)} ({reached}) | " + " | ".join(cells) + " |")
         lines += ["", f"Noise floor (one configuration, two disjoint held-out sets, mean "
                       f"|difference| over {len(noise)} configurations): {statistics.mean(noise):.5f}.",
                   ""]
         lines += target_lines(entry, statistics.mean(noise))
+        lines += kl_check_lines(entry.get("uniforms", {}))
         try:
             import matplotlib
 
@@ -445,6 +493,12 @@ def main() -> None:
                                                       "embedding_distortion")
     ap.add_argument("--layers", default=None, help="searched layers (regex); default: the "
                                                    "numbered blocks of the model")
+    ap.add_argument("--kl-top-k", type=int, default=None,
+                    help="KL on the reference's top-k tokens (k/V of its memory; default: the "
+                         "full vocabulary)")
+    ap.add_argument("--kl-check", action="store_true",
+                    help="with --kl-top-k: also score every uniform configuration's held-out KL "
+                         "at the full vocabulary (heldout_full), to see how top-k ranks them")
     ap.add_argument("--tf32", action="store_true", help="TF32 matmuls on the GPU (faster scores)")
     ap.add_argument("--report", nargs="+", default=None,
                     help="only redo the table and plots of results.json files (merged)")
@@ -470,7 +524,8 @@ def main() -> None:
     cal = CalibrationConfig(source=args.source, samples=args.samples, seq_len=args.seq_len)
     objective = args.objective or ("kl" if causal else "embedding_distortion")
     setup = WorkerSetup(model_path=info.path, kind=info.kind, objective=objective,
-                        texts=(), seq_len=args.seq_len, device=args.device)
+                        texts=(), seq_len=args.seq_len, device=args.device,
+                        kl_top_k=args.kl_top_k)
     stats = Worker(replace(setup, texts=tuple(load_texts(cal.model_copy(
         update={"samples": args.stats_samples})))), space)
     stats.warm_cache()
@@ -500,6 +555,18 @@ def main() -> None:
     results: dict = {"args": vars(args), "device": args.device, "budgets": {},
                      "model": {"path": info.path, "kind": info.kind, "objective": objective,
                                "genes": len(space.genes)}}
+
+    def figures(trace: Trace, n: int) -> dict | None:
+        """The configuration named at ``n`` evaluations and its held-out figures."""
+        best = trace.best(n) if confirm is None else \
+            confirmed_best(trace, n, args.confirm_top, confirm)
+        if best is None:
+            return None
+        return {"calib": best[0], "heldout": held(best[1]),
+                **({"confirmed": confirm(best[1])} if confirm else {}),
+                "fresh": fresh(best[1]), "label": space.summarize(best[1]),
+                "avg_bits": space.cost(best[1]).avg_bits, "choices": list(best[1].choices)}
+
     for bits in args.budgets:
         budget = Budget(avg_bits=bits)
         uniform = [space.uniform(o) for o in space.uniform_options()]
@@ -510,6 +577,18 @@ def main() -> None:
                  "uniforms": {space.summarize(c): {"calib": calib(c), "heldout": held(c)}
                               for c in feasible},
                  "runs": {}}
+        if args.kl_check and args.kl_top_k and objective == "kl":
+            full = Scorer(replace(setup, kl_top_k=None), space, held.worker.setup.texts, stats)
+            for c in feasible:
+                entry["uniforms"][space.summarize(c)]["heldout_full"] = full(c)
+            del full  # its full-vocabulary reference: 4 bytes × tokens × vocabulary
+            if args.device.startswith("cuda"):
+                import gc
+
+                import torch
+
+                gc.collect()
+                torch.cuda.empty_cache()
         chosen = strategies(bits, args.space) if args.set == "default" else catalogue
         for name in names:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -519,27 +598,35 @@ def main() -> None:
                     if name in proxied else None
                 searcher = make_searcher(cfg, space, budget, seed,
                                          SearchContext(study=f"{name}-{bits}-{seed}", proxy=proxy))
-                trace, start = Trace(charged=int(name in proxied)), time.perf_counter()
+                counts = tuple(n for n in args.evaluations if n <= n_max)
+                # the seed's record, written as the run passes each count: "reached" is the
+                # last count passed (n_max once the loop ends, even early: a searcher with
+                # nothing left to propose), "evaluations" those done, "at" the figures so far
+                run: dict = {"seed": seed, "seconds": 0.0, "reached": 0, "at": {}, "curve": []}
+                entry["runs"].setdefault(name, []).append(run)
+                results["budgets"][f"{bits}-{args.space}"] = entry
+                start = time.perf_counter()
+
+                def passed(trace: Trace, n: int, run=run, start=start) -> None:
+                    figure = figures(trace, n)
+                    if figure is not None:
+                        run["at"][n] = figure
+                    run.update(reached=n, evaluations=trace.finished + trace.charged,
+                               seconds=time.perf_counter() - start, curve=trace.curve())
+                    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+                trace = Trace(charged=int(name in proxied), counts=counts, passed=passed)
                 run_search(searcher, SerialExecutor(calib), trace, n_max - trace.charged, space,
                            budget)
-                seconds = time.perf_counter() - start
-                at = {}
-                for n in args.evaluations:
-                    if n > n_max:
-                        continue
-                    best = trace.best(n) if confirm is None else \
-                        confirmed_best(trace, n, args.confirm_top, confirm)
-                    if best is not None:
-                        at[n] = {"calib": best[0], "heldout": held(best[1]),
-                                 **({"confirmed": confirm(best[1])} if confirm else {}),
-                                 "fresh": fresh(best[1]), "label": space.summarize(best[1]),
-                                 "avg_bits": space.cost(best[1]).avg_bits}
-                entry["runs"].setdefault(name, []).append(
-                    {"seed": seed, "seconds": seconds, "at": at, "curve": trace.curve()})
-                results["budgets"][f"{bits}-{args.space}"] = entry
+                for n in counts:  # a loop that ended early: its last figure holds at every count
+                    if n not in run["at"]:
+                        passed(trace, n)
+                run.update(reached=n_max, evaluations=trace.finished + trace.charged,
+                           seconds=time.perf_counter() - start)
                 (out / "results.json").write_text(json.dumps(results, indent=1))
-                shown = {n: round(v["heldout"], 5) for n, v in at.items()}
-                print(f"bits={bits} {name} seed={seed} {seconds:.0f}s held-out {shown}", flush=True)
+                shown = {n: round(v["heldout"], 5) for n, v in run["at"].items()}
+                print(f"bits={bits} {name} seed={seed} {run['seconds']:.0f}s held-out {shown}",
+                      flush=True)
         results["budgets"][f"{bits}-{args.space}"] = entry
         (out / "results.json").write_text(json.dumps(results, indent=1))
     print(report(json.loads(json.dumps(results)), out))

@@ -7,8 +7,10 @@ files of the running Python's standard library (tests, site-packages and ``idlel
 1. split the files by a hash of their name: 90 % train, 10 % held out (never trained on);
 2. a byte-level BPE tokenizer (``tokenizers``, ``--vocab`` entries) fitted on the training files;
 3. GPT-2 (``--layers`` × ``--width``, 9.2M parameters at the defaults: 36 searched layers) trained with AdamW
-   in bfloat16 autocast for ``--seconds`` (the learning rate follows the clock: warmup, then
-   cosine to a tenth), sequences of ``--seq-len`` tokens;
+   in bfloat16 autocast for ``--steps`` steps, or for ``--seconds`` of wall clock without
+   ``--steps`` (the learning rate follows the step count or the clock: warmup, then cosine to a
+   tenth), sequences of ``--seq-len`` tokens. A fixed step count gives the same model however
+   busy the GPU is; the clock does not;
 4. saved in Hugging Face format (float32, loadable by ``AutoModelForCausalLM``) with its
    tokenizer, plus ``calib.jsonl``: chunks of the held-out files (one JSON object per line,
    ``text``), the calibration and held-out samples of ``bench/search_quality.py --model OUT``.
@@ -61,7 +63,10 @@ def chunks(text: str, chars: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seconds", type=float, default=120.0, help="training time (wall clock)")
+    ap.add_argument("--seconds", type=float, default=120.0,
+                    help="training time (wall clock), where --steps is not given")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="optimizer steps (the schedule follows them; --seconds is ignored)")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--width", type=int, default=256, help="a multiple of 128: g128 groups")
     ap.add_argument("--layers", type=int, default=9)
@@ -75,8 +80,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.seconds <= 0 or args.width % args.heads:
-        sys.exit("train_causal_lm: --seconds must be > 0 and --width a multiple of --heads")
+    if args.seconds <= 0 or (args.steps is not None and args.steps < 1) or \
+            args.width % args.heads:
+        sys.exit("train_causal_lm: --seconds and --steps must be > 0 and --width a multiple of "
+                 "--heads")
 
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -134,8 +141,12 @@ def main() -> None:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     t0, step, loss_ema = time.perf_counter(), 0, None
     model.train()
-    while (elapsed := time.perf_counter() - t0) < args.seconds:
-        frac = elapsed / args.seconds
+    def progress() -> float:  # fraction of the training done: by steps, else by the clock
+        if args.steps is not None:
+            return step / args.steps
+        return (time.perf_counter() - t0) / args.seconds
+
+    while (frac := progress()) < 1.0:
         warm = min(1.0, step / 100)
         lr = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
