@@ -178,7 +178,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
                 q = q * keep[:, i1 + i]
             Q1[:, i] = q
             err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1) @ H_inv1[i, i:].unsqueeze(0)  # eq. 3 within the block
+            W1[:, i + 1:].addcmul_(err.unsqueeze(1), H_inv1[i, i + 1:].unsqueeze(0),
+                                   value=-1)  # eq. 3 within the block (one rounding)
             Err1[:, i] = err
         Q[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ H_inv[i1:i2, i2:]  # the lazy batch update of all later columns

@@ -170,7 +170,8 @@ class _BlockSteps:
                 q = q * b.K1[:, :, i]
             C1[:, :, i] = c
             err = (w - q) / U1[:, i, i].unsqueeze(1)
-            W1[:, :, i:] -= err.unsqueeze(2) * U1[:, i, i:].unsqueeze(1)  # eq. 3 within the block
+            W1[:, :, i + 1:].addcmul_(err.unsqueeze(2), U1[:, i, i + 1:].unsqueeze(1),
+                                      value=-1)  # eq. 3 within the block (one rounding)
             Err1[:, :, i] = err
 
     def run(self, W1: torch.Tensor, U1: torch.Tensor, K1: torch.Tensor | None) -> _Buffers:
