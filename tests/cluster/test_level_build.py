@@ -149,14 +149,8 @@ def test_a_worker_killed_while_building_is_replaced_and_the_database_completes(
                        [x.name for x in g.layers] for o in g.options]) == []
 
 
-def cli(*args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MPSEARCH_DB")}
-    return subprocess.run([sys.executable, "-m", "mpsearch.cluster.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
 def test_bad_level_database_paths_are_one_line_errors_that_keep_stored_trials(
-        ray_session, tiny_llama_path, tmp_path):
+        ray_session, tiny_llama_path, tmp_path, cli_inprocess):
     spec = parse_spec(spec_fields("kept", tiny_llama_path, tmp_path, evaluations=5))
     store = TrialStore(spec.storage.url)
     run_job(spec, store)
@@ -166,14 +160,9 @@ def test_bad_level_database_paths_are_one_line_errors_that_keep_stored_trials(
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec_fields("kept", tiny_llama_path, tmp_path,
                                                levels=blocker / "levels", evaluations=8)))
-    # the session's Ray instance: `run` starts its workers before it checks the level database's
-    # path (cluster/prestart.py), and a new local instance would cost ~10 s
-    res = cli("run", str(path), "--address", ray_session.get_runtime_context().gcs_address,
-              cwd=tmp_path)
-    assert res.returncode == 1, res.stderr
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1 and "levels.path: cannot write" in lines[0], res.stderr
-    assert "Traceback" not in res.stderr
+    # the CLI's entry point in this process, on the session's Ray instance
+    res = cli_inprocess.invoke("run", str(path))
+    cli_inprocess.assert_one_line_error(res, "levels.path: cannot write")
     assert store.trials("kept") == before  # nothing lost, nothing added
 
 
@@ -237,18 +226,15 @@ def test_levels_builds_the_database_ahead_and_show_lists_it_without_torch(
     assert not {k for k in phases.keys if k.startswith("level:") or k == "statistics"}
 
 
-def test_levels_bad_input_is_one_line_and_starts_nothing(tiny_llama_path, tmp_path):
+def test_levels_bad_input_is_one_line_and_starts_nothing(tiny_llama_path, tmp_path,
+                                                         cli_inprocess):
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
     cases = [(spec_fields("bad", tiny_llama_path, tmp_path, levels=blocker / "levels"),
               "levels.path: cannot write"),
              (spec_fields("bad", str(tmp_path / "no-model"), tmp_path), "no-model")]
-    for fields, message in cases:
+    for fields, message in cases:  # the CLI's entry point, in this process
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(fields))
-        res = cli("levels", str(path), cwd=tmp_path)
-        assert res.returncode == 1, res.stderr
-        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
-            res.stderr
+        cli_inprocess.assert_one_line_error(cli_inprocess.invoke("levels", str(path)), message)
     assert not (tmp_path / "store.db").exists()
