@@ -1,7 +1,5 @@
 """A search over a tiny Mixtral through the real loop (shared local Ray), and MoE spec errors."""
 
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -76,19 +74,15 @@ def test_expert_settings_and_routing_on_a_dense_model_are_refused(tiny_llama_pat
 
 
 @pytest.mark.slow
-def test_the_cli_says_so_in_one_line_and_stores_nothing(ray_session, tiny_llama_path, tmp_path):
+def test_the_cli_says_so_in_one_line_and_stores_nothing(ray_session, tiny_llama_path, tmp_path,
+                                                        cli_inprocess):
     spec = tmp_path / "dense.yaml"
     spec.write_text(yaml.safe_dump(fields(tiny_llama_path, tmp_path, space={
         "layers": [{"match": "layers", "options": ["int4-g32-asym"]}], "experts": {}})))
-    # the session's Ray instance: `run` starts its workers before it inspects the model
-    # (cluster/prestart.py), and a new local instance would cost ~10 s
-    address = ray_session.get_runtime_context().gcs_address
-    res = subprocess.run([sys.executable, "-m", "mpsearch.cluster.cli", "run", str(spec),
-                          "--address", address],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.returncode == 1 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert lines[0].startswith("error: space.experts: the model has no routed experts")
+    # the CLI's entry point in this process, on the session's Ray instance
+    res = cli_inprocess.invoke("run", str(spec))
+    cli_inprocess.assert_one_line_error(res)
+    assert res.stderr.startswith("error: space.experts: the model has no routed experts")
     assert not (tmp_path / "moe.db").exists()
 
 
