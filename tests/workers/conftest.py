@@ -5,13 +5,11 @@ import pytest
 EXPORT_CALIBRATION = {"source": "stdlib-docs", "samples": 4, "seq_len": 24, "batch_size": 2}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def scored_trial():
     """``scored_trial(model_path, objective, dtype, labels)``: a worker, the options of a candidate
     that uses every label at least once (over every layer of the numbered blocks that
-    ``first_rules``, LayerRules, leave), its objective and its cost. The same arguments in one
-    module give the same trial, scored once (the export tests only read the worker: its setup,
-    batches, reference outputs and objective)."""
+    ``first_rules``, LayerRules, leave), its objective and its cost."""
     from mpsearch.spaces import Candidate, parse_option
     from mpsearch.spaces.space import LayerRule, build_space
     from mpsearch.workers.checkpoint import scoring_setup
@@ -19,18 +17,8 @@ def scored_trial():
     from mpsearch.workers.model_loading import inspect_model
     from mpsearch.workers.worker import Worker
 
-    scored: dict[tuple, tuple] = {}
-
     def score(model_path: str, objective: str, dtype: str, labels, pattern=r"\.\d+\.",
               unsearched_bits: float | None = None, first_rules=()):
-        key = (model_path, objective, dtype, tuple(labels), pattern, unsearched_bits,
-               tuple(first_rules))
-        if key not in scored:
-            scored[key] = _score(model_path, objective, dtype, labels, pattern, unsearched_bits,
-                                 first_rules)
-        return scored[key]
-
-    def _score(model_path, objective, dtype, labels, pattern, unsearched_bits, first_rules):
         from mpsearch.cluster.spec import DTYPE_BITS
 
         if unsearched_bits is None:  # as a job spec fills it in: the scored dtype's width
