@@ -53,7 +53,7 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def test_run_best_and_trials_end_to_end(spec_fields, tmp_path):
+def test_run_best_and_trials_end_to_end(spec_fields, tmp_path, ray_session):
     spec = write_spec(tmp_path / "job.yaml", **spec_fields)
     db = spec_fields["storage"]["url"]
     proc = subprocess.Popen([sys.executable, "-m", "mpsearch.cluster.cli", "run", str(spec)],
@@ -91,11 +91,14 @@ def test_run_best_and_trials_end_to_end(spec_fields, tmp_path):
     assert set(table.column("status").to_pylist()) == {"complete"}
     assert "model.layers.0.self_attn.q_proj" in table.column_names
 
-    # Rerunning the same spec finds the study complete; a changed spec is refused.
-    r = cli("run", str(spec), cwd=tmp_path)
+    # Rerunning the same spec finds the study complete; a changed spec is refused. (On the
+    # session's Ray instance: `run` starts its workers before it opens the study, and a new
+    # local instance each would cost ~8 s; the run above started its own.)
+    address = ray_session.get_runtime_context().gcs_address
+    r = cli("run", str(spec), "--address", address, cwd=tmp_path)
     assert r.returncode == 0 and "60 completed" in r.stderr
     changed = write_spec(tmp_path / "changed.yaml", **{**spec_fields, "seed": 1})
-    line = one_line_error(cli("run", str(changed), cwd=tmp_path))
+    line = one_line_error(cli("run", str(changed), "--address", address, cwd=tmp_path))
     assert "study 'tiny' already exists" in line and "different spec" in line
 
 
