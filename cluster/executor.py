@@ -80,6 +80,12 @@ class _Flight:
     worked: float = 0.0  # the worker's seconds on this call, once it returned
 
 
+def placed(actor_cls: Any, cpus: float, gpus: float) -> Any:
+    """``actor_cls`` with a worker's resources, spread: one worker per node first, then round
+    again (fractional GPUs share a GPU)."""
+    return actor_cls.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy="SPREAD")
+
+
 def first_line(exc: BaseException) -> str:
     """The useful line of a (possibly Ray-wrapped) exception, at most 300 characters."""
     text = str(exc).strip()
@@ -151,10 +157,8 @@ class RayExecutor:
 
     # -- actors ------------------------------------------------------------------------------
     def _spawn(self, index: int) -> Any:
-        # SPREAD: one worker per node first, then round again (fractional GPUs share a GPU)
-        return self.actor_cls.options(num_cpus=self.cpus, num_gpus=self.gpus,
-                                      scheduling_strategy="SPREAD").remote(
-            self.setup, self.space, f"w{index}")
+        return placed(self.actor_cls, self.cpus, self.gpus).remote(self.setup, self.space,
+                                                                   f"w{index}")
 
     @staticmethod
     def _ready(actors: list[Any]) -> list[str]:

@@ -167,9 +167,7 @@ class RayResources:
 
 
 def worker_setup(job: PreparedJob) -> WorkerSetup:
-    device = job.spec.model.device
-    if device == "auto":
-        device = "cuda" if job.spec.workers.gpus > 0 else "cpu"
+    device = job.spec.worker_device()
     needs = searcher_needs(job.spec.searcher)
     return WorkerSetup(
         model_path=job.model.path, kind=job.model.kind, objective=job.objective,

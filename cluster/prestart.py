@@ -37,15 +37,14 @@ class EarlyWorkers:
         path = resolve_model_path(spec.model.name)  # a missing model: one line, before Ray
         connect_for(spec, address)  # Ray's processes start before this one imports torch
         from mpsearch.workers.actor import ModelPreload, WorkerActor
-        device = spec.model.device
-        if device == "auto":
-            device = "cuda" if w.gpus > 0 else "cpu"
+
+        from .executor import placed
+
+        device = spec.worker_device()
         preload = None if worker_devices(w.gpus, device) else ModelPreload(
             path, spec.model.kind, spec.model.dtype, device, max(int(w.cpus), 1))
-        # the executor's placement (RayExecutor._spawn): SPREAD, the spec's CPUs and GPUs
-        self._actors = [WorkerActor.options(  # type: ignore[attr-defined]
-            num_cpus=w.cpus, num_gpus=w.gpus, scheduling_strategy="SPREAD").remote(
-            None, None, f"w{i}", preload) for i in range(w.count)]
+        self._actors = [placed(WorkerActor, w.cpus, w.gpus).remote(None, None, f"w{i}", preload)
+                        for i in range(w.count)]
 
     def take(self) -> list[Any]:
         """The started actors, once (the executor configures them)."""

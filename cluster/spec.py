@@ -72,6 +72,13 @@ class JobSpec(BaseModel):
             object.__setattr__(self, "space", space)  # frozen: filled in once, at validation
         return self
 
+    def worker_device(self) -> str:
+        """The device a worker scores on: ``model.device``, with "auto" meaning CUDA when the
+        workers have GPUs."""
+        if self.model.device == "auto":
+            return "cuda" if self.workers.gpus > 0 else "cpu"
+        return self.model.device
+
     def identity(self) -> dict[str, Any]:
         """The parts that define what a study searches: a rerun must keep them unchanged.
 
