@@ -158,7 +158,7 @@ def repair_down(choices: list[int], levels: LevelMap, budget: Budget, rng: rando
     """Lower random genes one tier at a time (sparing ``keep``) until ``choices`` meets every row
     of ``budget``; a gene is lowered only when that lowers a row that is over. When no tier down
     helps (a row that does not fall with the bits), a gene moves to any option that lowers the
-    excess (:meth:`_Use.relieving_moves`).
+    excess (:meth:`_Use.relieving_moves`), among the options ``levels`` holds.
 
     Returns False if even lowering everything lowerable does not fit (the caller discards it).
     """
@@ -170,8 +170,8 @@ def repair_down(choices: list[int], levels: LevelMap, budget: Budget, rng: rando
             if keep:
                 keep = frozenset()
                 continue
-            moves = use.relieving_moves(choices)
-            if not moves:
+            moves = [(g, o) for g, o in use.relieving_moves(choices) if o in levels.rank[g]]
+            if not moves:  # (only options of the map: an Optuna study's window holds no others)
                 return False
             g, new = rng.choice(moves)
             use.move(g, choices[g], new)

@@ -6,6 +6,7 @@ import random
 
 from mpsearch.searcher import SearcherConfig, make_searcher
 from mpsearch.searcher.levels import LevelMap, budget_window, fill_up, repair_down
+from mpsearch.spaces.budget import Constraint
 from mpsearch.spaces.space import Budget, Candidate
 from mpsearch.spaces.spec import parse_option
 
@@ -70,3 +71,24 @@ def test_budget_window_holds_the_tiers_around_the_budget(synthetic):
     # 3.0 bits: nearest tier is 3.25, over budget alone, so the window widens down to int2
     narrow = budget_window(space, Budget(avg_bits=3.0), 0)
     assert {bits_per_weight(space, 0, o) for o in narrow[0]} == {2.25, 3.25}
+
+
+def test_a_repair_for_a_row_that_does_not_fall_with_the_bits_keeps_to_the_allowed_options(synthetic):
+    """A latency-like row where fp16 is the fastest option and int2 the slowest: from int4
+    everywhere, over the row, only a move to fp16 lowers it. With fp16 outside the map's options
+    (an Optuna study's window) the repair fails rather than leave them (Optuna refuses a value
+    outside the study's choices)."""
+    options = tuple(parse_option(x) for x in ["int2-g128-asym", "int4-g128-asym", "fp16"])
+    space = synthetic.make_space(4, seed=1, options=options)
+    ms = {"int2-g128-asym": 3.0, "int4-g128-asym": 2.0, "fp16": 1.0}
+    costs = tuple(tuple(ms[o.label] for o in g.options) for g in space.genes)
+    budget = Budget(avg_bits=16.0, extra=(Constraint("latency", costs, 0.0, 7.5, "ms"),))
+    int4 = [[o.label for o in g.options].index("int4-g128-asym") for g in space.genes]
+    fp16 = [[o.label for o in g.options].index("fp16") for g in space.genes]
+    narrow = LevelMap(space, [{o for o in range(3) if o != f} for f in fp16])
+    choices = list(int4)
+    assert not repair_down(choices, narrow, budget, random.Random(0))
+    assert all(c != f for c, f in zip(choices, fp16, strict=True))
+    choices = list(int4)  # with every option allowed, the move to fp16 repairs it
+    assert repair_down(choices, LevelMap(space), budget, random.Random(0))
+    assert space.feasible(Candidate(tuple(choices)), budget) and set(choices) & set(fp16)
