@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PG_ADMIN_URL = os.environ.get("MPSEARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+_THREADS: list[int] = []  # torch's intra-op thread count as the first module found it
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_threads_per_module():
+    """Every test module starts on torch's thread count as the session found it, as when it runs
+    alone. A module that sets it (a worker with ``threads: 1``, a latency table measured on one
+    thread) changed it for every module after: their in-process scores then summed in another
+    order than the fresh processes they are compared with (which start on the machine's
+    count), and a KL of 3e-6 between nearly equal models moved 3e-3 relative."""
+    torch = sys.modules.get("torch")
+    if torch is not None and not _THREADS:
+        _THREADS.append(torch.get_num_threads())
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and _THREADS and torch.get_num_threads() != _THREADS[0]:
+        torch.set_num_threads(_THREADS[0])
+
 
 
 @pytest.fixture(scope="session")
