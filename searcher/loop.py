@@ -51,7 +51,7 @@ class Recorder(Protocol):
 class LoopStats:
     completed: int = 0
     failed: int = 0
-    best: float | None = None
+    best: float | None = None  # the lowest feasible objective on every calibration sample
     stopped_because: str = ""
 
 
@@ -100,7 +100,8 @@ def run_search(
                 stats.failed += 1
             else:
                 stats.completed += 1
-                if feasible and (stats.best is None or outcome.objective < stats.best):
+                if feasible and candidate.samples is None and (  # a screen's: fewer samples
+                        stats.best is None or outcome.objective < stats.best):
                     stats.best = outcome.objective
             searcher.tell([Evaluation(candidate, outcome.objective)])
             if on_result is not None:

@@ -77,7 +77,7 @@ class TrialRow(Base):
         Index("ix_mps_trial_bytes", "study_id", "total_bytes"),
         # Covers the Pareto query (storage/queries.py): per-bits minima and front lookups.
         Index("ix_mps_trial_pareto", "study_id", "status", "avg_bits", "objective", "number",
-              "feasible"),
+              "feasible", "samples"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -18,7 +18,9 @@ mpsearch trial:
   the objective and the average effective bits, so the dashboard draws the Pareto front;
 * user attributes ``mpsearch_trial`` (the trial's number in the store), ``origin``, ``avg_bits``,
   ``total_bytes``, the stored extras (``perplexity``, ...) and a failed trial's ``error``;
-* the state, COMPLETE or FAIL;
+* the state, COMPLETE or FAIL; a trial screened on fewer calibration samples (multi-step
+  selection) is PRUNED, its figure the intermediate value at step = its sample count, so
+  Optuna's ``best_trial`` and the dashboard's history compare figures on every sample only;
 * the budget as the system attribute ``constraints``, a list of one value: at most 0 within the
   budget, else the relative excess. optuna-dashboard 0.21 reads only that attribute
   (``_serializer.py``: ``trial_system_attrs.get("constraints", [])``), not the
@@ -368,6 +370,8 @@ class OptunaMirror:
         budget, two = study.budget, progress.objectives == 2
         complete = [r.status == COMPLETE and r.objective is not None
                     and not math.isnan(r.objective) for r in rows]
+        states = ["FAIL" if not ok else "PRUNED" if r.samples is not None else "COMPLETE"
+                  for r, ok in zip(rows, complete, strict=True)]
         trials = om.TrialModel.__table__
         first = progress.count
         with self._session() as session:
@@ -375,9 +379,8 @@ class OptunaMirror:
             # Enums by name, as SQLAlchemy's non-native Enum type stores them
             _insert_many(conn, trials, ("number", "study_id", "state", "datetime_start",
                                         "datetime_complete"),
-                         [(first + i, progress.optuna_id, "COMPLETE" if ok else "FAIL",
-                           r.started_at, r.finished_at)
-                          for i, (r, ok) in enumerate(zip(rows, complete, strict=True))])
+                         [(first + i, progress.optuna_id, state, r.started_at, r.finished_at)
+                          for i, (r, state) in enumerate(zip(rows, states, strict=True))])
             made = conn.execute(select(trials.c.trial_id).where(
                 trials.c.study_id == progress.optuna_id, trials.c.number >= first)
                 .order_by(trials.c.number)).scalars().all()
@@ -385,12 +388,17 @@ class OptunaMirror:
             values: list[tuple[Any, ...]] = []
             user: list[tuple[Any, ...]] = []
             system: list[tuple[Any, ...]] = []
-            for tid, r, ok in zip(made, rows, complete, strict=True):
+            steps: list[tuple[Any, ...]] = []
+            for tid, r, state in zip(made, rows, states, strict=True):
                 params += [(tid, *gene[c]) for gene, c in zip(param_rows, r.choices, strict=True)]
-                if ok:
+                if state == "COMPLETE":
                     for k, v in enumerate((r.objective, r.avg_bits) if two else (r.objective,)):
                         stored, kind = om.TrialValueModel.value_to_stored_repr(v)
                         values.append((tid, k, stored, kind.name))
+                elif state == "PRUNED":
+                    value, vkind = om.TrialIntermediateValueModel \
+                        .intermediate_value_to_stored_repr(r.objective)
+                    steps.append((tid, r.samples, value, vkind.name))
                 attrs: dict[str, Any] = {TRIAL_ATTR: r.number, "origin": r.origin,
                                          "avg_bits": r.avg_bits, "total_bytes": r.total_bytes}
                 if r.objective is not None and math.isnan(r.objective):
@@ -405,6 +413,8 @@ class OptunaMirror:
                     (om.TrialParamModel, ("trial_id", "param_name", "param_value",
                                           "distribution_json"), params),
                     (om.TrialValueModel, ("trial_id", "objective", "value", "value_type"), values),
+                    (om.TrialIntermediateValueModel, ("trial_id", "step", "intermediate_value",
+                                                      "intermediate_value_type"), steps),
                     (om.TrialUserAttributeModel, ("trial_id", "key", "value_json"), user),
                     (om.TrialSystemAttributeModel, ("trial_id", "key", "value_json"), system)):
                 if batch:

@@ -50,7 +50,8 @@ def study_progress(store: TrialStore, name: str | None = None) -> list[StudyProg
                 .group_by(TrialRow.study_id, TrialRow.status))}
         best = dict(conn.execute(
             select(TrialRow.study_id, func.min(TrialRow.objective))
-            .where(TrialRow.status == COMPLETE, TrialRow.feasible.is_(True))
+            .where(TrialRow.status == COMPLETE, TrialRow.feasible.is_(True),
+                   TrialRow.samples.is_(None))  # a screen's figure is on fewer samples
             .group_by(TrialRow.study_id)).all())
         leases = {r.study_id: r for r in conn.execute(select(LeaseRow))}
     out = []

@@ -136,7 +136,8 @@ class StudyQueries:
 
     def pareto(self, study: StudyKey, max_bits: float | None = None, max_bytes: float | None = None,
                feasible_only: bool = False) -> list[TrialRecord]:
-        """Completed trials not dominated in (objective, avg_bits), cheapest first.
+        """Completed trials scored on every calibration sample not dominated in (objective,
+        avg_bits), cheapest first (a figure screened on fewer samples is not comparable).
 
         A trial is dominated when another has at most its bits and at most its objective, one of
         them strictly less. Over-budget trials belong to the front unless ``feasible_only``; their
@@ -146,7 +147,7 @@ class StudyQueries:
         with translating(self.url, "query the Pareto front"), self._session() as s:
             study_id = self._study_id(s, study)
             where = [TrialRow.study_id == study_id, TrialRow.status == COMPLETE,
-                     *budget_clauses(max_bits, max_bytes)]
+                     TrialRow.samples.is_(None), *budget_clauses(max_bits, max_bytes)]
             if feasible_only:
                 where.append(TrialRow.feasible.is_(True))
             # Only each cost level's lowest objective can be on the front: the database groups

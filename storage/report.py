@@ -294,7 +294,8 @@ section{margin:24px 0}"""
 def report_html(store: TrialStore, study_name: str) -> str:
     """The report page of ``study_name`` as one HTML string."""
     study = store.study(study_name)
-    done = store.trials(study_name, COMPLETE)
+    # figures on every calibration sample: a screen's (multi-step selection) is not comparable
+    done = [t for t in store.trials(study_name, COMPLETE) if t.samples is None]
     if not done:
         raise NoResultError(f"study {study_name!r} has no completed trial to report on")
     best = next(iter(store.best(study_name, top=1)), None)

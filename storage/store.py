@@ -317,15 +317,18 @@ class TrialStore(StudyQueries):
 
         Confirmed trials (re-scored on every calibration sample after the search, see
         ``cluster/confirm.py``) come first, by their confirmed figure: the search's own figure
-        may be on fewer samples, and the lowest of many noisy figures is optimistic. Ties are
-        broken by trial number, so the answer is deterministic. Optional filters tighten
-        the budget further (``max_bits``, ``max_bytes``) or keep one strategy's trials.
+        may be on fewer samples, and the lowest of many noisy figures is optimistic. Then the
+        trials scored on every sample, then those screened on fewer (multi-step selection),
+        each by objective. Ties are broken by trial number, so the answer is deterministic.
+        Optional filters tighten the budget further (``max_bits``, ``max_bytes``) or keep one
+        strategy's trials.
         """
         with translating(self.url, "query best trials"), self._session() as s:
             q = select(TrialRow).where(TrialRow.study_id == self._study_id(s, study),
                                        TrialRow.status == COMPLETE, TrialRow.feasible.is_(True))
             q = q.where(*budget_clauses(max_bits, max_bytes, origin))
-            q = q.order_by(TrialRow.confirmed.is_(None), TrialRow.confirmed, TrialRow.objective,
+            q = q.order_by(TrialRow.confirmed.is_(None), TrialRow.confirmed,
+                           TrialRow.samples.is_not(None), TrialRow.objective,
                            TrialRow.number).limit(top)
             return [_trial(r) for r in s.scalars(q)]
 
