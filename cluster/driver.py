@@ -10,7 +10,8 @@ driver owns everything else:
    writes its trials;
 2. mark the trials a dead driver left ``running`` as interrupted, add ``extend`` evaluations;
 3. build the strategy with what its class declares it needs (:meth:`Searcher.needs`: a stored
-   profile, proxy errors, a database for its own state) and replay the stored trials into it
+   profile, proxy errors, a database for its own state), with the multi-step selection of the
+   study's ``searcher.fidelity`` (:func:`session_strategy`), and replay the stored trials into it
    (:mod:`.resume`); candidates it asked for and never got back are re-dispatched first;
 4. run the loop (:func:`~mpsearch.searcher.loop.run_search`) with a :class:`StoreRecorder` over the
    buffered :class:`~mpsearch.storage.writer.TrialWriter`: the one write path of trials;
@@ -36,7 +37,12 @@ from typing import Any, Protocol
 
 from mpsearch.searcher.base import Needs, SearchContext, Searcher
 from mpsearch.searcher.loop import Executor, LoopStats, Outcome, run_search
-from mpsearch.searcher.registry import SearcherConfig, make_searcher, searcher_needs
+from mpsearch.searcher.registry import (
+    SearcherConfig,
+    make_searcher,
+    searcher_needs,
+    with_fidelity,
+)
 from mpsearch.spaces.space import Budget, Candidate, Cost
 from mpsearch.storage.lease import DEFAULT_TTL, StudyLease
 from mpsearch.storage.models import FINISHED, STOPPED
@@ -167,6 +173,17 @@ def search_context(needs: Needs, study: StudyRecord, store: TrialStore,
     return SearchContext(study=study.name, profile=profile, proxy=proxy, routing=routing)
 
 
+def session_strategy(study: StudyRecord, searcher: SearcherConfig) -> SearcherConfig:
+    """``searcher`` with the multi-step selection of the study's ``searcher.fidelity`` on its
+    calibration samples (:func:`~mpsearch.searcher.registry.with_fidelity`). The study's stored
+    spec decides, for a strategy switched to as well: a study stored before the field existed
+    keeps scoring every candidate on every sample when it is resumed or rerun."""
+    stored = study.spec.get("searcher") if isinstance(study.spec, dict) else None
+    fidelity = stored.get("fidelity", "full") if isinstance(stored, dict) else "full"
+    samples = study.calibration.samples if study.calibration is not None else None
+    return with_fidelity(searcher.model_copy(update={"fidelity": fidelity}), samples)
+
+
 def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budget: Budget,
           make_executor: ExecutorFactory, *, seed: int = 0,
           frontier: Sequence[Budget] = (), resources: JobResources | None = None, extend: int = 0,
@@ -203,6 +220,7 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
             store.set_evaluations(study.id, study.evaluations + extend)
         study = store.study(study.id)
         searcher, first = switch_strategy(store, study, searcher, switch_to)
+        searcher = session_strategy(study, searcher)
         mirror.start(objectives_of(searcher))
         context = search_context(searcher_needs(searcher), study, store, resources)
         space = study.space

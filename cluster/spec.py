@@ -105,7 +105,7 @@ _LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "calibration": {"split": "train", "subset": None, "chat_template": False},
     "space": {"experts": None, "kv_cache": None},
     "budget": {"memory": None, "active_bytes": None, "latency": None},
-    "searcher": {"baselines": True, "confirm": 0},
+    "searcher": {"baselines": True, "confirm": 0, "fidelity": "auto"},
 }
 # QuantOption fields added after studies were stored (a weight-only option: no activations).
 _LATER_OPTION_DEFAULTS: dict[str, Any] = {"activations": ""}

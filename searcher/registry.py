@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -39,6 +39,9 @@ class SearcherConfig(BaseModel):
     # (those scored on fewer are evaluated again, on top of `evaluations`); `best` ranks by that
     # confirmed figure (cluster/confirm.py). 0: no confirmation.
     confirm: int = Field(default=0, ge=0, le=1000)
+    # auto: multi-step selection where it pays (:func:`with_fidelity`); full: every candidate
+    # on every calibration sample, as studies stored before this field.
+    fidelity: Literal["auto", "full"] = "auto"
 
     def check(self) -> None:
         """Validate the name and parameters without building anything."""
@@ -52,6 +55,26 @@ class SearcherConfig(BaseModel):
             msg = validation_message(err, cls.Params)
             raise SpecError(f"searcher.params.{field}: {msg} (parameters of "
                             f"{self.name!r}: {valid})") from None
+
+
+# Calibration samples from which ``fidelity: auto`` screens (bench/fidelity_pays.py): the
+# strategies with multi-step selection screen λ offspring on an eighth of the samples and score
+# the best quarter on all of them, unless the spec gives its own ``selection``.
+SCREEN_FROM = 128
+
+
+def with_fidelity(config: SearcherConfig, samples: int | None) -> SearcherConfig:
+    """``config`` with the multi-step selection ``fidelity: auto`` gives it on ``samples``
+    calibration samples: ``[[λ, samples // 8], [max(λ // 4, 1), null]]`` for a strategy that
+    has a ``selection`` parameter and was not given one, from :data:`SCREEN_FROM` samples on;
+    otherwise ``config`` as it is."""
+    cls = searcher_class(config.name)
+    if (config.fidelity != "auto" or samples is None or samples < SCREEN_FROM
+            or "selection" not in cls.Params.model_fields or "selection" in config.params):
+        return config
+    offspring = int(cls.Params(**config.params).model_dump()["offspring"])  # with selection: λ
+    stages = [[offspring, samples // 8], [max(offspring // 4, 1), None]]
+    return config.model_copy(update={"params": {**config.params, "selection": stages}})
 
 
 def searcher_class(name: str) -> type[Searcher]:
