@@ -52,14 +52,21 @@ SPACES = {
              "int2-g128-asym-gptq", "int3-g128-asym-gptq", "int3-g64-asym-gptq",
              "int4-g128-asym-gptq", "int5-g128-asym-gptq", "int6-g128-asym-gptq",
              "nf4", "mxfp4", "fp8_e4m3", "fp16"],
+    # the full space with a finer GPTQ grid (int2/int4 at g64, int8): does the program use it?
+    "full-g64": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
+                 "int6-g128-asym", "int8-g128-asym",
+                 "int2-g128-asym-gptq", "int2-g64-asym-gptq", "int3-g128-asym-gptq",
+                 "int3-g64-asym-gptq", "int4-g128-asym-gptq", "int4-g64-asym-gptq",
+                 "int5-g128-asym-gptq", "int6-g128-asym-gptq", "int8-g128-asym-gptq",
+                 "nf4", "mxfp4", "fp8_e4m3", "fp16"],
 }
 
 
 def profile_levels(bits: float, space: str) -> list[str]:
     """The three integer levels around the budget: the profile entries worth measuring (GPTQ's
-    in the full space, where it beats RTN at every level)."""
+    in the full spaces, where it beats RTN at every level)."""
     low = max(2, math.floor(bits) - 1)
-    suffix = "-gptq" if space == "full" else ""
+    suffix = "-gptq" if space.startswith("full") else ""
     return [f"int{b}-g128-asym{suffix}" for b in range(low, low + 3)]
 
 
