@@ -60,7 +60,7 @@ class SearcherConfig(BaseModel):
 # Calibration samples from which ``fidelity: auto`` screens (bench/fidelity_pays.py): the
 # strategies with multi-step selection screen λ offspring on an eighth of the samples and score
 # the best quarter on all of them, unless the spec gives its own ``selection``.
-SCREEN_FROM = 128
+SCREEN_FROM = 64
 
 
 def with_fidelity(config: SearcherConfig, samples: int | None) -> SearcherConfig:
