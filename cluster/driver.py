@@ -178,7 +178,7 @@ def session_strategy(study: StudyRecord, searcher: SearcherConfig) -> SearcherCo
     calibration samples (:func:`~mpsearch.searcher.registry.with_fidelity`). The study's stored
     spec decides, for a strategy switched to as well: a study stored before the field existed
     keeps scoring every candidate on every sample when it is resumed or rerun."""
-    stored = study.spec.get("searcher") if isinstance(study.spec, dict) else None
+    stored = study.spec.get("searcher")
     fidelity = stored.get("fidelity", "full") if isinstance(stored, dict) else "full"
     samples = study.calibration.samples if study.calibration is not None else None
     return with_fidelity(searcher.model_copy(update={"fidelity": fidelity}), samples)

@@ -109,7 +109,8 @@ def run_search(
 
 
 class SerialExecutor:
-    """Evaluates in the calling thread with a plain function: for tests and tiny searches."""
+    """Evaluates in the calling thread with a plain function: for tests and tiny searches (and,
+    having ``shutdown``, an executor the study driver accepts)."""
 
     def __init__(self, evaluate: Callable[[Candidate], float | None], slots: int = 1) -> None:
         self.evaluate = evaluate
@@ -126,3 +127,6 @@ class SerialExecutor:
     def collect(self) -> list[tuple[int, Outcome]]:
         done, self.pending = self.pending, []
         return [(key, Outcome(self.evaluate(c), 0.0, "serial")) for key, c in done]
+
+    def shutdown(self) -> None:
+        self.pending = []

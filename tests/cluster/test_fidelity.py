@@ -13,8 +13,7 @@ import pytest
 
 from mpsearch.cluster.driver import drive
 from mpsearch.cluster.spec import parse_spec
-from mpsearch.searcher import SearcherConfig
-from mpsearch.searcher.loop import Outcome
+from mpsearch.searcher import SearcherConfig, SerialExecutor
 from mpsearch.searcher.registry import SCREEN_FROM, with_fidelity
 from mpsearch.spaces import Budget, LayerInfo, LayerRule, build_space, parse_option
 from mpsearch.storage import COMPLETE, TrialStore
@@ -39,31 +38,14 @@ def score(candidate):
     return value * 0.05 * (1 + random.Random(hash(candidate.choices)).uniform(-0.1, 0.1))
 
 
-class Serial:
-    slots = 2
-
-    def __init__(self, recorder=None):
-        self.pending = []
-
-    def submit(self, key, candidate):
-        self.pending.append((key, candidate))
-
-    def collect(self):
-        done, self.pending = self.pending, []
-        return [(key, Outcome(score(c), 0.0, "w")) for key, c in done]
-
-    def shutdown(self):
-        pass
-
-
 def session(store, name, stored_searcher, samples=256, evaluations=80, mirror=False,
             config=None):
     """A study whose stored spec has ``stored_searcher`` as its searcher section, on ``samples``
     calibration samples, driven to ``evaluations``: its trials and the session's best."""
     study, _ = store.open_study(name, {"searcher": stored_searcher}, {"name": name}, SPACE, "m",
                                 "o", evaluations, calibration=CalibrationRecord(samples=samples))
-    result = drive(store, study, config or SearcherConfig(name="evolutionary"), BUDGET, Serial,
-                   optuna_mirror=mirror)
+    result = drive(store, study, config or SearcherConfig(name="evolutionary"), BUDGET,
+                   lambda recorder: SerialExecutor(score, slots=2), optuna_mirror=mirror)
     return store.trials(name), result.stats.best  # the best the run's progress bar shows
 
 

@@ -11,8 +11,7 @@ from rich.console import Console
 from mpsearch.cluster.cli.output import frontier_table
 from mpsearch.cluster.driver import drive
 from mpsearch.cluster.spec import parse_spec
-from mpsearch.searcher import SearcherConfig
-from mpsearch.searcher.loop import Outcome
+from mpsearch.searcher import SearcherConfig, SerialExecutor
 from mpsearch.spaces import Budget, LayerInfo, LayerRule, build_space, parse_option
 from mpsearch.spaces.errors import SpecError
 from mpsearch.storage import TrialStore
@@ -33,27 +32,12 @@ def objective(candidate):
                for s, g, c in zip(SENS, SPACE.genes, candidate.choices, strict=True))
 
 
-class FunctionExecutor:
-    def __init__(self, slots=2):
-        self.slots, self.pending = slots, []
-
-    def submit(self, key, candidate):
-        self.pending.append((key, candidate))
-
-    def collect(self):
-        done, self.pending = self.pending, []
-        return [(key, Outcome(objective(c), 0.0, "w")) for key, c in done]
-
-    def shutdown(self):
-        self.pending = []
-
-
 def session(store, name, evaluations, **kwargs):
     study, _ = store.open_study(name, {"n": name}, {"n": name}, SPACE, "m", "o", evaluations,
                                 budget=POINTS.to_budget(), frontier=POINTS.to_budgets())
     return drive(store, study, SearcherConfig(name="evolutionary", params={"offspring": 6}),
-                 POINTS.to_budget(), lambda recorder: FunctionExecutor(), frontier=study.frontier,
-                 **kwargs)
+                 POINTS.to_budget(), lambda recorder: SerialExecutor(objective, slots=2),
+                 frontier=study.frontier, **kwargs)
 
 
 def test_the_spec_takes_a_list_for_any_one_budget_kind():
