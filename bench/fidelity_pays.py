@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--screen", type=int, default=None, help="default: samples // 8")
     ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="samples per forward pass (a GPU takes all of them in one)")
     ap.add_argument("--stats-samples", type=int, default=256)
     ap.add_argument("--heldout-offset", type=int, default=896)
     ap.add_argument("--heldout-samples", type=int, default=256)
@@ -116,7 +118,8 @@ def main() -> None:
     cal = CalibrationConfig(source="stdlib-docs", samples=args.samples, seq_len=args.seq_len)
     setup = WorkerSetup(model_path=info.path, kind=info.kind,
                         objective="kl" if info.kind == "causal-lm" else "embedding_distortion",
-                        texts=(), seq_len=args.seq_len, device=args.device)
+                        texts=(), seq_len=args.seq_len, device=args.device,
+                        batch_size=args.batch_size)
     stats = Worker(replace(setup, texts=tuple(load_texts(
         cal.model_copy(update={"samples": args.stats_samples})))), space)
     stats.warm_cache()

@@ -59,6 +59,15 @@ SPACES = {
                  "int3-g64-asym-gptq", "int4-g128-asym-gptq", "int4-g64-asym-gptq",
                  "int5-g128-asym-gptq", "int6-g128-asym-gptq", "int8-g128-asym-gptq",
                  "nf4", "mxfp4", "fp8_e4m3", "fp16"],
+    # the full space with cheaper cost points between its levels: GPTQ with one scale per
+    # channel (int3-ch: 3.08 bits on a 384-wide layer) and symmetric groups (no zero points)
+    "wide": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
+             "int6-g128-asym", "int8-g128-asym",
+             "int2-g128-asym-gptq", "int3-ch-asym-gptq", "int3-g128-sym-gptq",
+             "int3-g128-asym-gptq", "int3-g64-asym-gptq", "int4-ch-asym-gptq",
+             "int4-g128-sym-gptq", "int4-g128-asym-gptq", "int5-ch-asym-gptq",
+             "int5-g128-asym-gptq", "int6-g128-asym-gptq", "int8-ch-sym-gptq",
+             "nf4", "mxfp4", "fp8_e4m3", "fp16"],
 }
 
 
@@ -480,6 +489,8 @@ def main() -> None:
     ap.add_argument("--stats-samples", type=int, default=256,
                     help="calibration samples for GPTQ's Hessians (the first ones, as --samples)")
     ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="samples per forward pass (a GPU takes all of them in one)")
     ap.add_argument("--heldout-offset", type=int, default=900)
     ap.add_argument("--heldout-samples", type=int, default=128)
     ap.add_argument("--noise-offset", type=int, default=500)
@@ -532,7 +543,7 @@ def main() -> None:
     objective = args.objective or ("kl" if causal else "embedding_distortion")
     setup = WorkerSetup(model_path=info.path, kind=info.kind, objective=objective,
                         texts=(), seq_len=args.seq_len, device=args.device,
-                        kl_top_k=args.kl_top_k)
+                        kl_top_k=args.kl_top_k, batch_size=args.batch_size)
     stats = Worker(replace(setup, texts=tuple(load_texts(cal.model_copy(
         update={"samples": args.stats_samples})))), space)
     stats.warm_cache()
