@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from mpsearch.searcher.base import Needs, SearchContext, Searcher
 from mpsearch.searcher.loop import Executor, LoopStats, Outcome, run_search
@@ -173,15 +173,17 @@ def search_context(needs: Needs, study: StudyRecord, store: TrialStore,
     return SearchContext(study=study.name, profile=profile, proxy=proxy, routing=routing)
 
 
-def session_strategy(study: StudyRecord, searcher: SearcherConfig) -> SearcherConfig:
+def session_strategy(study: StudyRecord, searcher: SearcherConfig,
+                     device: Literal["cpu", "gpu"] = "cpu") -> SearcherConfig:
     """``searcher`` with the multi-step selection of the study's ``searcher.fidelity`` on its
-    calibration samples (:func:`~mpsearch.searcher.registry.with_fidelity`). The study's stored
-    spec decides, for a strategy switched to as well: a study stored before the field existed
-    keeps scoring every candidate on every sample when it is resumed or rerun."""
+    calibration samples, for workers on ``device``
+    (:func:`~mpsearch.searcher.registry.with_fidelity`). The study's stored spec decides, for a
+    strategy switched to as well: a study stored before the field existed keeps scoring every
+    candidate on every sample when it is resumed or rerun."""
     stored = study.spec.get("searcher")
     fidelity = stored.get("fidelity", "full") if isinstance(stored, dict) else "full"
     samples = study.calibration.samples if study.calibration is not None else None
-    return with_fidelity(searcher.model_copy(update={"fidelity": fidelity}), samples)
+    return with_fidelity(searcher.model_copy(update={"fidelity": fidelity}), samples, device)
 
 
 def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budget: Budget,
@@ -192,7 +194,8 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
           on_result: Callable[[LoopStats, Candidate, Outcome], None] | None = None,
           writer_options: Mapping[str, Any] | None = None,
           switch_to: SearcherConfig | None = None,
-          optuna_mirror: bool = True) -> SessionResult:
+          optuna_mirror: bool = True,
+          device: Literal["cpu", "gpu"] = "cpu") -> SessionResult:
     """Run, continue or extend ``study`` (already opened in ``store``) until it has its completed
     evaluations; see the module docstring for the steps and what survives a crash.
 
@@ -202,8 +205,8 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
     (``group``, ``window``) tune the group commits.
     ``switch_to`` continues the study with another strategy from here on (recorded with the
     study; see :mod:`.mirror`); ``optuna_mirror=False`` keeps no Optuna mirror (a benchmark of
-    the loop alone). Raises :class:`~mpsearch.storage.lease.StudyLeasedError`
-    when another driver holds the study,
+    the loop alone); ``device``, the workers', decides where ``fidelity: auto`` screens.
+    Raises :class:`~mpsearch.storage.lease.StudyLeasedError` when another driver holds the study,
     :class:`~mpsearch.storage.optuna_mirror.MirrorConflictError` when a foreign Optuna study
     has its name, and whatever the executor or the store raise (after flushing). A stop
     signal (a ``KeyboardInterrupt``, see :mod:`.signals`) marks the trials in flight interrupted
@@ -220,7 +223,7 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
             store.set_evaluations(study.id, study.evaluations + extend)
         study = store.study(study.id)
         searcher, first = switch_strategy(store, study, searcher, switch_to)
-        searcher = session_strategy(study, searcher)
+        searcher = session_strategy(study, searcher, device)
         mirror.start(objectives_of(searcher))
         context = search_context(searcher_needs(searcher), study, store, resources)
         space = study.space

@@ -254,7 +254,8 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
         result = drive(store, study, spec.searcher, job.budget, make_executor, seed=spec.seed,
                        frontier=job.frontier, resources=resources, extend=extend, lease_ttl=lease_ttl,
                        on_start=on_start, on_result=on_result, switch_to=switch_to,
-                       writer_options={"retry_seconds": spec.storage.retry_seconds})
+                       writer_options={"retry_seconds": spec.storage.retry_seconds},
+                       device="gpu" if spec.worker_device() == "cuda" else "cpu")
     finally:
         resources.close()
     return replace(result, seconds=time.perf_counter() - start)

@@ -57,19 +57,24 @@ class SearcherConfig(BaseModel):
                             f"{self.name!r}: {valid})") from None
 
 
-# Calibration samples from which ``fidelity: auto`` screens (bench/fidelity_pays.py): the
-# strategies with multi-step selection screen λ offspring on an eighth of the samples and score
-# the best quarter on all of them, unless the spec gives its own ``selection``.
-SCREEN_FROM = 64
+# Calibration samples from which ``fidelity: auto`` screens, by the workers' device
+# (bench/fidelity_pays.py, docs/benchmarks.md): the strategies with multi-step selection screen
+# λ offspring on an eighth of the samples and score the best quarter on all of them, unless the
+# spec gives its own ``selection``. On a CPU an evaluation's cost grows with its samples, and
+# screening won from 64 on. On a GPU (one H200, MiniLM) an evaluation of 64 samples costs what one
+# of 128 does (fixed costs: kernel launches, applying the weights), so a screen on 8 saves little:
+# screening lost at 64 samples and won from 128 on.
+SCREEN_FROM = {"cpu": 64, "gpu": 128}
 
 
-def with_fidelity(config: SearcherConfig, samples: int | None) -> SearcherConfig:
+def with_fidelity(config: SearcherConfig, samples: int | None,
+                  device: Literal["cpu", "gpu"] = "cpu") -> SearcherConfig:
     """``config`` with the multi-step selection ``fidelity: auto`` gives it on ``samples``
     calibration samples: ``[[λ, samples // 8], [max(λ // 4, 1), null]]`` for a strategy that
-    has a ``selection`` parameter and was not given one, from :data:`SCREEN_FROM` samples on;
-    otherwise ``config`` as it is."""
+    has a ``selection`` parameter and was not given one, from ``SCREEN_FROM[device]`` samples
+    on; otherwise ``config`` as it is."""
     cls = searcher_class(config.name)
-    if (config.fidelity != "auto" or samples is None or samples < SCREEN_FROM
+    if (config.fidelity != "auto" or samples is None or samples < SCREEN_FROM[device]
             or "selection" not in cls.Params.model_fields or "selection" in config.params):
         return config
     offspring = int(cls.Params(**config.params).model_dump()["offspring"])  # with selection: λ

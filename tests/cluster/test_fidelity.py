@@ -1,5 +1,6 @@
 """``searcher.fidelity: auto`` (the default): multi-step selection where it pays, that is from
-``SCREEN_FROM`` calibration samples on, for the strategies that have it; a study stored before
+``SCREEN_FROM[device]`` calibration samples on (64 on a CPU, 128 on a GPU), for the strategies
+that have it; a study stored before
 the field keeps scoring everything on every sample. What reads the figures back (``best``,
 ``pareto``, progress, the Optuna mirror) compares figures on every sample only. The product's
 driver over a synthetic executor, SQLite store."""
@@ -39,33 +40,52 @@ def score(candidate):
 
 
 def session(store, name, stored_searcher, samples=256, evaluations=80, mirror=False,
-            config=None):
+            config=None, device="cpu"):
     """A study whose stored spec has ``stored_searcher`` as its searcher section, on ``samples``
     calibration samples, driven to ``evaluations``: its trials and the session's best."""
     study, _ = store.open_study(name, {"searcher": stored_searcher}, {"name": name}, SPACE, "m",
                                 "o", evaluations, calibration=CalibrationRecord(samples=samples))
     result = drive(store, study, config or SearcherConfig(name="evolutionary"), BUDGET,
-                   lambda recorder: SerialExecutor(score, slots=2), optuna_mirror=mirror)
+                   lambda recorder: SerialExecutor(score, slots=2), optuna_mirror=mirror,
+                   device=device)
     return store.trials(name), result.stats.best  # the best the run's progress bar shows
 
 
-@pytest.mark.parametrize("config, samples, selection", [
-    (SearcherConfig(), SCREEN_FROM, [[16, SCREEN_FROM // 8], [4, None]]),
-    (SearcherConfig(), 512, [[16, 64], [4, None]]),
-    (SearcherConfig(), SCREEN_FROM - 1, None),  # too few samples to screen on an eighth
-    (SearcherConfig(), None, None),  # a study stored without its calibration record
-    (SearcherConfig(fidelity="full"), 512, None),
-    (SearcherConfig(params={"selection": [[8, 4], [2, None]], "offspring": 8}), 512,
+CPU, GPU = SCREEN_FROM["cpu"], SCREEN_FROM["gpu"]
+
+
+@pytest.mark.parametrize("config, samples, device, selection", [
+    (SearcherConfig(), CPU, "cpu", [[16, CPU // 8], [4, None]]),
+    (SearcherConfig(), 512, "cpu", [[16, 64], [4, None]]),
+    (SearcherConfig(), CPU - 1, "cpu", None),  # too few samples to screen on an eighth
+    # a GPU: a screen on 8 of 64 samples costs nearly what the full evaluation does
+    (SearcherConfig(), CPU, "gpu", None),
+    (SearcherConfig(), GPU - 1, "gpu", None),
+    (SearcherConfig(), GPU, "gpu", [[16, GPU // 8], [4, None]]),
+    (SearcherConfig(), 512, "gpu", [[16, 64], [4, None]]),
+    (SearcherConfig(), None, "cpu", None),  # a study stored without its calibration record
+    (SearcherConfig(fidelity="full"), 512, "cpu", None),
+    (SearcherConfig(params={"selection": [[8, 4], [2, None]], "offspring": 8}), 512, "cpu",
      [[8, 4], [2, None]]),  # the spec's own is kept
-    (SearcherConfig(name="hybrid", params={"offspring": 6}), 256, [[6, 32], [1, None]]),
-    (SearcherConfig(name="integer-program"), 512, None),  # no selection to give
-    (SearcherConfig(name="optuna"), 512, None),
-    (SearcherConfig(name="evolutionary-population"), 512, None),
+    (SearcherConfig(name="hybrid", params={"offspring": 6}), 256, "gpu", [[6, 32], [1, None]]),
+    (SearcherConfig(name="integer-program"), 512, "cpu", None),  # no selection to give
+    (SearcherConfig(name="optuna"), 512, "cpu", None),
+    (SearcherConfig(name="evolutionary-population"), 512, "cpu", None),
 ])
-def test_auto_fidelity_gives_a_selection_where_it_pays(config, samples, selection):
-    made = with_fidelity(config, samples)
+def test_auto_fidelity_gives_a_selection_where_it_pays(config, samples, device, selection):
+    made = with_fidelity(config, samples, device)
     assert made.params.get("selection") == selection
     made.check()  # a valid strategy, as the driver builds it
+
+
+@pytest.mark.parametrize("device, screens", [("cpu", True), ("gpu", False)])
+def test_the_driver_screens_by_the_workers_device(tmp_path, device, screens):
+    """The same study on 64 samples: its CPU workers screen, its GPU workers do not."""
+    store = TrialStore(f"sqlite:///{tmp_path / 's.db'}")
+    trials, _ = session(store, "s", {"name": "evolutionary", "fidelity": "auto"}, samples=64,
+                        evaluations=60, device=device)
+    samples = {t.samples for t in trials if t.status == COMPLETE}
+    assert samples == ({None, 8} if screens else {None})
 
 
 def test_a_new_study_screens_and_every_read_path_compares_full_figures(tmp_path):
