@@ -379,7 +379,12 @@ def report(
     db: DbOption = None,
 ) -> None:
     """One self-contained HTML page: Pareto front, best configuration, progress per strategy."""
-    from mpsearch.storage.report import write_report
+    try:
+        from mpsearch.storage.report import write_report
+    except ImportError as exc:  # plotly: a dependency, missing from a partial install
+        package = (exc.name or "plotly").partition(".")[0]
+        raise MpsearchError(f"mpsearch report draws with the package {package!r}, which is not "
+                            f"installed: pip install {package}") from None
 
     store = open_store(db)
     mirror_study(store, study)

@@ -138,6 +138,20 @@ def test_bad_input_is_one_line_error_and_leaves_the_database(db, tmp_path, args,
     assert dump(db) == before
 
 
+def test_report_without_plotly_is_one_line(db, tmp_path, monkeypatch):
+    """A partial install (a GPU machine's bundle without plotly): refused in one line, no file."""
+    for name in [m for m in sys.modules if m == "plotly" or m.startswith(("plotly.",
+                                                                          "mpsearch.storage.report"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "plotly", None)  # import plotly raises ImportError
+    before = dump(db)
+    result = invoke("report", "--study", "s", "--db", db, "--out", tmp_path / "r.html")
+    assert result.exit_code != 0 and isinstance(result.exception, MpsearchError)
+    assert str(result.exception) == ("mpsearch report draws with the package 'plotly', which is "
+                                     "not installed: pip install plotly")
+    assert not (tmp_path / "r.html").exists() and dump(db) == before
+
+
 def test_missing_store_and_main_prints_one_line(tmp_path):
     missing = tmp_path / "none.db"
     proc = subprocess.run([sys.executable, "-m", "mpsearch.cluster.cli", "pareto", "--study", "s",
