@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from mpsearch.searcher.base import Needs, SearchContext, Searcher
 from mpsearch.searcher.loop import Executor, LoopStats, Outcome, run_search
@@ -174,7 +174,7 @@ def search_context(needs: Needs, study: StudyRecord, store: TrialStore,
 
 
 def session_strategy(study: StudyRecord, searcher: SearcherConfig,
-                     device: Literal["cpu", "gpu"] = "cpu") -> SearcherConfig:
+                     device: str = "cpu") -> SearcherConfig:
     """``searcher`` with the multi-step selection of the study's ``searcher.fidelity`` on its
     calibration samples, for workers on ``device``
     (:func:`~mpsearch.searcher.registry.with_fidelity`). The study's stored spec decides, for a
@@ -195,7 +195,7 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
           writer_options: Mapping[str, Any] | None = None,
           switch_to: SearcherConfig | None = None,
           optuna_mirror: bool = True,
-          device: Literal["cpu", "gpu"] = "cpu") -> SessionResult:
+          device: str = "cpu") -> SessionResult:
     """Run, continue or extend ``study`` (already opened in ``store``) until it has its completed
     evaluations; see the module docstring for the steps and what survives a crash.
 
@@ -205,7 +205,7 @@ def drive(store: TrialStore, study: StudyRecord, searcher: SearcherConfig, budge
     (``group``, ``window``) tune the group commits.
     ``switch_to`` continues the study with another strategy from here on (recorded with the
     study; see :mod:`.mirror`); ``optuna_mirror=False`` keeps no Optuna mirror (a benchmark of
-    the loop alone); ``device``, the workers', decides where ``fidelity: auto`` screens.
+    the loop alone); ``device``, the workers' (cpu, cuda), decides where ``fidelity: auto`` screens.
     Raises :class:`~mpsearch.storage.lease.StudyLeasedError` when another driver holds the study,
     :class:`~mpsearch.storage.optuna_mirror.MirrorConflictError` when a foreign Optuna study
     has its name, and whatever the executor or the store raise (after flushing). A stop

@@ -255,7 +255,7 @@ def run_job(spec: JobSpec, store: TrialStore, address: str | None = None,
                        frontier=job.frontier, resources=resources, extend=extend, lease_ttl=lease_ttl,
                        on_start=on_start, on_result=on_result, switch_to=switch_to,
                        writer_options={"retry_seconds": spec.storage.retry_seconds},
-                       device="gpu" if spec.worker_device() == "cuda" else "cpu")
+                       device=spec.worker_device())
     finally:
         resources.close()
     return replace(result, seconds=time.perf_counter() - start)

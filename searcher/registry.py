@@ -64,15 +64,16 @@ class SearcherConfig(BaseModel):
 # screening won from 64 on. On a GPU (one H200, MiniLM) an evaluation of 64 samples costs what one
 # of 128 does (fixed costs: kernel launches, applying the weights), so a screen on 8 saves little:
 # screening lost at 64 samples and won from 128 on.
-SCREEN_FROM = {"cpu": 64, "gpu": 128}
+SCREEN_FROM = {"cpu": 64, "cuda": 128}
 
 
 def with_fidelity(config: SearcherConfig, samples: int | None,
-                  device: Literal["cpu", "gpu"] = "cpu") -> SearcherConfig:
+                  device: str = "cpu") -> SearcherConfig:
     """``config`` with the multi-step selection ``fidelity: auto`` gives it on ``samples``
     calibration samples: ``[[λ, samples // 8], [max(λ // 4, 1), null]]`` for a strategy that
     has a ``selection`` parameter and was not given one, from ``SCREEN_FROM[device]`` samples
-    on; otherwise ``config`` as it is."""
+    on (``device``: the workers', as ``JobSpec.worker_device`` names it); otherwise ``config``
+    as it is."""
     cls = searcher_class(config.name)
     if (config.fidelity != "auto" or samples is None or samples < SCREEN_FROM[device]
             or "selection" not in cls.Params.model_fields or "selection" in config.params):

@@ -51,7 +51,7 @@ def session(store, name, stored_searcher, samples=256, evaluations=80, mirror=Fa
     return store.trials(name), result.stats.best  # the best the run's progress bar shows
 
 
-CPU, GPU = SCREEN_FROM["cpu"], SCREEN_FROM["gpu"]
+CPU, GPU = SCREEN_FROM["cpu"], SCREEN_FROM["cuda"]
 
 
 @pytest.mark.parametrize("config, samples, device, selection", [
@@ -59,15 +59,15 @@ CPU, GPU = SCREEN_FROM["cpu"], SCREEN_FROM["gpu"]
     (SearcherConfig(), 512, "cpu", [[16, 64], [4, None]]),
     (SearcherConfig(), CPU - 1, "cpu", None),  # too few samples to screen on an eighth
     # a GPU: a screen on 8 of 64 samples costs nearly what the full evaluation does
-    (SearcherConfig(), CPU, "gpu", None),
-    (SearcherConfig(), GPU - 1, "gpu", None),
-    (SearcherConfig(), GPU, "gpu", [[16, GPU // 8], [4, None]]),
-    (SearcherConfig(), 512, "gpu", [[16, 64], [4, None]]),
+    (SearcherConfig(), CPU, "cuda", None),
+    (SearcherConfig(), GPU - 1, "cuda", None),
+    (SearcherConfig(), GPU, "cuda", [[16, GPU // 8], [4, None]]),
+    (SearcherConfig(), 512, "cuda", [[16, 64], [4, None]]),
     (SearcherConfig(), None, "cpu", None),  # a study stored without its calibration record
     (SearcherConfig(fidelity="full"), 512, "cpu", None),
     (SearcherConfig(params={"selection": [[8, 4], [2, None]], "offspring": 8}), 512, "cpu",
      [[8, 4], [2, None]]),  # the spec's own is kept
-    (SearcherConfig(name="hybrid", params={"offspring": 6}), 256, "gpu", [[6, 32], [1, None]]),
+    (SearcherConfig(name="hybrid", params={"offspring": 6}), 256, "cuda", [[6, 32], [1, None]]),
     (SearcherConfig(name="integer-program"), 512, "cpu", None),  # no selection to give
     (SearcherConfig(name="optuna"), 512, "cpu", None),
     (SearcherConfig(name="evolutionary-population"), 512, "cpu", None),
@@ -78,7 +78,7 @@ def test_auto_fidelity_gives_a_selection_where_it_pays(config, samples, device, 
     made.check()  # a valid strategy, as the driver builds it
 
 
-@pytest.mark.parametrize("device, screens", [("cpu", True), ("gpu", False)])
+@pytest.mark.parametrize("device, screens", [("cpu", True), ("cuda", False)])
 def test_the_driver_screens_by_the_workers_device(tmp_path, device, screens):
     """The same study on 64 samples: its CPU workers screen, its GPU workers do not."""
     store = TrialStore(f"sqlite:///{tmp_path / 's.db'}")
