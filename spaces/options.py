@@ -18,7 +18,11 @@ from typing import Any, NamedTuple
 
 SCALE_BITS = 16  # integer scales and zero points, FP8 channel scales and NF4 absmax are fp16
 MIN_INT_BITS, MAX_INT_BITS = 2, 8
-ROUNDINGS = ("rtn", "gptq")  # gptq: same storage as rtn, better-chosen integers (workers/gptq.py)
+# gptq: same storage as rtn, better-chosen integers (workers/gptq.py); gptq-act: GPTQ with its
+# columns in decreasing order of the Hessian's diagonal and static groups (each group's grid from
+# the original weights), still the same storage: llm-compressor's ``actorder: weight`` (static)
+ROUNDINGS = ("rtn", "gptq", "gptq-act")
+GPTQ_ROUNDINGS = ("gptq", "gptq-act")
 SPARSITY_PATTERNS = ("unstructured", "2:4")
 SPARSITY_METHODS = ("magnitude", "wanda")  # wanda: |W|·‖X‖ per input channel (Sun et al., 2023)
 ROW_POINTER_BITS = 32  # CSR index coding: one 32-bit offset per output row
@@ -64,7 +68,8 @@ class QuantOption:
     ``format="int"`` is integer quantization with ``bits`` (2–8) and one fp16 scale (plus an fp16
     zero point if asymmetric) per ``group_size`` weights; ``group_size=None`` means one per output
     channel. ``clip`` picks each group's range by an MSE grid search instead of min/max;
-    ``rounding="gptq"`` rounds with GPTQ (same storage as RTN).
+    ``rounding="gptq"`` rounds with GPTQ, ``"gptq-act"`` with GPTQ in activation order (both the
+    same storage as RTN).
 
     For the other formats (see :data:`LAYOUTS`) ``bits`` and ``group_size`` are set by the format:
     leaving them at their defaults or giving the format's own values are both fine; anything else
@@ -163,20 +168,29 @@ class QuantOption:
         return self.sparsity > 0
 
     @property
+    def gptq(self) -> bool:
+        """Rounded by GPTQ (in either column order): needs the layer's Hessian."""
+        return self.rounding in GPTQ_ROUNDINGS
+
+    @property
+    def _rounding_suffix(self) -> str:
+        return "-clip" * self.clip + ("" if self.rounding == "rtn" else f"-{self.rounding}")
+
+    @property
     def label(self) -> str:
         """Short, unique, human-readable name; :meth:`from_label` reads it back.
 
-        Grammar: ``BASE[+SPARSITY[-wanda]]`` where BASE is ``int{b}-{ch|g{n}}-{sym|asym}[-clip|-gptq]``
+        Grammar: ``BASE[+SPARSITY[-wanda]]`` where BASE is
+        ``int{b}-{ch|g{n}}-{sym|asym}[-clip|-gptq|-gptq-act]``
         or a format name (``fp16``, ``fp8_e4m3``, ``nvfp4``, ...) and SPARSITY is ``2:4`` or
         ``s{percent}`` (``s50``, ``s12.5``). E.g. ``int4-g128-asym-gptq``, ``nf4+2:4-wanda``.
         """
         if self.activations:
-            return W8A8_LABELS[self.activations] + "-clip" * self.clip + \
-                "-gptq" * (self.rounding == "gptq")
+            return W8A8_LABELS[self.activations] + self._rounding_suffix
         if self.format == "int":
             group = "ch" if self.group_size is None else f"g{self.group_size}"
             base = f"int{self.bits}-{group}-{'sym' if self.symmetric else 'asym'}"
-            base += "-clip" * self.clip + "-gptq" * (self.rounding == "gptq")
+            base += self._rounding_suffix
         else:
             base = self.format
         if not self.sparse:
@@ -192,7 +206,7 @@ class QuantOption:
         if match := _W8A8_LABEL.match(base):
             kwargs.update(format="int", bits=8, group_size=None, symmetric=True,
                           activations="int8", clip=bool(match["clip"]),
-                          rounding="gptq" if match["gptq"] else "rtn")
+                          rounding=match["gptq"][1:] if match["gptq"] else "rtn")
             if match["act"] == "fp8":
                 kwargs = {"format": "fp8_e4m3", "activations": "fp8_e4m3"}
                 if match["clip"] or match["gptq"]:
@@ -203,7 +217,7 @@ class QuantOption:
             group = match["group"]
             kwargs.update(bits=int(match["bits"]), group_size=None if group == "ch" else int(group[1:]),
                           symmetric=match["sym"] == "sym", clip=bool(match["clip"]),
-                          rounding="gptq" if match["gptq"] else "rtn")
+                          rounding=match["gptq"][1:] if match["gptq"] else "rtn")
         else:
             raise ValueError(f"option {label!r} is not a label like 'int4-g128-asym', "
                              f"'int3-g64-sym-clip', 'int8-ch-sym+s50', 'nf4+2:4', 'w8a8-int8', "
@@ -286,6 +300,6 @@ class QuantOption:
 
 _DEFAULTS.update({f.name: f.default for f in fields(QuantOption)})
 _INT_LABEL = re.compile(r"^int(?P<bits>\d+)-(?P<group>ch|g\d+)-(?P<sym>sym|asym)"
-                        r"(?:(?P<clip>-clip)|(?P<gptq>-gptq))?$")
-_W8A8_LABEL = re.compile(r"^w8a8-(?P<act>int8|fp8)(?:(?P<clip>-clip)|(?P<gptq>-gptq))?$")
+                        r"(?:(?P<clip>-clip)|(?P<gptq>-gptq(?:-act)?))?$")
+_W8A8_LABEL = re.compile(r"^w8a8-(?P<act>int8|fp8)(?:(?P<clip>-clip)|(?P<gptq>-gptq(?:-act)?))?$")
 _SPARSE_LABEL = re.compile(r"^(?:(?P<pattern>2:4)|s(?P<pct>\d+(?:\.\d+)?))(?P<wanda>-wanda)?$")

@@ -129,10 +129,22 @@ def dampened_inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01) -> tuple[
     return lower_triangular_inverse(L).flip(-2, -1), dead
 
 
+def activation_order(H: torch.Tensor) -> torch.Tensor:
+    """GPTQ's activation order: the columns by decreasing H_jj (the reference's ``act_order`` /
+    ``desc_act``), ties in column order, so every path permutes alike. ``H``: d × d or B × d × d."""
+    return torch.argsort(H.diagonal(dim1=-2, dim2=-1), dim=-1, descending=True, stable=True)
+
+
+def permuted_hessian(H: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """H with its rows and columns in the order ``perm`` (one Hessian and its permutation)."""
+    return H[perm][:, perm]
+
+
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = None,
                   symmetric: bool = False, block_size: int = 128, percdamp: float = 0.01,
                   mask: torch.Tensor | None = None,
-                  grids: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+                  grids: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  act_order: bool = False) -> torch.Tensor:
     """Ŵ: the weight ``W`` (d_row × d_col) quantized by GPTQ with Hessian ``H`` (d_col × d_col).
 
     ``group_size=None`` is one scale per output channel. ``mask`` (same shape as W, 1 = keep)
@@ -140,6 +152,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
     (SparseGPT with a fixed mask). Returns the dequantized weight in W's dtype. ``grids``, if
     given, receives the (scale, zero) of every group in column order (d_row × 1 each; one pair
     for per-channel scales): the stored parts an export writes (``registry.IntHandler.encode``).
+
+    ``act_order`` quantizes the columns by decreasing H_jj (:func:`activation_order`), so the columns
+    that matter most are rounded first, while the most later columns remain to absorb their
+    error. Groups stay static, as llm-compressor's ``actorder: weight`` (alias ``static``): each
+    group's grid comes from its original weights (dead inputs zeroed) before the first column,
+    so the stored layout is the plain one and every consumer loads it unchanged.
     """
     d_row, d_col = W.shape
     if group_size is not None and d_col % group_size:
@@ -150,12 +168,29 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
         # a group must start and end inside one lazy block, so its scale sees the updated weights
         block_size = group_size if group_size > block_size else group_size * (block_size // group_size)
     out_dtype = W.dtype
-    W = W.clone().float()
-    H_inv, dead = dampened_inverse_cholesky(H.to(W.device), percdamp)
+    H = H.to(W.device)
+    perm = activation_order(H) if act_order else None
+    H_inv, dead = dampened_inverse_cholesky(H if perm is None else permuted_hessian(H, perm),
+                                            percdamp)
+    W = W.clone().float() if perm is None else W.float()[:, perm]
     W[:, dead] = 0
     keep = None if mask is None else mask.to(W.device, torch.float32)
+    if perm is not None and keep is not None:
+        keep = keep[:, perm]
 
-    if group_size is None:  # per channel: one scale per row, from the whole row
+    static = None
+    if perm is not None:  # static groups: every grid from the original weights, now
+        group = d_col if group_size is None else group_size
+        original = W[:, torch.argsort(perm)]
+        parts = [grid_params(original[:, g:g + group], bits, symmetric)
+                 for g in range(0, d_col, group)]
+        if grids is not None:
+            grids.extend((s, z) for s, z, _, _ in parts)
+        _, _, q_min, q_max = parts[0]
+        owner = perm // group  # each permuted column's group: its scale and zero point
+        static = (torch.cat([s for s, _, _, _ in parts], dim=1)[:, owner],
+                  torch.cat([z for _, z, _, _ in parts], dim=1)[:, owner])
+    elif group_size is None:  # per channel: one scale per row, from the whole row
         scale, zero, q_min, q_max = grid_params(W, bits, symmetric)
         if grids is not None:
             grids.append((scale, zero))
@@ -167,7 +202,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
         Err1 = torch.zeros_like(W1)
         H_inv1 = H_inv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            if group_size is not None and (i1 + i) % group_size == 0:
+            if static is not None:
+                scale, zero = static[0][:, i1 + i:i1 + i + 1], static[1][:, i1 + i:i1 + i + 1]
+            elif group_size is not None and (i1 + i) % group_size == 0:
                 scale, zero, q_min, q_max = grid_params(W1[:, i:i + group_size], bits, symmetric)
                 if grids is not None:
                     grids.append((scale, zero))
@@ -183,6 +220,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
             Err1[:, i] = err
         Q[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ H_inv[i1:i2, i2:]  # the lazy batch update of all later columns
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]  # back to the original column order
     return Q.to(out_dtype)
 
 

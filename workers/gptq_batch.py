@@ -51,7 +51,7 @@ class BatchCodes:
 def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits: int,
                       group_size: int | None = None, symmetric: bool = False,
                       block_size: int = 128, mask: torch.Tensor | None = None,
-                      graphs: bool = True) -> BatchCodes:
+                      graphs: bool = True, perm: torch.Tensor | None = None) -> BatchCodes:
     """:func:`gptq_quantize` of B layers at once, returning the integer codes and grids.
 
     ``W`` is B × d_row × d_col, ``U`` and ``dead`` the stacked factors of
@@ -63,6 +63,12 @@ def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits
     be stacked along d_row instead: GPTQ treats rows independently. The codes are kept as uint8
     (a quarter of the float32 result), :meth:`BatchCodes.dequantize` gives the weights. On a GPU
     (``graphs``) each full block's column steps replay one CUDA graph (:class:`_BlockSteps`).
+
+    ``perm`` (B × d_col): GPTQ in activation order, each layer's columns in its order
+    (:func:`~.gptq.activation_order`); ``U`` and ``dead`` are then the factors of the *permuted*
+    Hessians (:func:`~.gptq.permuted_hessian`), ``W`` and ``mask`` stay in the original order.
+    Groups are static, as in :func:`~.gptq.gptq_quantize`: the grids come from the original
+    weights before the first column, and the codes are returned in the original order.
     """
     B, d_row, d_col = W.shape
     if group_size is not None and d_col % group_size:
@@ -71,32 +77,55 @@ def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits
         raise ValueError(f"factors of shape {tuple(U.shape)} do not match W of {tuple(W.shape)}")
     if group_size is not None and block_size % group_size:
         block_size = group_size if group_size > block_size else group_size * (block_size // group_size)
-    W = W.to(torch.float32, copy=True).mul_((~dead).unsqueeze(1))  # one copy, dead inputs zeroed
     keep = None if mask is None else mask.to(W.device, torch.float32)
+    columns = inverse = None  # activation order: where each column goes, and back
+    if perm is not None:
+        perm = perm.to(W.device)
+        columns = perm.unsqueeze(1).expand(B, d_row, d_col)
+        inverse = torch.argsort(perm, dim=1).unsqueeze(1).expand(B, d_row, d_col)
+    if columns is None:
+        W = W.to(torch.float32, copy=True)  # one copy
+    else:
+        W = W.to(torch.float32).gather(2, columns)
+        keep = None if keep is None else keep.gather(2, columns)
+    W.mul_((~dead).unsqueeze(1))  # dead inputs zeroed
     groups = 1 if group_size is None else d_col // group_size
     scales = torch.empty(B, d_row, groups, device=W.device)
     zeros = torch.empty(B, d_row, groups, device=W.device)
     _, _, q_min, q_max = grid_params(torch.zeros(1, 1, device=W.device), bits, symmetric)
-    channel = None
-    if group_size is None:  # per channel: one grid from the whole row, before the first column
+    channel, static = None, None
+    if columns is not None and inverse is not None:
+        # static groups: every grid from the original weights, before the first column
+        group = d_col if group_size is None else group_size
+        s0, z0, _, _ = grid_params(W.gather(2, inverse).reshape(-1, group), bits, symmetric)
+        scales.copy_(s0.view(B, d_row, groups))
+        zeros.copy_(z0.view(B, d_row, groups))
+        owner = (columns // group)  # each permuted column's group
+        static = (scales.gather(2, owner), zeros.gather(2, owner))
+    elif group_size is None:  # per channel: one grid from the whole row, before the first column
         s0, z0, _, _ = grid_params(W.reshape(B * d_row, -1), bits, symmetric)
         channel = (s0.view(B, d_row), z0.view(B, d_row))
         scales[:, :, 0], zeros[:, :, 0] = channel
     # signed codes (symmetric) fit int8, unsigned ones uint8; both exact casts of the float codes
     C = torch.empty(W.shape, dtype=torch.int8 if symmetric else torch.uint8, device=W.device)
-    step = _BlockSteps(W, C.dtype, keep is not None, block_size, group_size, bits, symmetric,
-                       q_min, q_max, channel, graphs)
+    step = _BlockSteps(W, C.dtype, keep is not None, block_size,
+                       None if static is not None else group_size, bits, symmetric,
+                       q_min, q_max, channel, graphs, static is not None)
     for i1 in range(0, d_col, block_size):
         i2 = min(i1 + block_size, d_col)
         buf = step.run(W[:, :, i1:i2], U[:, i1:i2, i1:i2],
-                       None if keep is None else keep[:, :, i1:i2])
+                       None if keep is None else keep[:, :, i1:i2],
+                       None if static is None else (static[0][:, :, i1:i2],
+                                                    static[1][:, :, i1:i2]))
         C[:, :, i1:i2] = buf.C1
-        if group_size is not None:
+        if group_size is not None and static is None:
             g1 = i1 // group_size
             scales[:, :, g1:g1 + buf.S1.shape[2]] = buf.S1
             zeros[:, :, g1:g1 + buf.S1.shape[2]] = buf.Z1
         W[:, :, i2:] -= torch.bmm(buf.Err1, U[:, i1:i2, i2:])  # the lazy batch update
     del W, step
+    if inverse is not None:
+        C = C.gather(2, inverse)  # the codes in the original column order
     if symmetric:
         C = (C.to(torch.int16) - q_min).to(torch.uint8)
     return BatchCodes(C, scales, None if symmetric else zeros, q_min,
@@ -106,20 +135,28 @@ def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits
 class _Buffers:
     """The tensors one lazy block's column steps read and write, in place."""
 
-    def __init__(self, like: torch.Tensor, codes: torch.dtype, masked: bool, groups: int) -> None:
+    def __init__(self, like: torch.Tensor, codes: torch.dtype, masked: bool, groups: int,
+                 static: bool = False) -> None:
         B, R, n = like.shape
         self.W1, self.Err1 = torch.empty_like(like), torch.empty_like(like)  # float32
         self.U1 = torch.empty(B, n, n, device=like.device)
         self.K1 = torch.empty_like(like) if masked else None
+        # static groups (activation order): each column's scale and zero point, given
+        self.SC1 = torch.empty_like(like) if static else None
+        self.ZC1 = torch.empty_like(like) if static else None
         self.C1 = torch.empty(like.shape, dtype=codes, device=like.device)
         self.S1 = torch.empty(B, R, groups, device=like.device)
         self.Z1 = torch.empty(B, R, groups, device=like.device)
 
-    def load(self, W1: torch.Tensor, U1: torch.Tensor, K1: torch.Tensor | None) -> None:
+    def load(self, W1: torch.Tensor, U1: torch.Tensor, K1: torch.Tensor | None,
+             grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.W1.copy_(W1)
         self.U1.copy_(U1)
         if self.K1 is not None and K1 is not None:
             self.K1.copy_(K1)
+        if self.SC1 is not None and self.ZC1 is not None and grid is not None:
+            self.SC1.copy_(grid[0])
+            self.ZC1.copy_(grid[1])
 
     def outputs(self, grids: bool) -> tuple[torch.Tensor, ...]:  # what the steps write
         return (self.W1, self.Err1, self.C1) + ((self.S1, self.Z1) if grids else ())
@@ -138,13 +175,14 @@ class _BlockSteps:
 
     def __init__(self, W: torch.Tensor, codes: torch.dtype, masked: bool, block_size: int,
                  group_size: int | None, bits: int, symmetric: bool, q_min: int, q_max: int,
-                 channel: tuple[torch.Tensor, torch.Tensor] | None, graphs: bool) -> None:
-        self.codes, self.masked, self.group_size = codes, masked, group_size
+                 channel: tuple[torch.Tensor, torch.Tensor] | None, graphs: bool,
+                 static: bool = False) -> None:
+        self.codes, self.masked, self.group_size, self.static = codes, masked, group_size, static
         self.bits, self.symmetric, self.q_min, self.q_max = bits, symmetric, q_min, q_max
         self.channel = channel
         self.block_size = min(block_size, W.shape[2])
         full = W[:, :, :self.block_size]
-        self.full = _Buffers(full, codes, masked, self._groups(self.block_size))
+        self.full = _Buffers(full, codes, masked, self._groups(self.block_size), static)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.try_graph = graphs and W.device.type == "cuda"
 
@@ -157,7 +195,9 @@ class _BlockSteps:
         if self.channel is not None:
             scale, zero = self.channel
         for i in range(n):
-            if self.group_size is not None and i % self.group_size == 0:
+            if b.SC1 is not None and b.ZC1 is not None:  # static groups: the column's own grid
+                scale, zero = b.SC1[:, :, i], b.ZC1[:, :, i]
+            elif self.group_size is not None and i % self.group_size == 0:
                 s, z, _, _ = grid_params(W1[:, :, i:i + self.group_size].reshape(B * R, -1),
                                          self.bits, self.symmetric)
                 scale, zero = s.view(B, R), z.view(B, R)
@@ -174,14 +214,15 @@ class _BlockSteps:
                                       value=-1)  # eq. 3 within the block (one rounding)
             Err1[:, :, i] = err
 
-    def run(self, W1: torch.Tensor, U1: torch.Tensor, K1: torch.Tensor | None) -> _Buffers:
+    def run(self, W1: torch.Tensor, U1: torch.Tensor, K1: torch.Tensor | None,
+            grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> _Buffers:
         if W1.shape[2] != self.block_size:  # a last, narrower block: its own buffers, eagerly
-            b = _Buffers(W1, self.codes, self.masked, self._groups(W1.shape[2]))
-            b.load(W1, U1, K1)
+            b = _Buffers(W1, self.codes, self.masked, self._groups(W1.shape[2]), self.static)
+            b.load(W1, U1, K1, grid)
             self.steps(b)
             return b
         b = self.full
-        b.load(W1, U1, K1)
+        b.load(W1, U1, K1, grid)
         if self.graph is not None:
             self.graph.replay()
         elif self.try_graph:
@@ -195,8 +236,8 @@ class _BlockSteps:
         """Run the block eagerly on copies (the reference), capture the steps on ``b``, replay
         them and compare: the graph when every output is the same bit for bit, else None (``b``
         then holds the eager results)."""
-        ref = _Buffers(b.W1, self.codes, self.masked, b.S1.shape[2])
-        ref.load(b.W1, b.U1, b.K1)
+        ref = _Buffers(b.W1, self.codes, self.masked, b.S1.shape[2], self.static)
+        ref.load(b.W1, b.U1, b.K1, None if b.SC1 is None or b.ZC1 is None else (b.SC1, b.ZC1))
         self.steps(ref)  # also warms up every kernel before the capture
         inputs = (b.W1.clone(), b.U1.clone())
         graph = torch.cuda.CUDAGraph()
@@ -221,7 +262,9 @@ class _BlockSteps:
 
 def gptq_quantize_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits: int,
                         group_size: int | None = None, symmetric: bool = False,
-                        block_size: int = 128, mask: torch.Tensor | None = None) -> torch.Tensor:
+                        block_size: int = 128, mask: torch.Tensor | None = None,
+                        perm: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`gptq_encode_batch`, dequantized: Ŵ of the B layers in W's dtype."""
-    enc = gptq_encode_batch(W, U, dead, bits, group_size, symmetric, block_size, mask)
+    enc = gptq_encode_batch(W, U, dead, bits, group_size, symmetric, block_size, mask,
+                            perm=perm)
     return torch.stack([enc.dequantize(b) for b in range(W.shape[0])]).to(W.dtype)

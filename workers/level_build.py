@@ -24,7 +24,7 @@ import torch
 from mpsearch.spaces.options import QuantOption
 
 from . import level_codec
-from .gptq import dampened_inverse_cholesky
+from .gptq import activation_order, dampened_inverse_cholesky, permuted_hessian
 from .gptq_batch import gptq_encode_batch
 from .level_db import stored_option
 from .registry import HESSIAN, Encoded, handler_for
@@ -125,21 +125,27 @@ def _chunks(stacks: list[list[str]], worker: Worker) -> list[list[list[str]]]:
     return [stacks[i:i + n] for i in range(0, len(stacks), n)]
 
 
-def _factors(worker: Worker, chunk: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def _factors(worker: Worker, chunk: list[list[str]], ordered: bool = False) -> Factors:
     """U and the dead-input mask of each stack's Hessian, one Hessian at a time: a batched
     Cholesky rounds differently on a GPU, and GPTQ's error feedback would turn that into other
-    codes than the per-layer path's (one at a time they are the same, bit for bit)."""
+    codes than the per-layer path's (one at a time they are the same, bit for bit). ``ordered``:
+    of the Hessians permuted to activation order, with the permutations (else None)."""
     hs = [worker.hessian(stack[0]) for stack in chunk]
     d = hs[0].shape[0]
     U = torch.empty(len(hs), d, d, device=hs[0].device)
     dead = torch.empty(len(hs), d, dtype=torch.bool, device=hs[0].device)
+    perm = torch.stack([activation_order(H) for H in hs]) if ordered else None
     for i, H in enumerate(hs):
-        U[i], dead[i] = dampened_inverse_cholesky(H, worker.setup.gptq_percdamp)
-    return U, dead
+        U[i], dead[i] = dampened_inverse_cholesky(
+            H if perm is None else permuted_hessian(H, perm[i]), worker.setup.gptq_percdamp)
+    return U, dead, perm
 
 
-def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption, U: torch.Tensor,
-                dead: torch.Tensor) -> Iterator[tuple[str, Encoded]]:
+def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption,
+                factors: Factors) -> Iterator[tuple[str, Encoded]]:
     """Each layer's parts (codes, scales, zero points, mask) under ``option``, from one batched
     GPTQ over the chunk's stacks, one layer at a time (an 8B gate/up chunk's float32 codes
     would take 15 GB at once)."""
@@ -151,8 +157,9 @@ def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption, U: 
             cast(torch.Tensor, handler.keep_mask(worker.original[n], option,  # sparse: a mask
                                                  worker.layer_inputs(n, option)))
             for n in stack]) for stack in chunk])
+    U, dead, perm = factors
     codes = gptq_encode_batch(W, U, dead, option.bits, option.group_size, option.symmetric,
-                              worker.setup.gptq_block_size, mask)
+                              worker.setup.gptq_block_size, mask, perm=perm)
     del W, mask
     for b, stack in enumerate(chunk):
         start = 0
@@ -178,16 +185,20 @@ def build_task_(worker: Worker, task: BuildTask,
         names = sorted({n for n, o in todo if o in gptq}, key=list(task.layers).index)
         for chunk in [c for same in _by_shape(worker, _stacks(worker, names))
                       for c in _chunks(same, worker)]:
-            U, dead = _factors(worker, chunk)
-            for option in gptq:
-                for name, enc in _gptq_chunk(worker, chunk, option, U, dead):
+            factors: dict[bool, Factors] = {}  # by column order, each computed once a chunk
+            for option in sorted(gptq, key=lambda o: o.rounding == "gptq-act"):
+                ordered = option.rounding == "gptq-act"
+                if ordered not in factors:
+                    factors.pop(not ordered, None)  # one set of factors in memory at a time
+                    factors[ordered] = _factors(worker, chunk, ordered)
+                for name, enc in _gptq_chunk(worker, chunk, option, factors[ordered]):
                     if (name, option) in todo:
                         w = level_codec.dequantize(enc, worker.original[name].dtype)
                         worker.keep_variant(name, option, w, enc)
                         done += 1
                 if on_layers is not None:
                     on_layers(option, sum(len(s) for s in chunk))
-            del U, dead
+            del factors
     for name, option in todo:
         if option not in gptq:
             worker.variant(name, option)

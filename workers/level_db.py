@@ -6,7 +6,8 @@ worker of a cluster, every later study on the same model and calibration (``resu
 a new study) and ``apply``/export read it instead of computing it again. Which variants are stored
 (:func:`stored_option`):
 
-- GPTQ integers (``rounding: gptq``): the Hessian of the layer's inputs plus d_col column steps;
+- GPTQ integers (``rounding: gptq`` or ``gptq-act``): the Hessian of the layer's inputs plus d_col
+  column steps;
 - Wanda pruning (``sparsity_method: wanda``): the activation norms of the calibration inputs;
 - MSE clipping (``clip: true``): 21 trial roundings of every group.
 
@@ -111,7 +112,7 @@ class LevelDatabase:
 
     # -- where things are ---------------------------------------------------------------------
     def option_key(self, option: QuantOption) -> str:
-        used = self.params if option.rounding == "gptq" else {}
+        used = self.params if option.gptq else {}
         return f"{option.label}-{fingerprint(repr(option), used)[:8]}"
 
     def path(self, name: str, option: QuantOption) -> Path:

@@ -218,7 +218,7 @@ class IntHandler(FormatHandler):
     formats = ("int",)
 
     def statistics(self, option: QuantOption) -> frozenset[str]:
-        gptq = frozenset({HESSIAN}) if option.rounding == "gptq" else frozenset()
+        gptq = frozenset({HESSIAN}) if option.gptq else frozenset()
         return super().statistics(option) | gptq
 
     def _hessian(self, option: QuantOption, inputs: LayerInputs) -> torch.Tensor:
@@ -230,16 +230,17 @@ class IntHandler(FormatHandler):
 
     def quantize(self, w: torch.Tensor, option: QuantOption,
                  inputs: LayerInputs = NO_INPUTS) -> torch.Tensor:
-        if option.rounding != "gptq":
+        if not option.gptq:
             return super().quantize(w, option, inputs)
         # prune as the option says, then GPTQ the survivors, compensating in the kept ones
         return gptq_quantize(w, self._hessian(option, inputs), option.bits, option.group_size,
                              option.symmetric, inputs.gptq_block_size, inputs.gptq_percdamp,
-                             self.keep_mask(w, option, inputs))
+                             self.keep_mask(w, option, inputs),
+                             act_order=option.rounding == "gptq-act")
 
     def encode(self, w: torch.Tensor, option: QuantOption,
                inputs: LayerInputs = NO_INPUTS) -> Encoded:
-        if option.rounding != "gptq":
+        if not option.gptq:
             return super().encode(w, option, inputs)
         keep = self.keep_mask(w, option, inputs)
         grids: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -247,7 +248,8 @@ class IntHandler(FormatHandler):
         # (a bf16 ŵ of an 8-bit code can be a whole step off); GPTQ itself runs in float32
         q_hat = gptq_quantize(w.float(), self._hessian(option, inputs), option.bits,
                               option.group_size, option.symmetric, inputs.gptq_block_size,
-                              inputs.gptq_percdamp, keep, grids=grids)
+                              inputs.gptq_percdamp, keep, grids=grids,
+                              act_order=option.rounding == "gptq-act")
         scale = torch.cat([s for s, _ in grids], dim=1)
         zero = torch.cat([z for _, z in grids], dim=1)
         group = option.group_for(w.shape[1])
@@ -264,7 +266,11 @@ class IntHandler(FormatHandler):
         self.refuse_sparsity(option, "compressed-tensors")
         strategy: dict[str, object] = {"strategy": "channel"} if option.group_size is None else \
             {"strategy": "group", "group_size": option.group_size}
-        return {"num_bits": option.bits, "type": "int", "symmetric": option.symmetric, **strategy}
+        # GPTQ in activation order with static groups stores the plain layout; compressed-tensors
+        # names it actorder "weight" (no g_idx: loaders read it as the plain group layout)
+        order = {"actorder": "weight"} if option.rounding == "gptq-act" else {}
+        return {"num_bits": option.bits, "type": "int", "symmetric": option.symmetric, **strategy,
+                **order}
 
     @staticmethod
     def _range(option: QuantOption) -> tuple[None, None, int, int]:

@@ -11,6 +11,7 @@ from mpsearch.spaces import LayerInfo, LayerRule, QuantOption, SpecError, build_
     # integers: b + (16 scale [+ 16 zero]) / group; clipping and GPTQ store the same
     ("int4-g128-asym", 4096, 4 + 32 / 128),
     ("int4-g128-asym-gptq", 4096, 4.25),
+    ("int3-g64-asym-gptq-act", 4096, 3.5),  # activation order: the same layout again
     ("int3-g64-sym-clip", 4096, 3 + 16 / 64),
     ("int2-g32-asym", 64, 2 + 32 / 32),
     ("int8-ch-sym", 512, 8 + 16 / 512),
@@ -35,9 +36,11 @@ def test_effective_bits_by_hand(label, in_features, bits):
     assert parse_option(label).effective_bits(in_features) == pytest.approx(bits, abs=1e-12)
 
 
-LABELS = ["int4-g128-asym", "int4-g128-asym-gptq", "int3-g64-sym-clip", "int8-ch-sym", "fp16",
+LABELS = ["int4-g128-asym", "int4-g128-asym-gptq", "int4-g128-asym-gptq-act", "int3-g64-sym-clip",
+          "int8-ch-sym", "fp16",
           "fp8_e4m3", "fp8_e5m2", "nvfp4", "mxfp4", "nf4", "int4-g128-asym+2:4", "int8-ch-sym+s50",
-          "int2-ch-asym-clip+s12.5-wanda", "nf4+2:4-wanda", "fp16+s70", "mxfp4+s0.1"]
+          "int2-ch-asym-clip+s12.5-wanda", "nf4+2:4-wanda", "fp16+s70", "mxfp4+s0.1",
+          "int3-ch-sym-gptq-act+2:4", "w8a8-int8-gptq-act"]
 
 
 def test_labels_round_trip_and_are_unique():
@@ -58,6 +61,9 @@ def test_mappings_take_the_new_keys_and_fixed_formats_fill_their_layout():
     assert parse_option({"sparsity_pattern": "2:4", "sparsity_method": "wanda"}) == \
         parse_option("int4-g128-asym+2:4-wanda")
     assert parse_option({"sparsity": 0.5, "rounding": "gptq"}).label == "int4-g128-asym-gptq+s50"
+    assert parse_option({"bits": 3, "rounding": "gptq-act"}) == parse_option("int3-g128-asym-gptq-act")
+    assert parse_option("int4-g128-asym-gptq-act").gptq and parse_option("int4-g128-asym-gptq").gptq
+    assert not parse_option("int4-g128-asym-clip").gptq
 
 
 def test_dicts_saved_before_the_new_fields_still_load():
@@ -72,12 +78,15 @@ def test_dicts_saved_before_the_new_fields_still_load():
     ("int4-g128-asym+s50-magnitude", "not '2:4'"),
     ("fp4", "not a label"),
     ("int4-g128-asym-clip-gptq", "not a label"),
+    ("int4-g128-asym-act", "not a label"),
+    ("int4-g128-asym-gptq-act-clip", "not a label"),
+    ({"bits": 4, "clip": True, "rounding": "gptq-act"}, "clip applies to rounding rtn"),
     ({"bits": 4, "clip": True, "rounding": "gptq"}, "clip applies to rounding rtn"),
     ({"format": "nf4", "group_size": 32}, "nf4 has group_size=64"),
     ({"format": "mxfp4", "bits": 8}, "mxfp4 has bits=4"),
     ({"format": "fp8_e4m3", "symmetric": True}, "symmetric applies to format int only"),
     ({"format": "nvfp4", "clip": True}, "clip applies to format int only"),
-    ({"rounding": "awq"}, "rounding must be one of rtn, gptq"),
+    ({"rounding": "awq"}, "rounding must be one of rtn, gptq, gptq-act"),
     ({"sparsity": 1.0}, r"sparsity must be in \[0, 1\)"),
     ({"sparsity": 0.1234}, "multiple of 0.001"),
     ({"sparsity_method": "wanda"}, "needs sparsity > 0"),
