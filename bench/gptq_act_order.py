@@ -1,57 +1,49 @@
-"""Would GPTQ's activation order move issue 16's MiniLM figures? Per layer, the Hessian-weighted
-error tr(ΔW H ΔWᵀ) of GPTQ with activation order (columns quantized by decreasing H_jj, static
-groups: each group's grid from the original weights, so the stored layout is unchanged; the
-``actorder: static`` of llm-compressor) over that of mpsearch's GPTQ (original order, grids
-from the compensated weights), on MiniLM's 36 searched layers, Hessians from the first 256
-``stdlib-docs`` samples × 64 tokens. A uniform gain moves mixed and uniform configurations alike;
-only a gain that differs between the levels a mix uses and the best uniform one changes how far
-below uniform a search gets.
+"""GPTQ in activation order (``-gptq-act``) against plain GPTQ (``-gptq``): error and build time.
 
-    python bench/gptq_act_order.py            # CPU, about 2 minutes on 2 cores
+1. Per layer, on MiniLM's 36 searched layers, the Hessian-weighted error tr(ΔW H ΔWᵀ) of
+   ``int*-gptq-act`` over that of ``int*-gptq`` (the product's handlers, Hessians from the first
+   256 ``stdlib-docs`` samples × 64 tokens). A uniform gain moves mixed and uniform configurations
+   alike; only a gain that differs between the levels a mix uses and the best uniform one changes
+   how far below uniform a search gets.
+2. ``--time``: the level database's batched GPTQ (``gptq_encode_batch``) of ``--layers`` layers of
+   ``--shape`` (an 8B model's 4096 × 4096 by default), plain against activation order (whose
+   Hessians are permuted first), on ``--device``; median of ``--repeats``.
+
+    python bench/gptq_act_order.py                     # CPU, about 2 minutes on 2 cores
+    python bench/gptq_act_order.py --time --device cuda --layers 32
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import statistics
+import time
 
 import torch
-from transformers import AutoModel, AutoTokenizer
 
-from mpsearch.workers.calibration import load_texts
-from mpsearch.workers.config import CalibrationConfig, ModelConfig
+from mpsearch.spaces.options import QuantOption
 from mpsearch.workers.gptq import (
     HessianAccumulator,
+    activation_order,
     dampened_inverse_cholesky,
-    gptq_quantize,
-    grid_params,
     hessian_error,
-    quant,
+    permuted_hessian,
 )
-from mpsearch.workers.model_loading import inspect_model
+from mpsearch.workers.gptq_batch import CAPTURES, gptq_encode_batch
+from mpsearch.workers.registry import LayerInputs, quantize_weight
 
-LEVELS = ((2, 128), (3, 128), (3, 64), (4, 128))  # (bits, group size), asymmetric
-
-
-def act_order_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group: int) -> torch.Tensor:
-    """Ŵ by GPTQ in decreasing order of H_jj with static groups (one column at a time)."""
-    W = W.clone().float()
-    perm = torch.argsort(torch.diagonal(H), descending=True)
-    grids = [grid_params(W[:, g:g + group], bits, False) for g in range(0, W.shape[1], group)]
-    Wp, Hp = W[:, perm].clone(), H[perm][:, perm]
-    U, dead = dampened_inverse_cholesky(Hp)
-    Wp[:, dead] = 0
-    Q = torch.zeros_like(Wp)
-    for i in range(W.shape[1]):
-        scale, zero, q_min, q_max = grids[int(perm[i]) // group]
-        w = Wp[:, i]
-        Q[:, i] = quant(w.unsqueeze(1), scale, zero, q_min, q_max).flatten()
-        err = (w - Q[:, i]) / U[i, i]
-        Wp[:, i + 1:] -= err.unsqueeze(1) * U[i, i + 1:].unsqueeze(0)
-    return Q[:, torch.argsort(perm)]
+LEVELS = ("int2-g128-asym", "int3-g128-asym", "int3-g64-asym", "int4-g128-asym")
 
 
 @torch.no_grad()
-def main() -> None:
+def errors() -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from mpsearch.workers.calibration import load_texts
+    from mpsearch.workers.config import CalibrationConfig, ModelConfig
+    from mpsearch.workers.model_loading import inspect_model
+
     path = inspect_model(ModelConfig(name="minilm")).path
     model, tok = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     texts = load_texts(CalibrationConfig(source="stdlib-docs", samples=256, seq_len=64))
@@ -63,18 +55,61 @@ def main() -> None:
     for i in range(0, len(texts), 32):
         model(**tok(texts[i:i + 32], max_length=64, truncation=True, padding=True,
                     return_tensors="pt"))
-    ratios: dict[tuple[int, int], list[float]] = {level: [] for level in LEVELS}
+    ratios: dict[str, list[float]] = {level: [] for level in LEVELS}
     for n, m in layers.items():
-        W, H = m.weight.float(), acc[n].H
-        for bits, group in LEVELS:
-            plain = hessian_error(W, gptq_quantize(W, H, bits, group), H)
-            ratios[bits, group].append(hessian_error(W, act_order_gptq(W, H, bits, group), H)
-                                       / plain)
-    print("| level | act-order error / GPTQ error: geometric mean | min | max |")
+        W, inputs = m.weight.float(), LayerInputs(hessian=acc[n].H)
+        for level in LEVELS:
+            plain, ordered = (QuantOption.from_label(f"{level}-{r}") for r in ("gptq", "gptq-act"))
+            e_plain = hessian_error(W, quantize_weight(W, plain, inputs=inputs), inputs.hessian)
+            e_act = hessian_error(W, quantize_weight(W, ordered, inputs=inputs), inputs.hessian)
+            ratios[level].append(e_act / e_plain)
+    print("| level | -gptq-act error / -gptq error: geometric mean | min | max |")
     print("| --- | --- | --- | --- |")
-    for (bits, group), r in ratios.items():
+    for level, r in ratios.items():
         geo = math.exp(sum(map(math.log, r)) / len(r))
-        print(f"| int{bits}-g{group}-asym-gptq | {geo:.3f} | {min(r):.3f} | {max(r):.3f} |")
+        print(f"| {level}-gptq-act | {geo:.3f} | {min(r):.3f} | {max(r):.3f} |")
+
+
+@torch.inference_mode()
+def timing(args) -> None:
+    rows, cols = args.shape
+    dev = torch.device(args.device)
+    g = torch.Generator(device=dev).manual_seed(0)
+    W = torch.randn(args.layers, rows, cols, device=dev, generator=g) * 0.02
+    X = torch.randn(4 * cols, cols, device=dev, generator=g) * \
+        torch.rand(cols, device=dev, generator=g).mul(3).add(0.1)
+    H = 2 * X.t() @ X / X.shape[0]  # one Hessian for all (a stack of q/k/v-like layers)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def build(ordered: bool) -> float:
+        t0 = time.perf_counter()
+        perm = torch.stack([activation_order(H)] * args.layers) if ordered else None
+        U, dead = dampened_inverse_cholesky(permuted_hessian(H, perm[0]) if ordered else H)
+        U, dead = U.expand(args.layers, -1, -1), dead.expand(args.layers, -1)
+        gptq_encode_batch(W, U, dead, 4, 128, False, perm=perm)
+        sync()
+        return time.perf_counter() - t0
+
+    build(False), build(True)  # warm-up (and the CUDA graphs' first capture)
+    for name, ordered in (("-gptq", False), ("-gptq-act", True)):
+        times = [build(ordered) for _ in range(args.repeats)]
+        print(f"{args.layers} × {rows}×{cols} int4-g128-asym{name} on {args.device}: "
+              f"{statistics.median(times):.3f} s (median of {args.repeats})")
+    print(f"CUDA graph captures: {CAPTURES}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--time", action="store_true", help="time the batched build instead")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--shape", type=int, nargs=2, default=[4096, 4096])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    timing(args) if args.time else errors()
 
 
 if __name__ == "__main__":

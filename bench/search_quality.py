@@ -52,6 +52,12 @@ SPACES = {
              "int2-g128-asym-gptq", "int3-g128-asym-gptq", "int3-g64-asym-gptq",
              "int4-g128-asym-gptq", "int5-g128-asym-gptq", "int6-g128-asym-gptq",
              "nf4", "mxfp4", "fp8_e4m3", "fp16"],
+    # the full space with every GPTQ level in activation order (static groups, same storage)
+    "full-act": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
+                 "int6-g128-asym", "int8-g128-asym",
+                 "int2-g128-asym-gptq-act", "int3-g128-asym-gptq-act", "int3-g64-asym-gptq-act",
+                 "int4-g128-asym-gptq-act", "int5-g128-asym-gptq-act", "int6-g128-asym-gptq-act",
+                 "nf4", "mxfp4", "fp8_e4m3", "fp16"],
     # the full space with a finer GPTQ grid (int2/int4 at g64, int8): does the program use it?
     "full-g64": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
                  "int6-g128-asym", "int8-g128-asym",
@@ -75,7 +81,7 @@ def profile_levels(bits: float, space: str) -> list[str]:
     """The three integer levels around the budget: the profile entries worth measuring (GPTQ's
     in the full spaces, where it beats RTN at every level)."""
     low = max(2, math.floor(bits) - 1)
-    suffix = "-gptq" if space.startswith("full") else ""
+    suffix = "-gptq-act" if space == "full-act" else "-gptq" if space.startswith("full") else ""
     return [f"int{b}-g128-asym{suffix}" for b in range(low, low + 3)]
 
 
@@ -486,6 +492,10 @@ def main() -> None:
     ap.add_argument("--gp-max", type=int, default=200,
                     help="evaluations for optuna-gp at most (its ask slows with every trial)")
     ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--calib-offset", type=int, default=0,
+                    help="the first calibration sample (--calib-offset = --heldout-offset "
+                         "searches on the held-out samples themselves: an oracle, the most any "
+                         "search of the space can get below uniform on them)")
     ap.add_argument("--stats-samples", type=int, default=256,
                     help="calibration samples for GPTQ's Hessians (the first ones, as --samples)")
     ap.add_argument("--seq-len", type=int, default=64)
@@ -547,7 +557,8 @@ def main() -> None:
     stats = Worker(replace(setup, texts=tuple(load_texts(cal.model_copy(
         update={"samples": args.stats_samples})))), space)
     stats.warm_cache()
-    calib = Scorer(setup, space, load_texts(cal), stats)
+    calib = Scorer(setup, space, load_texts(cal.model_copy(update={"offset": args.calib_offset})),
+                   stats)
     held = Scorer(setup, space, load_texts(cal.model_copy(update={
         "offset": args.heldout_offset, "samples": args.heldout_samples})), stats)
     fresh = Scorer(setup, space, load_texts(cal.model_copy(update={
