@@ -58,6 +58,14 @@ SPACES = {
                  "int2-g128-asym-gptq-act", "int3-g128-asym-gptq-act", "int3-g64-asym-gptq-act",
                  "int4-g128-asym-gptq-act", "int5-g128-asym-gptq-act", "int6-g128-asym-gptq-act",
                  "nf4", "mxfp4", "fp8_e4m3", "fp16"],
+    # the wide space with every GPTQ level in activation order
+    "wide-act": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
+                 "int6-g128-asym", "int8-g128-asym",
+                 "int2-g128-asym-gptq-act", "int3-ch-asym-gptq-act", "int3-g128-sym-gptq-act",
+                 "int3-g128-asym-gptq-act", "int3-g64-asym-gptq-act", "int4-ch-asym-gptq-act",
+                 "int4-g128-sym-gptq-act", "int4-g128-asym-gptq-act", "int5-ch-asym-gptq-act",
+                 "int5-g128-asym-gptq-act", "int6-g128-asym-gptq-act", "int8-ch-sym-gptq-act",
+                 "nf4", "mxfp4", "fp8_e4m3", "fp16"],
     # the full space with a finer GPTQ grid (int2/int4 at g64, int8): does the program use it?
     "full-g64": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
                  "int6-g128-asym", "int8-g128-asym",
@@ -79,9 +87,10 @@ SPACES = {
 
 def profile_levels(bits: float, space: str) -> list[str]:
     """The three integer levels around the budget: the profile entries worth measuring (GPTQ's
-    in the full spaces, where it beats RTN at every level)."""
+    in the full and wide spaces, where it beats RTN at every level)."""
     low = max(2, math.floor(bits) - 1)
-    suffix = "-gptq-act" if space == "full-act" else "-gptq" if space.startswith("full") else ""
+    suffix = "-gptq-act" if space.endswith("-act") else \
+        "-gptq" if space.startswith(("full", "wide")) else ""
     return [f"int{b}-g128-asym{suffix}" for b in range(low, low + 3)]
 
 
