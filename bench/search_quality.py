@@ -52,20 +52,6 @@ SPACES = {
              "int2-g128-asym-gptq", "int3-g128-asym-gptq", "int3-g64-asym-gptq",
              "int4-g128-asym-gptq", "int5-g128-asym-gptq", "int6-g128-asym-gptq",
              "nf4", "mxfp4", "fp8_e4m3", "fp16"],
-    # the full space with every GPTQ level in activation order (static groups, same storage)
-    "full-act": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
-                 "int6-g128-asym", "int8-g128-asym",
-                 "int2-g128-asym-gptq-act", "int3-g128-asym-gptq-act", "int3-g64-asym-gptq-act",
-                 "int4-g128-asym-gptq-act", "int5-g128-asym-gptq-act", "int6-g128-asym-gptq-act",
-                 "nf4", "mxfp4", "fp8_e4m3", "fp16"],
-    # the wide space with every GPTQ level in activation order
-    "wide-act": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
-                 "int6-g128-asym", "int8-g128-asym",
-                 "int2-g128-asym-gptq-act", "int3-ch-asym-gptq-act", "int3-g128-sym-gptq-act",
-                 "int3-g128-asym-gptq-act", "int3-g64-asym-gptq-act", "int4-ch-asym-gptq-act",
-                 "int4-g128-sym-gptq-act", "int4-g128-asym-gptq-act", "int5-ch-asym-gptq-act",
-                 "int5-g128-asym-gptq-act", "int6-g128-asym-gptq-act", "int8-ch-sym-gptq-act",
-                 "nf4", "mxfp4", "fp8_e4m3", "fp16"],
     # the full space with a finer GPTQ grid (int2/int4 at g64, int8): does the program use it?
     "full-g64": ["int2-g128-asym", "int3-g128-asym", "int4-g128-asym", "int5-g128-asym",
                  "int6-g128-asym", "int8-g128-asym",
@@ -83,6 +69,10 @@ SPACES = {
              "int5-g128-asym-gptq", "int6-g128-asym-gptq", "int8-ch-sym-gptq",
              "nf4", "mxfp4", "fp8_e4m3", "fp16"],
 }
+
+# the full and wide spaces with every GPTQ level in activation order (static groups, same storage)
+SPACES.update({f"{name}-act": [o.replace("-gptq", "-gptq-act") for o in SPACES[name]]
+               for name in ("full", "wide")})
 
 
 def profile_levels(bits: float, space: str) -> list[str]:
