@@ -153,10 +153,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
     given, receives the (scale, zero) of every group in column order (d_row × 1 each; one pair
     for per-channel scales): the stored parts an export writes (``registry.IntHandler.encode``).
 
-    ``act_order`` quantizes the columns by decreasing H_jj (:func:`activation_order`), so the columns
-    that matter most are rounded first, while the most later columns remain to absorb their
-    error. Groups stay static, as llm-compressor's ``actorder: weight`` (alias ``static``): each
-    group's grid comes from its original weights (dead inputs zeroed) before the first column,
+    ``act_order`` quantizes the columns by decreasing H_jj (:func:`activation_order`): those
+    that matter most are rounded first, while most columns are still left to absorb their error.
+    Groups stay static, as llm-compressor's ``actorder: weight`` (alias ``static``): each group's
+    grid comes from its original weights (dead inputs zeroed) before the first column,
     so the stored layout is the plain one and every consumer loads it unchanged.
     """
     d_row, d_col = W.shape

@@ -78,11 +78,13 @@ def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits
     if group_size is not None and block_size % group_size:
         block_size = group_size if group_size > block_size else group_size * (block_size // group_size)
     keep = None if mask is None else mask.to(W.device, torch.float32)
-    columns = inverse = None  # activation order: where each column goes, and back
+    # activation order: where each column goes, and back, and each permuted column's group
+    columns = inverse = owner = None
     if perm is not None:
         perm = perm.to(W.device)
         columns = perm.unsqueeze(1).expand(B, d_row, d_col)
         inverse = torch.argsort(perm, dim=1).unsqueeze(1).expand(B, d_row, d_col)
+        owner = perm // (d_col if group_size is None else group_size)  # B × d_col
     if columns is None:
         W = W.to(torch.float32, copy=True)  # one copy
     else:
@@ -93,15 +95,13 @@ def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits
     scales = torch.empty(B, d_row, groups, device=W.device)
     zeros = torch.empty(B, d_row, groups, device=W.device)
     _, _, q_min, q_max = grid_params(torch.zeros(1, 1, device=W.device), bits, symmetric)
-    channel, static = None, None
+    channel = None
     if columns is not None and inverse is not None:
         # static groups: every grid from the original weights, before the first column
         group = d_col if group_size is None else group_size
         s0, z0, _, _ = grid_params(W.gather(2, inverse).reshape(-1, group), bits, symmetric)
         scales.copy_(s0.view(B, d_row, groups))
         zeros.copy_(z0.view(B, d_row, groups))
-        owner = (columns // group)  # each permuted column's group
-        static = (scales.gather(2, owner), zeros.gather(2, owner))
     elif group_size is None:  # per channel: one grid from the whole row, before the first column
         s0, z0, _, _ = grid_params(W.reshape(B * d_row, -1), bits, symmetric)
         channel = (s0.view(B, d_row), z0.view(B, d_row))
@@ -109,16 +109,18 @@ def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits
     # signed codes (symmetric) fit int8, unsigned ones uint8; both exact casts of the float codes
     C = torch.empty(W.shape, dtype=torch.int8 if symmetric else torch.uint8, device=W.device)
     step = _BlockSteps(W, C.dtype, keep is not None, block_size,
-                       None if static is not None else group_size, bits, symmetric,
-                       q_min, q_max, channel, graphs, static is not None)
+                       None if owner is not None else group_size, bits, symmetric,
+                       q_min, q_max, channel, graphs, owner is not None)
     for i1 in range(0, d_col, block_size):
         i2 = min(i1 + block_size, d_col)
+        grid = None  # static groups: the block's columns' scales and zero points
+        if owner is not None:
+            idx = owner[:, i1:i2].unsqueeze(1).expand(B, d_row, i2 - i1)
+            grid = (scales.gather(2, idx), zeros.gather(2, idx))
         buf = step.run(W[:, :, i1:i2], U[:, i1:i2, i1:i2],
-                       None if keep is None else keep[:, :, i1:i2],
-                       None if static is None else (static[0][:, :, i1:i2],
-                                                    static[1][:, :, i1:i2]))
+                       None if keep is None else keep[:, :, i1:i2], grid)
         C[:, :, i1:i2] = buf.C1
-        if group_size is not None and static is None:
+        if group_size is not None and owner is None:
             g1 = i1 // group_size
             scales[:, :, g1:g1 + buf.S1.shape[2]] = buf.S1
             zeros[:, :, g1:g1 + buf.S1.shape[2]] = buf.Z1
