@@ -173,6 +173,11 @@ class QuantOption:
         return self.rounding in GPTQ_ROUNDINGS
 
     @property
+    def act_order(self) -> bool:
+        """Rounded by GPTQ in activation order (static groups: the plain layout)."""
+        return self.rounding == "gptq-act"
+
+    @property
     def _rounding_suffix(self) -> str:
         return "-clip" * self.clip + ("" if self.rounding == "rtn" else f"-{self.rounding}")
 

@@ -187,9 +187,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
         if grids is not None:
             grids.extend((s, z) for s, z, _, _ in parts)
         _, _, q_min, q_max = parts[0]
-        owner = perm // group  # each permuted column's group: its scale and zero point
-        static = (torch.cat([s for s, _, _, _ in parts], dim=1)[:, owner],
-                  torch.cat([z for _, z, _, _ in parts], dim=1)[:, owner])
+        static = ([(s, z) for s, z, _, _ in parts], (perm // group).tolist())  # grids, owners
     elif group_size is None:  # per channel: one scale per row, from the whole row
         scale, zero, q_min, q_max = grid_params(W, bits, symmetric)
         if grids is not None:
@@ -202,8 +200,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
         Err1 = torch.zeros_like(W1)
         H_inv1 = H_inv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            if static is not None:
-                scale, zero = static[0][:, i1 + i:i1 + i + 1], static[1][:, i1 + i:i1 + i + 1]
+            if static is not None:  # the grid of the column's original group
+                scale, zero = static[0][static[1][i1 + i]]
             elif group_size is not None and (i1 + i) % group_size == 0:
                 scale, zero, q_min, q_max = grid_params(W1[:, i:i + group_size], bits, symmetric)
                 if grids is not None:

@@ -186,12 +186,11 @@ def build_task_(worker: Worker, task: BuildTask,
         for chunk in [c for same in _by_shape(worker, _stacks(worker, names))
                       for c in _chunks(same, worker)]:
             factors: dict[bool, Factors] = {}  # by column order, each computed once a chunk
-            for option in sorted(gptq, key=lambda o: o.rounding == "gptq-act"):
-                ordered = option.rounding == "gptq-act"
-                if ordered not in factors:
-                    factors.pop(not ordered, None)  # one set of factors in memory at a time
-                    factors[ordered] = _factors(worker, chunk, ordered)
-                for name, enc in _gptq_chunk(worker, chunk, option, factors[ordered]):
+            for option in sorted(gptq, key=lambda o: o.act_order):
+                if option.act_order not in factors:
+                    factors.clear()  # one set of factors in memory at a time
+                    factors[option.act_order] = _factors(worker, chunk, option.act_order)
+                for name, enc in _gptq_chunk(worker, chunk, option, factors[option.act_order]):
                     if (name, option) in todo:
                         w = level_codec.dequantize(enc, worker.original[name].dtype)
                         worker.keep_variant(name, option, w, enc)

@@ -236,7 +236,7 @@ class IntHandler(FormatHandler):
         return gptq_quantize(w, self._hessian(option, inputs), option.bits, option.group_size,
                              option.symmetric, inputs.gptq_block_size, inputs.gptq_percdamp,
                              self.keep_mask(w, option, inputs),
-                             act_order=option.rounding == "gptq-act")
+                             act_order=option.act_order)
 
     def encode(self, w: torch.Tensor, option: QuantOption,
                inputs: LayerInputs = NO_INPUTS) -> Encoded:
@@ -249,7 +249,7 @@ class IntHandler(FormatHandler):
         q_hat = gptq_quantize(w.float(), self._hessian(option, inputs), option.bits,
                               option.group_size, option.symmetric, inputs.gptq_block_size,
                               inputs.gptq_percdamp, keep, grids=grids,
-                              act_order=option.rounding == "gptq-act")
+                              act_order=option.act_order)
         scale = torch.cat([s for s, _ in grids], dim=1)
         zero = torch.cat([z for _, z in grids], dim=1)
         group = option.group_for(w.shape[1])
@@ -268,7 +268,7 @@ class IntHandler(FormatHandler):
             {"strategy": "group", "group_size": option.group_size}
         # GPTQ in activation order with static groups stores the plain layout; compressed-tensors
         # names it actorder "weight" (no g_idx: loaders read it as the plain group layout)
-        order = {"actorder": "weight"} if option.rounding == "gptq-act" else {}
+        order = {"actorder": "weight"} if option.act_order else {}
         return {"num_bits": option.bits, "type": "int", "symmetric": option.symmetric, **strategy,
                 **order}
 
