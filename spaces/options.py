@@ -69,7 +69,7 @@ class QuantOption:
     zero point if asymmetric) per ``group_size`` weights; ``group_size=None`` means one per output
     channel. ``clip`` picks each group's range by an MSE grid search instead of min/max;
     ``rounding="gptq"`` rounds with GPTQ, ``"gptq-act"`` with GPTQ in activation order (both the
-    same storage as RTN).
+    same storage as RTN), on the clipped grids when ``clip`` is set too.
 
     For the other formats (see :data:`LAYOUTS`) ``bits`` and ``group_size`` are set by the format:
     leaving them at their defaults or giving the format's own values are both fine; anything else
@@ -124,9 +124,6 @@ class QuantOption:
             raise ValueError(f"group_size must be positive or null, got {self.group_size}")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
-        if self.clip and self.rounding != "rtn":
-            raise ValueError("clip applies to rounding rtn only (GPTQ sets its own scales); "
-                             "drop clip or use rounding rtn")
 
     def _fix_layout(self, layout: Layout) -> None:
         for name, fixed in (("bits", layout.bits), ("group_size", layout.block)):
@@ -186,9 +183,10 @@ class QuantOption:
         """Short, unique, human-readable name; :meth:`from_label` reads it back.
 
         Grammar: ``BASE[+SPARSITY[-wanda]]`` where BASE is
-        ``int{b}-{ch|g{n}}-{sym|asym}[-clip|-gptq|-gptq-act]``
+        ``int{b}-{ch|g{n}}-{sym|asym}[-clip][-gptq|-gptq-act]``
         or a format name (``fp16``, ``fp8_e4m3``, ``nvfp4``, ...) and SPARSITY is ``2:4`` or
-        ``s{percent}`` (``s50``, ``s12.5``). E.g. ``int4-g128-asym-gptq``, ``nf4+2:4-wanda``.
+        ``s{percent}`` (``s50``, ``s12.5``). E.g. ``int4-g128-asym-gptq``,
+        ``int3-g64-asym-clip-gptq-act``, ``nf4+2:4-wanda``.
         """
         if self.activations:
             return W8A8_LABELS[self.activations] + self._rounding_suffix
@@ -305,6 +303,6 @@ class QuantOption:
 
 _DEFAULTS.update({f.name: f.default for f in fields(QuantOption)})
 _INT_LABEL = re.compile(r"^int(?P<bits>\d+)-(?P<group>ch|g\d+)-(?P<sym>sym|asym)"
-                        r"(?:(?P<clip>-clip)|(?P<gptq>-gptq(?:-act)?))?$")
-_W8A8_LABEL = re.compile(r"^w8a8-(?P<act>int8|fp8)(?:(?P<clip>-clip)|(?P<gptq>-gptq(?:-act)?))?$")
+                        r"(?P<clip>-clip)?(?P<gptq>-gptq(?:-act)?)?$")
+_W8A8_LABEL = re.compile(r"^w8a8-(?P<act>int8|fp8)(?P<clip>-clip)?(?P<gptq>-gptq(?:-act)?)?$")
 _SPARSE_LABEL = re.compile(r"^(?:(?P<pattern>2:4)|s(?P<pct>\d+(?:\.\d+)?))(?P<wanda>-wanda)?$")

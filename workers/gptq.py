@@ -61,14 +61,37 @@ class HessianAccumulator:
         return self.sq_norms.sqrt().float()
 
 
-def grid_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor,
-                                                                       int, int]:
+# MSE clipping tries these fractions of each group's range (1.0 down to 0.5 in steps of 0.025) and
+# keeps the one of least squared error; 1.0 is the min/max grid, so clipping never does worse on
+# the weights it searches. The range follows AWQ's auto_clip (max_shrink 0.5), at twice its
+# resolution.
+CLIP_SHRINKS = tuple(1.0 - i / 40 for i in range(21))
+
+
+def grid_params(w: torch.Tensor, bits: int, symmetric: bool,
+                clip: bool = False) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Scale s, zero z and the code range [q_min, q_max] for the rows of ``w`` (rows × group).
 
     Exactly the RTN grid: asymmetric s = (max(w,0) − min(w,0)) / (2^b − 1), z = round(−min/s);
     symmetric s = max|w| / (2^(b−1) − 1), z = 0; s rounded to fp16 (floored at its
-    smallest normal, so an all-zero group divides by a positive number).
+    smallest normal, so an all-zero group divides by a positive number). With ``clip``, each
+    row's range is first multiplied by the shrink factor of :data:`CLIP_SHRINKS` that minimizes
+    Σ(w − quant(w))² over the row (a grid search, per row; ties keep the wider range).
     """
+    scale, zero, q_min, q_max = _minmax_grid(w, bits, symmetric)
+    if clip:
+        best = (quant(w, scale, zero, q_min, q_max) - w).square().sum(dim=1, keepdim=True)
+        for shrink in CLIP_SHRINKS[1:]:
+            s, z, _, _ = _minmax_grid(w * shrink, bits, symmetric)
+            err = (quant(w, s, z, q_min, q_max) - w).square().sum(dim=1, keepdim=True)
+            better = err < best
+            scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
+            best = torch.where(better, err, best)
+    return scale, zero, q_min, q_max
+
+
+def _minmax_grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor,
+                                                                        int, int]:
     if symmetric:
         q_max = 2 ** (bits - 1) - 1
         scale = fp16_scale(w.abs().amax(dim=1, keepdim=True) / q_max)
@@ -144,7 +167,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
                   symmetric: bool = False, block_size: int = 128, percdamp: float = 0.01,
                   mask: torch.Tensor | None = None,
                   grids: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                  act_order: bool = False) -> torch.Tensor:
+                  act_order: bool = False, clip: bool = False) -> torch.Tensor:
     """Ŵ: the weight ``W`` (d_row × d_col) quantized by GPTQ with Hessian ``H`` (d_col × d_col).
 
     ``group_size=None`` is one scale per output channel. ``mask`` (same shape as W, 1 = keep)
@@ -158,6 +181,11 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
     Groups stay static, as llm-compressor's ``actorder: weight`` (alias ``static``): each group's
     grid comes from its original weights (dead inputs zeroed) before the first column,
     so the stored layout is the plain one and every consumer loads it unchanged.
+
+    ``clip`` picks every grid by MSE clipping (:func:`grid_params`) instead of min/max, on the
+    weights that grid is computed from (the error-compensated ones of a group when it starts;
+    the original ones with activation order or per-channel scales): GPTQ then rounds on the
+    clipped grid, as GPTQ's reference with ``--mse`` or llm-compressor with an ``mse`` observer.
     """
     d_row, d_col = W.shape
     if group_size is not None and d_col % group_size:
@@ -182,14 +210,14 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
     if perm is not None:  # static groups: every grid from the original weights, now
         group = d_col if group_size is None else group_size
         original = W[:, torch.argsort(perm)]
-        parts = [grid_params(original[:, g:g + group], bits, symmetric)
+        parts = [grid_params(original[:, g:g + group], bits, symmetric, clip)
                  for g in range(0, d_col, group)]
         if grids is not None:
             grids.extend((s, z) for s, z, _, _ in parts)
         _, _, q_min, q_max = parts[0]
         static = ([(s, z) for s, z, _, _ in parts], (perm // group).tolist())  # grids, owners
     elif group_size is None:  # per channel: one scale per row, from the whole row
-        scale, zero, q_min, q_max = grid_params(W, bits, symmetric)
+        scale, zero, q_min, q_max = grid_params(W, bits, symmetric, clip)
         if grids is not None:
             grids.append((scale, zero))
     Q = torch.zeros_like(W)
@@ -203,7 +231,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
             if static is not None:  # the grid of the column's original group
                 scale, zero = static[0][static[1][i1 + i]]
             elif group_size is not None and (i1 + i) % group_size == 0:
-                scale, zero, q_min, q_max = grid_params(W1[:, i:i + group_size], bits, symmetric)
+                scale, zero, q_min, q_max = grid_params(W1[:, i:i + group_size], bits, symmetric,
+                                                       clip)
                 if grids is not None:
                     grids.append((scale, zero))
             w = W1[:, i]

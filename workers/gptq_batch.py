@@ -51,7 +51,8 @@ class BatchCodes:
 def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits: int,
                       group_size: int | None = None, symmetric: bool = False,
                       block_size: int = 128, mask: torch.Tensor | None = None,
-                      graphs: bool = True, perm: torch.Tensor | None = None) -> BatchCodes:
+                      graphs: bool = True, perm: torch.Tensor | None = None,
+                      clip: bool = False) -> BatchCodes:
     """:func:`gptq_quantize` of B layers at once, returning the integer codes and grids.
 
     ``W`` is B × d_row × d_col, ``U`` and ``dead`` the stacked factors of
@@ -69,6 +70,7 @@ def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits
     Hessians (:func:`~.gptq.permuted_hessian`), ``W`` and ``mask`` stay in the original order.
     Groups are static, as in :func:`~.gptq.gptq_quantize`: the grids come from the original
     weights before the first column, and the codes are returned in the original order.
+    ``clip``: every grid by MSE clipping, as :func:`~.gptq.gptq_quantize`.
     """
     B, d_row, d_col = W.shape
     if group_size is not None and d_col % group_size:
@@ -99,18 +101,19 @@ def gptq_encode_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits
     if columns is not None and inverse is not None:
         # static groups: every grid from the original weights, before the first column
         group = d_col if group_size is None else group_size
-        s0, z0, _, _ = grid_params(W.gather(2, inverse).reshape(-1, group), bits, symmetric)
+        s0, z0, _, _ = grid_params(W.gather(2, inverse).reshape(-1, group), bits, symmetric,
+                                   clip)
         scales.copy_(s0.view(B, d_row, groups))
         zeros.copy_(z0.view(B, d_row, groups))
     elif group_size is None:  # per channel: one grid from the whole row, before the first column
-        s0, z0, _, _ = grid_params(W.reshape(B * d_row, -1), bits, symmetric)
+        s0, z0, _, _ = grid_params(W.reshape(B * d_row, -1), bits, symmetric, clip)
         channel = (s0.view(B, d_row), z0.view(B, d_row))
         scales[:, :, 0], zeros[:, :, 0] = channel
     # signed codes (symmetric) fit int8, unsigned ones uint8; both exact casts of the float codes
     C = torch.empty(W.shape, dtype=torch.int8 if symmetric else torch.uint8, device=W.device)
     step = _BlockSteps(W, C.dtype, keep is not None, block_size,
                        None if owner is not None else group_size, bits, symmetric,
-                       q_min, q_max, channel, graphs, owner is not None)
+                       q_min, q_max, channel, graphs, owner is not None, clip)
     for i1 in range(0, d_col, block_size):
         i2 = min(i1 + block_size, d_col)
         grid = None  # static groups: the block's columns' scales and zero points
@@ -178,8 +181,9 @@ class _BlockSteps:
     def __init__(self, W: torch.Tensor, codes: torch.dtype, masked: bool, block_size: int,
                  group_size: int | None, bits: int, symmetric: bool, q_min: int, q_max: int,
                  channel: tuple[torch.Tensor, torch.Tensor] | None, graphs: bool,
-                 static: bool = False) -> None:
+                 static: bool = False, clip: bool = False) -> None:
         self.codes, self.masked, self.group_size, self.static = codes, masked, group_size, static
+        self.clip = clip
         self.bits, self.symmetric, self.q_min, self.q_max = bits, symmetric, q_min, q_max
         self.channel = channel
         self.block_size = min(block_size, W.shape[2])
@@ -201,7 +205,7 @@ class _BlockSteps:
                 scale, zero = b.SC1[:, :, i], b.ZC1[:, :, i]
             elif self.group_size is not None and i % self.group_size == 0:
                 s, z, _, _ = grid_params(W1[:, :, i:i + self.group_size].reshape(B * R, -1),
-                                         self.bits, self.symmetric)
+                                         self.bits, self.symmetric, self.clip)
                 scale, zero = s.view(B, R), z.view(B, R)
                 b.S1[:, :, i // self.group_size] = scale
                 b.Z1[:, :, i // self.group_size] = zero
@@ -265,8 +269,8 @@ class _BlockSteps:
 def gptq_quantize_batch(W: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, bits: int,
                         group_size: int | None = None, symmetric: bool = False,
                         block_size: int = 128, mask: torch.Tensor | None = None,
-                        perm: torch.Tensor | None = None) -> torch.Tensor:
+                        perm: torch.Tensor | None = None, clip: bool = False) -> torch.Tensor:
     """:func:`gptq_encode_batch`, dequantized: Ŵ of the B layers in W's dtype."""
     enc = gptq_encode_batch(W, U, dead, bits, group_size, symmetric, block_size, mask,
-                            perm=perm)
+                            perm=perm, clip=clip)
     return torch.stack([enc.dequantize(b) for b in range(W.shape[0])]).to(W.dtype)

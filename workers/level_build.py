@@ -6,7 +6,8 @@ options the task's layers are grouped by the Hessian they read (q/k/v share thei
 theirs), each group stacked along rows, the stacks of one shape stacked into a batch; the inverse
 Hessian factors of the batch are computed once and serve every GPTQ option of the task, and
 :func:`~.gptq_batch.gptq_encode_batch` quantizes the whole batch at once. Other stored options (MSE
-clipping, Wanda) are computed one layer at a time: they have no per-column loop to batch.
+clipping of RTN levels, Wanda) are computed one layer at a time: they have no per-column loop to
+batch.
 
 Memory: the batch is cut so that the float32 weights of a chunk stay under ``max_weight_bytes``
 and its factors under ``max_factor_bytes``; factors are computed one Hessian at a time.
@@ -159,7 +160,7 @@ def _gptq_chunk(worker: Worker, chunk: list[list[str]], option: QuantOption,
             for n in stack]) for stack in chunk])
     U, dead, perm = factors
     codes = gptq_encode_batch(W, U, dead, option.bits, option.group_size, option.symmetric,
-                              worker.setup.gptq_block_size, mask, perm=perm)
+                              worker.setup.gptq_block_size, mask, perm=perm, clip=option.clip)
     del W, mask
     for b, stack in enumerate(chunk):
         start = 0

@@ -16,12 +16,9 @@ from __future__ import annotations
 import torch
 
 from .formats import as_blocks
-from .gptq import grid_params, quant
+from .gptq import CLIP_SHRINKS, grid_params, quant
 
-# MSE clipping tries these fractions of each group's range (1.0 down to 0.5 in steps of 0.025) and
-# keeps the one of least squared error; 1.0 is plain RTN, so clipping never does worse. The range
-# follows AWQ's auto_clip (max_shrink 0.5), at twice its resolution.
-CLIP_SHRINKS = tuple(1.0 - i / 40 for i in range(21))
+__all__ = ["CLIP_SHRINKS", "Grid", "int_codes", "int_grid", "quantize_int"]
 
 Grid = tuple[torch.Tensor, torch.Tensor, int, int]  # scale, zero (groups × 1), q_min, q_max
 
@@ -32,18 +29,10 @@ def int_grid(g: torch.Tensor, bits: int, symmetric: bool, clip: bool = False) ->
     Asymmetric: s = (max(w,0) − min(w,0)) / (2^b − 1), z = round(−min/s), q ∈ [0, 2^b − 1];
     symmetric: s = max|w| / (2^(b−1) − 1), z = 0, q ∈ [−2^(b−1), 2^(b−1) − 1]; ŵ = s·(q − z).
     With ``clip``, each group's range is first multiplied by the shrink factor of
-    :data:`CLIP_SHRINKS` that minimizes Σ(w − ŵ)² over the group (a grid search, per group).
+    :data:`CLIP_SHRINKS` that minimizes Σ(w − ŵ)² over the group (a grid search, per group):
+    :func:`~.gptq.grid_params`, the grid GPTQ's groups take too.
     """
-    scale, zero, q_min, q_max = grid_params(g, bits, symmetric)
-    if clip:
-        best_err = (quant(g, scale, zero, q_min, q_max) - g).square().sum(dim=1, keepdim=True)
-        for shrink in CLIP_SHRINKS[1:]:
-            s, z, _, _ = grid_params(g * shrink, bits, symmetric)
-            err = (quant(g, s, z, q_min, q_max) - g).square().sum(dim=1, keepdim=True)
-            better = err < best_err
-            scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
-            best_err = torch.where(better, err, best_err)
-    return scale, zero, q_min, q_max
+    return grid_params(g, bits, symmetric, clip)
 
 
 def int_codes(g: torch.Tensor, grid: Grid) -> torch.Tensor:

@@ -236,7 +236,7 @@ class IntHandler(FormatHandler):
         return gptq_quantize(w, self._hessian(option, inputs), option.bits, option.group_size,
                              option.symmetric, inputs.gptq_block_size, inputs.gptq_percdamp,
                              self.keep_mask(w, option, inputs),
-                             act_order=option.act_order)
+                             act_order=option.act_order, clip=option.clip)
 
     def encode(self, w: torch.Tensor, option: QuantOption,
                inputs: LayerInputs = NO_INPUTS) -> Encoded:
@@ -249,7 +249,7 @@ class IntHandler(FormatHandler):
         q_hat = gptq_quantize(w.float(), self._hessian(option, inputs), option.bits,
                               option.group_size, option.symmetric, inputs.gptq_block_size,
                               inputs.gptq_percdamp, keep, grids=grids,
-                              act_order=option.act_order)
+                              act_order=option.act_order, clip=option.clip)
         scale = torch.cat([s for s, _ in grids], dim=1)
         zero = torch.cat([z for _, z in grids], dim=1)
         group = option.group_for(w.shape[1])

@@ -22,8 +22,10 @@ from mpsearch.workers.worker import Worker, level_database
 
 pytestmark = pytest.mark.slow
 
-# Q4_0 and Q8_0 in GGUF too; GPTQ in activation order is built apart (its own factors)
-LABELS = ("int4-g32-sym-gptq", "int8-g32-sym", "fp16", "int4-g32-sym-gptq-act")
+# Q4_0 and Q8_0 in GGUF too; GPTQ in activation order is built apart (its own factors); GPTQ
+# on clipped grids is stored and read back like the others
+LABELS = ("int4-g32-sym-gptq", "int8-g32-sym", "fp16", "int4-g32-sym-gptq-act",
+          "int4-g32-sym-clip-gptq")
 CALIBRATION = {"source": "stdlib-docs", "samples": 4, "seq_len": 16, "batch_size": 4}
 
 

@@ -40,7 +40,8 @@ LABELS = ["int4-g128-asym", "int4-g128-asym-gptq", "int4-g128-asym-gptq-act", "i
           "int8-ch-sym", "fp16",
           "fp8_e4m3", "fp8_e5m2", "nvfp4", "mxfp4", "nf4", "int4-g128-asym+2:4", "int8-ch-sym+s50",
           "int2-ch-asym-clip+s12.5-wanda", "nf4+2:4-wanda", "fp16+s70", "mxfp4+s0.1",
-          "int3-ch-sym-gptq-act+2:4", "w8a8-int8-gptq-act"]
+          "int3-ch-sym-gptq-act+2:4", "w8a8-int8-gptq-act", "int3-g64-asym-clip-gptq",
+          "int2-g128-asym-clip-gptq-act", "int4-ch-sym-clip-gptq+2:4", "w8a8-int8-clip-gptq"]
 
 
 def test_labels_round_trip_and_are_unique():
@@ -64,6 +65,8 @@ def test_mappings_take_the_new_keys_and_fixed_formats_fill_their_layout():
     assert parse_option({"bits": 3, "rounding": "gptq-act"}) == parse_option("int3-g128-asym-gptq-act")
     assert parse_option("int4-g128-asym-gptq-act").gptq and parse_option("int4-g128-asym-gptq").gptq
     assert not parse_option("int4-g128-asym-clip").gptq
+    both = parse_option({"bits": 3, "group_size": 64, "clip": True, "rounding": "gptq-act"})
+    assert both == parse_option("int3-g64-asym-clip-gptq-act") and both.clip and both.act_order
 
 
 def test_dicts_saved_before_the_new_fields_still_load():
@@ -77,11 +80,10 @@ def test_dicts_saved_before_the_new_fields_still_load():
     ("int4-g128-asym-gptq-clip", "not a label"),
     ("int4-g128-asym+s50-magnitude", "not '2:4'"),
     ("fp4", "not a label"),
-    ("int4-g128-asym-clip-gptq", "not a label"),
+    ("int4-g128-asym-gptq-clip-act", "not a label"),
     ("int4-g128-asym-act", "not a label"),
     ("int4-g128-asym-gptq-act-clip", "not a label"),
-    ({"bits": 4, "clip": True, "rounding": "gptq-act"}, "clip applies to rounding rtn"),
-    ({"bits": 4, "clip": True, "rounding": "gptq"}, "clip applies to rounding rtn"),
+    ("int4-g128-asym-clip-clip-gptq", "not a label"),
     ({"format": "nf4", "group_size": 32}, "nf4 has group_size=64"),
     ({"format": "mxfp4", "bits": 8}, "mxfp4 has bits=4"),
     ({"format": "fp8_e4m3", "symmetric": True}, "symmetric applies to format int only"),

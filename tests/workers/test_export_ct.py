@@ -27,7 +27,7 @@ from mpsearch.workers.worker import Worker
 
 CALIBRATION = {"source": "stdlib-docs", "samples": 4, "seq_len": 24, "batch_size": 2}  # as conftest
 MIXED_CT = ("int4-g32-asym", "int3-ch-sym-gptq", "fp8_e4m3", "int8-ch-asym-clip", "int4-g32-sym",
-            "fp16", "int4-g32-asym-gptq-act")
+            "fp16", "int4-g32-asym-gptq-act", "int3-g32-asym-clip-gptq")
 
 # Runs in a fresh interpreter: transformers only, the way a user loads the export.
 LOADER = textwrap.dedent("""
