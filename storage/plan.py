@@ -60,6 +60,8 @@ def build_plan(study: StudyRecord, trial: TrialRecord,
         "provenance": {
             "study": study.name, "trial": trial.number, "origin": trial.origin,
             "objective_name": study.objective, "objective": trial.objective,
+            # KL on the reference's top-k tokens: what the objective was (null: every token)
+            **({"kl_top_k": study.spec["kl_top_k"]} if study.spec.get("kl_top_k") else {}),
             "samples": trial.samples,  # scored on the first N calibration samples; null = all
             "avg_bits": trial.avg_bits, "total_bytes": trial.total_bytes,
             # MoE: the bytes of weights one token reads (docs/moe.md); a dense plan has none
@@ -91,6 +93,7 @@ class ScoringSource:
     objective: str
     calibration: CalibrationRecord | None
     samples: int | None  # scored on the first N calibration samples; None = all
+    kl_top_k: int | None = None  # KL on the reference's top-k tokens; None = the whole vocabulary
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class Plan:
                 raise PlanError(f"{self.source}: provenance.calibration: {exc}") from None
         return ScoringSource(str(p.get("model")), p.get("model_kind", "auto"),
                              p.get("dtype", "float32"), str(p.get("objective_name")),
-                             calibration, p.get("samples"))
+                             calibration, p.get("samples"), p.get("kl_top_k"))
 
     @property
     def options(self) -> dict[str, QuantOption]:

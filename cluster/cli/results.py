@@ -8,6 +8,7 @@ filter or output path is a one-line error and the database is left as it was.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -347,8 +348,13 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
         assert setup is not None
         value = rescore_checkpoint(path, setup, scoring.samples)
         cost = f"{predicted:.0f}" if isinstance(predicted, int | float) else "unknown"
-        err.print(f"re-scored {fmt_obj(value)}; stored {fmt_obj(prov.get('objective'))}; "
+        # six significant digits: a KL of 1e-6 is not "0.000001" against "0.000001"
+        err.print(f"re-scored {value:.6g}; stored {_significant(prov.get('objective'))}; "
                   f"on disk {on_disk} bytes; cost model {cost} bytes")
+
+
+def _significant(x: object) -> str:
+    return f"{x:.6g}" if isinstance(x, int | float) else "—"
 
 
 def _with_levels(setup: WorkerSetup, root: str | None, scoring: ScoringSource) -> WorkerSetup:
@@ -369,8 +375,11 @@ def _scoring_setup(scoring: ScoringSource, model: str) -> WorkerSetup:
     from mpsearch.workers.config import CalibrationConfig
 
     assert scoring.calibration is not None
-    return scoring_setup(model, scoring.kind, scoring.objective,
-                         CalibrationConfig(**scoring.calibration.section()), scoring.dtype)
+    setup = scoring_setup(model, scoring.kind, scoring.objective,
+                          CalibrationConfig(**scoring.calibration.section()), scoring.dtype)
+    # the objective as the study scored it: a top-k KL re-scored over the whole vocabulary is
+    # another number (larger), not a check of the checkpoint
+    return replace(setup, kl_top_k=scoring.kl_top_k)
 
 
 def report(

@@ -6,6 +6,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -162,19 +163,22 @@ def test_missing_store_and_main_prints_one_line(tmp_path):
     assert not missing.exists()  # reading never creates a store
 
 
-def tiny_study(model_path, tmp_path, labels) -> tuple[str, float]:
-    """A store with one study of one trial a worker scored (each option in turn): (url, value)."""
+def tiny_study(model_path, tmp_path, labels, kl_top_k=None) -> tuple[str, float]:
+    """A store with one study of one trial a worker scored (each option in turn): (url, value).
+    ``kl_top_k``: the study's KL on the reference's top-k tokens."""
     info = inspect_model(ModelConfig(name=model_path))
     options = tuple(parse_option(o) for o in labels)
     space = build_space(info.layers, [LayerRule(r"layers\.\d+\.", options)],
                         total_params=info.total_params, unsearched_bits=32)  # float32, as scored
     calibration = {"source": "stdlib-docs", "samples": 4, "seq_len": 16, "batch_size": 4}
-    worker = Worker(scoring_setup(model_path, "auto", "kl", calibration), space)
+    setup = replace(scoring_setup(model_path, "auto", "kl", calibration), kl_top_k=kl_top_k)
+    worker = Worker(setup, space)
     choices = tuple(i % len(options) for i in range(len(space.genes)))
     value = worker.evaluate(Candidate(choices)).objective
     url = f"sqlite:///{tmp_path / 'tiny.db'}"
     spec = {"model": {"name": model_path, "kind": "auto", "dtype": "float32"},
-            "calibration": calibration, "budget": {"avg_bits": 16}}
+            "calibration": calibration, "budget": {"avg_bits": 16},
+            **({"kl_top_k": kl_top_k} if kl_top_k else {})}
     store = TrialStore(url)
     record(store, "tiny", space, spec, [(choices, value, "random")], model=info.path)
     store.close()
@@ -196,7 +200,7 @@ def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     url, value = tiny_study(tiny_llama_path, tmp_path, ("int2-g32-asym", "int4-g32-sym", "fp16"))
     ok("export", "--study", "tiny", "--db", url, "--out", tmp_path / "plan.json")
     result = ok("apply", tmp_path / "plan.json", "--out", tmp_path / "ckpt", "--verify")
-    assert f"re-scored {value:.6f}; stored {value:.6f}" in result.stderr
+    assert f"re-scored {value:.6g}; stored {value:.6g}" in result.stderr
     AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     AutoTokenizer.from_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "mpsearch_plan.json").is_file()
@@ -206,7 +210,7 @@ def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     # packed: the same trial as compressed-tensors, straight from the store and from the plan
     packed = ok("export", "--study", "tiny", "--db", url, "--format", "compressed-tensors",
                 "--out", tmp_path / "ct", "--verify")
-    assert f"re-scored {value:.6f}; stored {value:.6f}; on disk " in packed.stderr
+    assert f"re-scored {value:.6g}; stored {value:.6g}; on disk " in packed.stderr
     assert_sizes_agree(packed.stderr)
     assert "quantization_config" in (tmp_path / "ct" / "config.json").read_text()
     ok("apply", tmp_path / "plan.json", "--format", "compressed-tensors", "--out", tmp_path / "ct2")
@@ -218,12 +222,28 @@ def test_export_apply_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
 
 
 @pytest.mark.slow
+def test_verify_scores_a_top_k_kl_study_on_its_top_k(tiny_llama_path, tmp_path):
+    """A study of KL on the reference's top 8 tokens: the plan records k, and --verify re-scores
+    with it (the whole vocabulary's KL is another, larger number)."""
+    labels = ("int2-g32-asym", "int4-g32-sym-clip-gptq", "fp16")
+    (tmp_path / "top8").mkdir()
+    (tmp_path / "all").mkdir()
+    url, value = tiny_study(tiny_llama_path, tmp_path / "top8", labels, kl_top_k=8)
+    _, full = tiny_study(tiny_llama_path, tmp_path / "all", labels)
+    assert value < 0.9 * full, (value, full)
+    ok("export", "--study", "tiny", "--db", url, "--out", tmp_path / "plan.json")
+    assert json.loads((tmp_path / "plan.json").read_text())["provenance"]["kl_top_k"] == 8
+    result = ok("apply", tmp_path / "plan.json", "--out", tmp_path / "ckpt", "--verify")
+    assert f"re-scored {value:.6g}; stored {value:.6g}" in result.stderr
+
+
+@pytest.mark.slow
 def test_export_gguf_verify_on_a_tiny_llama(tiny_llama_path, tmp_path):
     """A trial of GGUF block formats → export --format gguf --verify reproduces its objective."""
     url, value = tiny_study(tiny_llama_path, tmp_path, ("q4_0", "q8_0", "int4-g32-sym", "fp16"))
     result = ok("export", "--study", "tiny", "--db", url, "--format", "gguf",
                 "--out", tmp_path / "tiny.gguf", "--verify")
-    assert f"re-scored {value:.6f}; stored {value:.6f}; on disk " in result.stderr
+    assert f"re-scored {value:.6g}; stored {value:.6g}; on disk " in result.stderr
     assert_sizes_agree(result.stderr)
     assert (tmp_path / "tiny.gguf").stat().st_size > 0
 
