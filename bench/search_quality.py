@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -73,15 +74,23 @@ SPACES = {
 # the full and wide spaces with every GPTQ level in activation order (static groups, same storage)
 SPACES.update({f"{name}-act": [o.replace("-gptq", "-gptq-act") for o in SPACES[name]]
                for name in ("full", "wide")})
+# ... and every integer level of those on MSE-clipped grids (RTN -clip, GPTQ -clip-gptq[-act]):
+# the same formats and costs, each grid's range searched
+SPACES.update({f"{name}-clip": [re.sub(r"^(int\d+-(?:ch|g\d+)-a?sym)", r"\1-clip", o)
+                                for o in SPACES[name]]
+               for name in ("full", "full-act", "wide-act")})
+# full-act with both grids of every integer level, min/max and clipped: the search picks per layer
+SPACES["full-act-both"] = SPACES["full-act"] + [o for o in SPACES["full-act-clip"] if "-clip" in o]
 
 
 def profile_levels(bits: float, space: str) -> list[str]:
     """The three integer levels around the budget: the profile entries worth measuring (GPTQ's
     in the full and wide spaces, where it beats RTN at every level)."""
     low = max(2, math.floor(bits) - 1)
-    suffix = "-gptq-act" if space.endswith("-act") else \
+    suffix = "-gptq-act" if "-act" in space else \
         "-gptq" if space.startswith(("full", "wide")) else ""
-    return [f"int{b}-g128-asym{suffix}" for b in range(low, low + 3)]
+    clip = "-clip" if space.endswith("-clip") else ""
+    return [f"int{b}-g128-asym{clip}{suffix}" for b in range(low, low + 3)]
 
 
 def strategies(bits: float, space: str) -> dict[str, dict]:
