@@ -349,7 +349,7 @@ def _write_checkpoint(plan, format: str, out_dir: str, model: str | None, verify
         value = rescore_checkpoint(path, setup, scoring.samples)
         cost = f"{predicted:.0f}" if isinstance(predicted, int | float) else "unknown"
         # six significant digits: a KL of 1e-6 is not "0.000001" against "0.000001"
-        err.print(f"re-scored {value:.6g}; stored {_significant(prov.get('objective'))}; "
+        err.print(f"re-scored {_significant(value)}; stored {_significant(prov.get('objective'))}; "
                   f"on disk {on_disk} bytes; cost model {cost} bytes")
 
 
@@ -359,8 +359,6 @@ def _significant(x: object) -> str:
 
 def _with_levels(setup: WorkerSetup, root: str | None, scoring: ScoringSource) -> WorkerSetup:
     """``setup`` reading the level set of its model + calibration under ``root``, if built."""
-    from dataclasses import replace
-
     from mpsearch.cluster.levels import existing_level_set
     from mpsearch.workers.config import CalibrationConfig
 
