@@ -22,13 +22,16 @@ from .patterns import TimedPattern
 @dataclass(frozen=True)
 class LayerInfo:
     """Shape of one quantizable layer, as discovered in the model (``nn.Linear``, GPT-2 Conv1D,
-    or one expert's slice of a fused 3-D expert parameter, see :mod:`.experts`)."""
+    one expert's slice of a fused 3-D expert parameter, see :mod:`.experts`, or an
+    ``nn.Embedding`` whose weight is its own: ``kind`` ``"embedding"``, shape vocabulary × width,
+    so ``in_features`` is the width its groups run along, as a GGUF ``token_embd`` is blocked)."""
 
     name: str
     in_features: int
     out_features: int
     # Fraction of tokens that use the layer: top_k / E for a routed expert, 1 otherwise.
     active: float = 1.0
+    kind: str = "linear"  # or "embedding": a lookup, whose inputs are token ids
 
     @property
     def numel(self) -> int:
@@ -40,8 +43,11 @@ class LayerInfo:
         return self.numel * self.active
 
     def to_list(self) -> list[Any]:
-        """[name, in, out], plus ``active`` where it is not 1 (a dense layer's list is unchanged)."""
+        """[name, in, out], plus ``active`` where it is not 1 and ``kind`` where it is not a
+        linear layer (a dense linear layer's list is unchanged)."""
         out: list[Any] = [self.name, self.in_features, self.out_features]
+        if self.kind != "linear":
+            return [*out, self.active, self.kind]
         return out if self.active == 1.0 else [*out, self.active]
 
 
@@ -397,6 +403,9 @@ def build_space(
                 continue
             for option in rule.options:
                 reason = option.accepts(layer.in_features)
+                if not reason and layer.kind == "embedding" and option.activations:
+                    reason = ("it quantizes the layer's inputs, and an embedding's inputs are "
+                              "token ids; give it a weight-only option")
                 if reason:
                     raise SpecError(f"space.layers: option {option.label} cannot be applied to "
                                     f"layer {layer.name}: {reason}")

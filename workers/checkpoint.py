@@ -205,10 +205,16 @@ def rescore_checkpoint(checkpoint: str | Path, setup: WorkerSetup,
                 f"context length into n_ctx and keeps n_positions at 1,024, and this GPT-2 has "
                 f"{config.n_positions} positions (the file itself is complete; llama.cpp loads it)")
 
-        model: nn.Module = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                                dtype=getattr(torch, setup.dtype))
-        worker.model = model.to(setup.device).eval()
-    else:
-        worker.model = load_model(str(path), setup.kind, setup.dtype, setup.device)
-        load_tokenizer(str(path))  # the checkpoint's tokenizer must load too
+    try:  # the consumer's loader: whatever it raises, the checkpoint does not load
+        if path.suffix == ".gguf":
+            model: nn.Module = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=getattr(torch, setup.dtype))
+            worker.model = model.to(setup.device).eval()
+        else:
+            worker.model = load_model(str(path), setup.kind, setup.dtype, setup.device)
+            load_tokenizer(str(path))  # the checkpoint's tokenizer must load too
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"cannot re-score {path.name}: transformers does not load it "
+                              f"({type(exc).__name__}: {first[:300]})") from None
     return worker.score(samples)

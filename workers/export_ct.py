@@ -127,6 +127,14 @@ def compressed_tensors_schemes(model: nn.Module, options: Mapping[str, QuantOpti
                               f"compressed-tensors: {exc}") from None
         if args is not None and isinstance(module, ExpertSlice):
             _check_expert_option(name, option, module)
+        elif args is not None and isinstance(module, nn.Embedding):
+            # compressed-tensors packs an embedding, but no consumer loads it: transformers
+            # initialises every nn.Embedding through its .weight (gone once packed), vLLM's
+            # compressed-tensors layers are Linear ones
+            raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
+                              f"compressed-tensors: it is an embedding, which transformers' "
+                              f"loader cannot rebuild once packed (and vLLM reads quantized "
+                              f"Linear layers only); give it fp16 or export GGUF")
         elif args is not None and not isinstance(module, nn.Linear):
             raise ExportError(f"layer {name}: option {option.label} cannot be exported to "
                               f"compressed-tensors: it quantizes nn.Linear layers only, and this "

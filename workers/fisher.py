@@ -41,12 +41,16 @@ from .worker import Worker
 
 
 def _modules(worker: Worker) -> dict[str, nn.Module]:
-    """The searched layers as modules; routed experts (slices of one 3-D weight) are refused."""
+    """The searched layers as modules, for the output side of K-FAC; routed experts (slices of
+    one 3-D weight) and embeddings (their inputs are token ids, no input Hessian) are refused."""
     out = {}
     for name, module in worker.modules.items():
         if not isinstance(module, nn.Module):
             raise WorkerError(f"proxy: fisher/kfac cannot take the gradient of expert slice "
                               f"{name} (use proxy: hessian)")
+        if name in worker.lookups:
+            raise WorkerError(f"proxy: kfac needs a layer's input correlations, and {name} is an "
+                              "embedding (token ids in): use proxy: hessian or fisher")
         out[name] = module
     return out
 

@@ -61,6 +61,48 @@ class HessianAccumulator:
         return self.sq_norms.sqrt().float()
 
 
+class LookupAccumulator:
+    """An embedding's calibration statistics: how often each of its rows is looked up.
+
+    A lookup's input is one-hot, so its GPTQ Hessian 2/n · Σ xxᵀ is diagonal: row r of the weight
+    (vocabulary × width) sees ``2·count_r/n`` times the identity on its width. GPTQ's error
+    feedback is then zero, so ``H`` is the identity (GPTQ of an embedding rounds to nearest on the
+    same grid) and Wanda's column norms are all one (magnitude pruning); ``row_weights`` are the
+    2·count_r/n that make Σ_r w_r ‖ΔW_r‖² the lookup's own output error per calibration token,
+    what ``tr(ΔW H ΔWᵀ)`` is for a linear layer.
+    """
+
+    def __init__(self, rows: int, columns: int, device: torch.device | str = "cpu",
+                 hessian: bool = True) -> None:
+        self.n = 0
+        self.counts = torch.zeros(rows, device=device, dtype=torch.float64)
+        self.H = torch.eye(columns, device=device) if hessian else None
+        self.columns = columns
+
+    def add(self, ids: torch.Tensor) -> None:
+        """Count the token ids of ``ids`` (any shape)."""
+        ids = ids.reshape(-1).to(self.counts.device)
+        self.counts += torch.bincount(ids, minlength=self.counts.numel()).to(torch.float64)
+        self.n += ids.numel()
+
+    @property
+    def act_norm(self) -> torch.Tensor:
+        return torch.ones(self.columns, device=self.counts.device)
+
+    @property
+    def row_weights(self) -> torch.Tensor:
+        """2·count_r/n per row (float32)."""
+        return (self.counts * (2.0 / max(self.n, 1))).float()
+
+
+def lookup_error(W: torch.Tensor, W_hat: torch.Tensor, row_weights: torch.Tensor) -> float:
+    """Σ_r w_r ‖W_r − Ŵ_r‖²: an embedding's output error per calibration token (see
+    :class:`LookupAccumulator`), the analogue of :func:`hessian_error`."""
+    w = row_weights.to(W.device)
+    delta = W.float() - W_hat.float().to(W.device)
+    return float((delta.square().sum(dim=1) * w).sum())
+
+
 # MSE clipping tries these fractions of each group's range (1.0 down to 0.5 in steps of 0.025) and
 # keeps the one of least squared error; 1.0 is the min/max grid, so clipping never does worse on
 # the weights it searches. The range follows AWQ's auto_clip (max_shrink 0.5), at twice its

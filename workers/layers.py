@@ -3,6 +3,13 @@
 ``nn.Linear`` stores its weight as (out × in); GPT-2's ``Conv1D`` stores (in × out). Everything
 else in mpsearch sees (out × in), so the transposes are confined to this module.
 
+An ``nn.Embedding`` whose weight is its own is a layer too (vocabulary × width, grouped along the
+width, as GGUF blocks ``token_embd``). Its inputs are one-hot, so its GPTQ Hessian is diagonal
+per row and GPTQ's error feedback vanishes: GPTQ of an embedding is round-to-nearest on the same
+grid (:meth:`~.worker.Worker.hessian` gives it the identity). Its output error per calibration
+token is the error of the row the token looks up, so the Hessian-weighted proxy weights each row
+by how often the calibration tokens use it (:meth:`~.worker.Worker.output_error`).
+
 Mixture-of-experts models hold routed experts in one of two layouts, both found here and named
 as :mod:`mpsearch.spaces.experts` says: a separate ``nn.Linear`` per expert matrix (an
 ``nn.ModuleList`` named ``experts``: found as Linears), or fused 3-D parameters of an experts
@@ -54,8 +61,19 @@ Target = nn.Module | ExpertSlice
 
 
 def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Module name → module, for every Linear or Conv1D, in model order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)}
+    """Module name → module, for every Linear or Conv1D and every embedding whose weight is its
+    own, in model order. A tied embedding (GPT-2's ``wte``, the ``lm_head``'s weight) is not a
+    layer of its own: the Linear that shares it is."""
+    linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)}
+    shared = {id(m.weight) for m in linear.values()}
+    return {name: m for name, m in model.named_modules()
+            if name in linear or (isinstance(m, nn.Embedding) and id(m.weight) not in shared)}
+
+
+def is_embedding(target: Target) -> bool:
+    """Whether ``target`` is a lookup (``nn.Embedding``): its inputs are token ids, its weight
+    vocabulary × width."""
+    return isinstance(target, nn.Embedding)
 
 
 def fused_experts(model: nn.Module) -> dict[str, ExpertSlice]:
@@ -104,7 +122,8 @@ def discover_layers(model: nn.Module) -> list[LayerInfo]:
         out_f, in_f = oriented_shape(target)
         found = expert_of(name)
         active = 1.0 if found is None else min(top_k / len(experts[found[0]]), 1.0)
-        infos.append(LayerInfo(name, in_f, out_f, active))
+        infos.append(LayerInfo(name, in_f, out_f, active,
+                               "embedding" if is_embedding(target) else "linear"))
     return infos
 
 

@@ -7,7 +7,8 @@ no forward pass of the candidate:
 
 - ``weight_error`` = Σ ‖W − Ŵ‖²_F over the gene's layers (weight reconstruction error);
 - ``hessian_error`` = Σ tr((W − Ŵ) H (W − Ŵ)ᵀ) with the layer's GPTQ Hessian H = 2XᵀX/n: the
-  layer's own output error per calibration row (GPTQ's eq. 1), i.e. a Hessian-weighted error.
+  layer's own output error per calibration row (GPTQ's eq. 1), i.e. a Hessian-weighted error
+  (an embedding's: each row's squared error weighted by how often calibration tokens look it up).
 
 Pure functions of a :class:`~.worker.Worker`; the profile leaves the worker at full precision.
 Storage (so a second study reuses them) is :mod:`mpsearch.storage.profiles`; spreading the pairs
@@ -28,7 +29,6 @@ from mpsearch.spaces.space import SearchSpace
 
 from .errors import WorkerError
 from .fisher import fisher_diagonals, fisher_error, kfac_error, output_fisher
-from .gptq import hessian_error
 from .level_db import stored_option
 from .worker import Worker, WorkerSetup
 
@@ -62,7 +62,7 @@ def _proxies(worker: Worker, layers: Iterable[str], option: QuantOption,
         W_hat = worker.variant(name, option).to(W.device, non_blocking=False)
         w_err += float((W.float() - W_hat.float()).square().sum())
         if h_err is not None:
-            h_err += hessian_error(W, W_hat, worker.hessian(name))
+            h_err += worker.output_error(name, W, W_hat)
     return w_err, h_err
 
 
@@ -127,7 +127,7 @@ def layer_proxy(worker: Worker, name: str, option: QuantOption) -> float:
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True  # a proxy: 10 mantissa bits are plenty
     try:
-        value = hessian_error(W, W_hat, worker.hessian(name))
+        value = worker.output_error(name, W, W_hat)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     if levels is not None:

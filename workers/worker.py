@@ -39,8 +39,8 @@ from mpsearch.spaces.space import Candidate, SearchSpace
 from . import level_codec
 from .activations import quantize_inputs_, quantize_outputs_
 from .errors import WorkerError
-from .gptq import HessianAccumulator
-from .layers import ExpertSlice, get_weight, quantizable_targets, set_weight_
+from .gptq import HessianAccumulator, LookupAccumulator, hessian_error, lookup_error
+from .layers import ExpertSlice, get_weight, is_embedding, quantizable_targets, set_weight_
 from .level_build import load_stored_, statistics_reserve
 from .level_db import LevelDatabase, stored_option
 from .model_loading import load_model, load_tokenizer
@@ -156,6 +156,8 @@ class Worker:
                              f"(first: {bad[0]})") if bad else None
         modules = quantizable_targets(self.model)
         self.modules = {layer.name: modules[layer.name] for layer in space.layers}
+        # embeddings: their inputs are token ids (statistics: row counts, see gptq.LookupAccumulator)
+        self.lookups = {name for name, m in self.modules.items() if is_embedding(m)}
         # a fused expert's variant is copied into its slice: its original is kept apart
         self.original = {name: get_weight(m).clone() if isinstance(m, ExpertSlice)
                          else get_weight(m) for name, m in self.modules.items()}
@@ -171,7 +173,7 @@ class Worker:
             load_tokenizer(setup.model_path))
         self.samples = sum(b["input_ids"].shape[0] for b in self.batches)
         self._peak_activation_bytes = 0
-        self.input_stats: dict[str, HessianAccumulator] = {}
+        self.input_stats: dict[str, HessianAccumulator | LookupAccumulator] = {}
         self.levels = level_database(setup)
         # (layer, option label) of every stored-kind variant this worker computed, in order
         self.computed: list[tuple[str, str]] = []
@@ -229,9 +231,21 @@ class Worker:
         (q/k/v, gate/up) share one accumulator, hence one Hessian."""
         self.restore_()
         wanted = list(self.modules if names is None else names)
-        stats: dict[str, HessianAccumulator] = {}
+        stats: dict[str, HessianAccumulator | LookupAccumulator] = {}
         mask: dict[torch.device, torch.Tensor] = {}  # the batch's, copied once to each device
         last: dict[str, Any] = {}  # the previous hook's input and layer (kept alive: `is` is safe)
+
+        def lookup_hook_for(name: str):
+            def record(module: nn.Module, args: tuple, _output: Any) -> None:
+                ids = args[0]
+                if name not in stats:
+                    rows, cols = self.original[name].shape
+                    stats[name] = LookupAccumulator(rows, cols, ids.device, hessians)
+                m = mask[self.device].to(ids.device)
+                if ids.dim() == m.dim() and ids.shape != m.shape:
+                    ids = ids.expand(m.shape)  # position ids, one row for the whole batch
+                stats[name].add(ids[m] if ids.shape == m.shape else ids)
+            return record
 
         def hook_for(name: str):
             def record(_module: nn.Module, args: tuple, _output: Any) -> None:
@@ -267,7 +281,8 @@ class Worker:
             if isinstance(target, ExpertSlice):
                 slices[n] = target
             else:
-                handles.append(target.register_forward_hook(hook_for(n)))
+                hook = lookup_hook_for(n) if n in self.lookups else hook_for(n)
+                handles.append(target.register_forward_hook(hook))
         try:
             with fused_expert_inputs(slices, record_expert):
                 for batch in self.batches:
@@ -293,7 +308,18 @@ class Worker:
         assert H is not None
         return H
 
-    def _stats(self, name: str) -> HessianAccumulator:
+    def output_error(self, name: str, W: torch.Tensor, W_hat: torch.Tensor) -> float:
+        """Layer ``name``'s own output error per calibration row under the weight ``W_hat``:
+        tr((W − Ŵ) H (W − Ŵ)ᵀ) for a linear layer, Σ_r w_r ‖W_r − Ŵ_r‖² for an embedding, each
+        row weighted by how often the calibration tokens look it up."""
+        if name in self.lookups:
+            self.hessian(name)  # gathered on first use, as a linear layer's Hessian
+            stats = self._stats(name)
+            assert isinstance(stats, LookupAccumulator)
+            return lookup_error(W, W_hat, stats.row_weights)
+        return hessian_error(W, W_hat, self.hessian(name))
+
+    def _stats(self, name: str) -> HessianAccumulator | LookupAccumulator:
         stats = self.input_stats.get(name)
         if stats is None:  # a routed expert no calibration token reached, or a fused experts
             # module whose eager loop does not apply its slices with F.linear (workers/moe.py)
@@ -437,6 +463,9 @@ class Worker:
         if name in self.input_quant:
             self.input_quant.pop(name).remove()
         if option is not None and option.activations:  # W8A8: inputs quantized per token
+            if name in self.lookups:
+                raise WorkerError(f"layer {name}: option {option.label} quantizes a layer's "
+                                  "inputs, and an embedding's inputs are token ids")
             if not isinstance(target, nn.Module):
                 raise WorkerError(f"layer {name}: option {option.label} quantizes a layer's "
                                   "inputs, and a fused expert slice has none of its own")

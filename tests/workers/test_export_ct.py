@@ -400,3 +400,19 @@ def test_a_plan_for_another_model_is_refused_by_its_shapes(tiny_llama_path):
         check_plan_shapes(tiny_llama_path, "causal-lm", {up: (256, 64)})
     with pytest.raises(CheckpointError, match="no quantizable layer 'transformer.h.0.mlp.c_fc'"):
         check_plan_shapes(tiny_llama_path, "causal-lm", {"transformer.h.0.mlp.c_fc": (256, 64)})
+
+
+def test_a_checkpoint_its_loader_cannot_read_is_one_line_at_verify(minilm_path, tmp_path):
+    """``--verify`` of a checkpoint transformers fails to load (here a config.json cut short):
+    a CheckpointError naming the file and what the loader raised, never the loader's traceback."""
+    from mpsearch.workers.checkpoint import rescore_checkpoint
+
+    broken = tmp_path / "broken"
+    shutil.copytree(minilm_path, broken)
+    text = (broken / "config.json").read_text()
+    (broken / "config.json").write_text(text[: len(text) // 2])
+    setup = scoring_setup(minilm_path, "auto", "embedding_distortion", CALIBRATION)
+    with pytest.raises(CheckpointError, match=r"cannot re-score broken: transformers does not "
+                                              r"load it \(\w+Error: ") as exc:
+        rescore_checkpoint(broken, setup)
+    assert "\n" not in str(exc.value)

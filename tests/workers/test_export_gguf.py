@@ -60,14 +60,23 @@ def unpermute(name: str, w: np.ndarray, config) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["tiny_llama_path", "gpt2_1024"])
-def test_gguf_round_trip_reader_and_transformers(request, tmp_path, model, scored_trial):
+@pytest.mark.parametrize("model, embedding", [("tiny_llama_path", False), ("gpt2_1024", False),
+                                              ("tiny_llama_path", True)])
+def test_gguf_round_trip_reader_and_transformers(request, tmp_path, model, embedding,
+                                                 scored_trial):
+    """``embedding``: the Llama's untied embed_tokens searched too, as Q4_0 from a clipped GPTQ
+    level (round-to-nearest on a lookup): GGUF's token_embd."""
     import gguf
     from transformers import AutoConfig
 
+    from mpsearch.spaces.space import LayerRule
+
     path = request.getfixturevalue(model)
+    first = (LayerRule(r"^model\.embed_tokens$", (parse_option("int4-g32-sym-clip-gptq"),)),)
     worker, options, stored, cost = scored_trial(path, "kl", "float32", labels=MIXED,
-                                                 unsearched_bits=32)
+                                                 unsearched_bits=32,
+                                                 first_rules=first if embedding else ())
+    assert ("model.embed_tokens" in options) == embedding
     out = export_gguf(worker.setup, options, tmp_path / "gguf" / "model.gguf",
                       plan={"provenance": {"objective": stored}})
 
