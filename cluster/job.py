@@ -83,6 +83,18 @@ def prepare(spec: JobSpec) -> PreparedJob:
     if searcher_needs(spec.searcher).routing and not space.has_experts:
         raise SpecError(f"searcher.params.routing: model {spec.model.name!r} has no routed "
                         "experts to weight by routing frequency; remove routing")
+    lookups = [layer.name for layer in space.layers if layer.kind == "embedding"]
+    quantized = [g.name for g in space.genes if any(ly.kind == "embedding" for ly in g.layers)
+                 and any(o.format != "fp16" for o in g.options)]
+    if spec.space.runtime in ("vllm", "transformers") and quantized:
+        raise SpecError(f"space.runtime {spec.space.runtime}: layer {quantized[0]} is an "
+                        f"embedding, which its compressed-tensors checkpoint cannot hold "
+                        f"quantized (transformers' loader cannot rebuild a packed embedding); "
+                        f"give it [fp16], or use runtime llama.cpp (GGUF's token_embd)")
+    if spec.budget.latency is not None and lookups:
+        raise SpecError(f"budget.latency: layer {lookups[0]} is an embedding, a lookup that the "
+                        "latency model (a sum of measured GEMM times) does not time; leave it "
+                        "out of space.layers for a latency budget")
     points = spec.budget.to_budgets()
     if spec.budget.active_bytes is not None and not space.has_experts:
         raise SpecError(f"budget.active_bytes: model {spec.model.name!r} has no routed experts, "

@@ -52,6 +52,18 @@ def test_a_named_device_without_a_table_is_one_line_and_nothing_is_stored(
     assert not (tmp_path / "study.db").exists()
 
 
+def test_a_searched_embedding_with_a_latency_budget_is_one_line_and_nothing_is_stored(
+        tiny_llama_path, tmp_path, cli_inprocess):
+    f = fields(tiny_llama_path, tmp_path, "lookup", {"ms": 40}, avg_bits=6.0)
+    f["space"]["layers"][0]["match"] = r"embed_tokens|layers\.\d+\."
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(f))
+    res = cli_inprocess.invoke("run", str(spec))
+    cli_inprocess.assert_one_line_error(
+        res, "budget.latency: layer model.embed_tokens is an embedding", "does not time")
+    assert not (tmp_path / "study.db").exists()
+
+
 def test_a_stored_table_of_a_named_device_serves_workers_of_another(
         tiny_llama_path, tmp_path, store_url):
     # the H200's table stored (as a GPU run would), searched for on CPU workers: no Ray, no
