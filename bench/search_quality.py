@@ -527,6 +527,10 @@ def main() -> None:
     ap.add_argument("--source", default="stdlib-docs", help="calibration source (a .jsonl path)")
     ap.add_argument("--objective", default=None, help="default: kl for causal LMs, else "
                                                       "embedding_distortion")
+    ap.add_argument("--embeddings", action="store_true",
+                    help="search the token embedding too (MiniLM's word_embeddings, a Llama's "
+                         "untied embed_tokens) with the same options: effective bits then count "
+                         "it (a tied embedding, GPT-2's, is its lm_head and is not added)")
     ap.add_argument("--layers", default=None, help="searched layers (regex); default: the "
                                                    "numbered blocks of the model")
     ap.add_argument("--kl-top-k", type=int, default=None,
@@ -555,6 +559,9 @@ def main() -> None:
     causal = info.kind == "causal-lm"
     pattern = args.layers or (r"(?:transformer\.h|model\.layers)\.\d+\." if causal
                               else r"encoder\.layer\.\d+\.")
+    if args.embeddings:
+        pattern = rf"(?:{pattern})|^(?:embeddings\.word_embeddings|model\.embed_tokens)$"
+    space_key = args.space + "+embedding" * args.embeddings  # the report's name of the space
     rule = LayerRule(pattern, tuple(parse_option(x) for x in SPACES[args.space]))
     space = build_space(info.layers, [rule], (), info.total_params)
     cal = CalibrationConfig(source=args.source, samples=args.samples, seq_len=args.seq_len)
@@ -641,7 +648,7 @@ def main() -> None:
                 # nothing left to propose), "evaluations" those done, "at" the figures so far
                 run: dict = {"seed": seed, "seconds": 0.0, "reached": 0, "at": {}, "curve": []}
                 entry["runs"].setdefault(name, []).append(run)
-                results["budgets"][f"{bits}-{args.space}"] = entry
+                results["budgets"][f"{bits}-{space_key}"] = entry
                 start = time.perf_counter()
 
                 def passed(trace: Trace, n: int, run=run, start=start) -> None:
@@ -664,7 +671,7 @@ def main() -> None:
                 shown = {n: round(v["heldout"], 5) for n, v in run["at"].items()}
                 print(f"bits={bits} {name} seed={seed} {run['seconds']:.0f}s held-out {shown}",
                       flush=True)
-        results["budgets"][f"{bits}-{args.space}"] = entry
+        results["budgets"][f"{bits}-{space_key}"] = entry
         (out / "results.json").write_text(json.dumps(results, indent=1))
     print(report(json.loads(json.dumps(results)), out))
 

@@ -13,7 +13,8 @@
 # MODELS (default "minilm gpt2") picks the grids, SPACE the space (default full), BATCH the
 # samples per forward pass (default 32; on an H200 all of them, 512 / 128, let every strategy of
 # the MiniLM grid reach 1,000 evaluations in 230 s), KFAC_HYBRID=0 leaves hybrid-kfac out, LM names
-# a trained GPT-2 directory (no training then).
+# a trained GPT-2 directory (no training then), IP_STRATEGIES the profile programs of the ip
+# process (default: the Hessian, K-FAC and Fisher programs; K-FAC refuses a searched embedding).
 # SQ_ARGS is appended to every search_quality.py call and TRAIN_ARGS to the training (later
 # arguments win), for a dry run at small scale; BITS (default "3.5 4.25") and SEEDS (the seeds of
 # random and TPE, default "0 1 2") make it smaller, e.g. on CPU:
@@ -41,8 +42,9 @@ grid() {  # prefix, then the model's arguments
         run "$prefix-$bits-hybrid" "$@" --budgets $bits --strategies hybrid
         [[ ${KFAC_HYBRID:-1} == 1 ]] &&
             run "$prefix-$bits-hybrid-kfac" "$@" --budgets $bits --strategies hybrid-kfac
-        run "$prefix-$bits-ip" "$@" --budgets $bits --strategies integer-program-hessian \
-            integer-program-kfac integer-program-fisher ${CHECK:-}
+        run "$prefix-$bits-ip" "$@" --budgets $bits --strategies \
+            ${IP_STRATEGIES:-integer-program-hessian integer-program-kfac integer-program-fisher} \
+            ${CHECK:-}
         # random and TPE one process a seed: every evaluation of theirs is at full fidelity
         # (and TPE's ask is CPU-bound), so three seeds one after the other never got far
         for seed in ${SEEDS:-0 1 2}; do
