@@ -17,6 +17,7 @@ files of the running Python's standard library (tests, site-packages and ``idlel
 
     python bench/train_causal_lm.py --out /tmp/gpt2-stdlib                  # H200: ≈ 3 min
     python bench/train_causal_lm.py --out /tmp/t --seconds 5 --width 32 --layers 1 --max-files 40
+    python bench/train_causal_lm.py --out /tmp/llama --arch llama --steps 1000   # untied embedding
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def main() -> None:
                     help="training time (wall clock), where --steps is not given")
     ap.add_argument("--steps", type=int, default=None,
                     help="optimizer steps (the schedule follows them; --seconds is ignored)")
+    ap.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2",
+                    help="llama: a Llama (RMSNorm, rotary positions, SwiGLU of 4 × width) whose "
+                         "embedding and LM head are untied, so the embedding can be searched")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--width", type=int, default=256, help="a multiple of 128: g128 groups")
     ap.add_argument("--layers", type=int, default=9)
@@ -87,7 +91,13 @@ def main() -> None:
 
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -118,13 +128,21 @@ def main() -> None:
     train_ids, held_ids = stream(train), stream(held)
     tokenized = time.perf_counter() - start
 
-    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=args.seq_len,
-                        n_embd=args.width, n_layer=args.layers, n_head=args.heads,
-                        bos_token_id=eos_id, eos_token_id=eos_id, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0)
     device = torch.device(args.device if args.device != "cuda" or torch.cuda.is_available()
                           else "cpu")
-    model = GPT2LMHeadModel(config).to(device)
+    model: GPT2LMHeadModel | LlamaForCausalLM
+    if args.arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=tok.get_vocab_size(), hidden_size=args.width,
+            intermediate_size=4 * args.width, num_hidden_layers=args.layers,
+            num_attention_heads=args.heads, num_key_value_heads=args.heads,
+            max_position_embeddings=args.seq_len, bos_token_id=eos_id, eos_token_id=eos_id,
+            pad_token_id=eos_id, tie_word_embeddings=False)).to(device)
+    else:
+        model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=tok.get_vocab_size(), n_positions=args.seq_len, n_embd=args.width,
+            n_layer=args.layers, n_head=args.heads, bos_token_id=eos_id, eos_token_id=eos_id,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).to(device)
     params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
