@@ -164,14 +164,19 @@ def test_extend_continues_with_same_strategy_state(store_url):
         {t.choices for t in store.trials("long", COMPLETE)}
 
 
-def test_lease_is_exclusive_and_expires(store_url):
+def test_lease_is_exclusive_and_expires(store_url, monkeypatch):
+    from datetime import timedelta
+
+    from mpsearch.storage import lease
+
     store = TrialStore(store_url)
     study, _ = store.open_study("leased", {}, {}, SPACE, "m", "o", 5)
-    first = StudyLease(store, study.id, "leased", ttl=0.5, owner="elsewhere:1:a").acquire()
+    first = StudyLease(store, study.id, "leased", ttl=30, owner="elsewhere:1:a").acquire()
     with pytest.raises(StudyLeasedError, match="being run by elsewhere:1:a"):
         StudyLease(store, study.id, "leased", owner="elsewhere:2:b").acquire()
-    import time
-    time.sleep(0.7)
+    # the clocks move past the expiry (a sleep of a short ttl raced a slow first connection)
+    real_now = lease._now
+    monkeypatch.setattr(lease, "_now", lambda: real_now() + timedelta(seconds=31))
     second = StudyLease(store, study.id, "leased", owner="elsewhere:2:b").acquire()
     assert not first.renew()
     first.lost.set()

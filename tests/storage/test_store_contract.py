@@ -223,11 +223,11 @@ def test_group_commits_wait_for_the_group_or_the_window(store_url):
     assert writer.due_in() is None  # nothing waits
     writer.close()
 
-    timed = store.writer(study.id, group=1000, window=0.2)
+    timed = store.writer(study.id, group=1000, window=1.0)  # wide: a busy machine stalls
     number = timed.start(Candidate((0, 1)), 3.0, 10.0, True)
     due = timed.due_in()
-    assert due is not None and 0 < due <= 0.2 and timed.maybe_flush() is False
-    time.sleep(0.25)
+    assert due is not None and 0 < due <= 1.0 and timed.maybe_flush() is False
+    time.sleep(1.05)
     assert timed.due_in() == 0.0 and timed.maybe_flush() is True
     assert reader.trial("s", number).status == RUNNING  # committed before its result
     timed.finish(number, None, "w1", "boom", 0.5)
