@@ -235,13 +235,19 @@ class Worker:
         mask: dict[torch.device, torch.Tensor] = {}  # the batch's, copied once to each device
         last: dict[str, Any] = {}  # the previous hook's input and layer (kept alive: `is` is safe)
 
+        def mask_on(device: torch.device) -> torch.Tensor:
+            m = mask.get(device)
+            if m is None:
+                m = mask[device] = mask[self.device].to(device)
+            return m
+
         def lookup_hook_for(name: str):
             def record(module: nn.Module, args: tuple, _output: Any) -> None:
                 ids = args[0]
                 if name not in stats:
                     rows, cols = self.original[name].shape
                     stats[name] = LookupAccumulator(rows, cols, ids.device, hessians)
-                m = mask[self.device].to(ids.device)
+                m = mask_on(ids.device)
                 if ids.dim() == m.dim() and ids.shape != m.shape:
                     ids = ids.expand(m.shape)  # position ids, one row for the whole batch
                 stats[name].add(ids[m] if ids.shape == m.shape else ids)
@@ -261,9 +267,7 @@ class Worker:
                 last["x"], last["name"] = x, name
                 if shared:
                     return  # the layer before added this very input already
-                m = mask.get(x.device)
-                if m is None:
-                    m = mask[x.device] = mask[self.device].to(x.device)
+                m = mask_on(x.device)
                 if x.shape[:-1] == m.shape:
                     x = x[m]  # padding tokens are not calibration data
                 owner.add(x)
