@@ -24,13 +24,14 @@ GPTQ_AND_RTN = [("int3-g128-asym", "int3-g128-asym-gptq"),
                 ("int2-g128-asym-clip", "int2-g128-asym-clip-gptq-act")]
 
 
-def _worker(path: str, labels, pattern: str = WORD, linear: str | None = None) -> Worker:
+def _worker(path: str, labels, pattern: str = WORD, linear: str | None = None,
+            cal: CalibrationConfig = CAL) -> Worker:
     info = inspect_model(ModelConfig(name=path))
     options = tuple(parse_option(label) for label in labels)
     rules = [LayerRule(pattern, options)] + ([LayerRule(linear, options)] if linear else [])
     space = build_space(info.layers, rules, total_params=info.total_params)
     return Worker(scoring_setup(path, "auto", "embedding_distortion" if "minilm" in path
-                                else "kl", CAL, "float32"), space)
+                                else "kl", cal, "float32"), space)
 
 
 def test_untied_embeddings_are_layers_and_the_default_rule_leaves_them(minilm_path, tiny_gpt2_path,
@@ -83,6 +84,26 @@ def test_hessian_proxy_of_an_embedding_is_its_output_error_on_the_calibration_to
     assert worker.output_error(WORD, W, W_hat) == 0.0
     proxies = measure_proxies(worker, profile_pairs(worker.space))
     assert proxies[(WORD, "int2-g128-asym")] > proxies[(WORD, "int4-g128-asym")] > 0
+
+
+def test_a_position_embedding_counts_each_position_once_per_real_token(minilm_path, tmp_path):
+    """BERT looks positions up with one row of ids for the whole batch; each position is
+    weighted by the non-padding tokens at it, as if every token had looked it up itself."""
+    name = "embeddings.position_embeddings"
+    lines = ["a short one.", "a sentence of a few more words than the first.",
+             "three words here", "and the longest of them all, which goes on for a while yet."]
+    (tmp_path / "texts.txt").write_text("\n".join(lines * 2))
+    cal = CalibrationConfig(source=str(tmp_path / "texts.txt"), samples=8, seq_len=32,
+                            batch_size=4)
+    worker = _worker(minilm_path, ["int2-g128-asym"], pattern=name, cal=cal)
+    assert any(b["attention_mask"].sum() < b["attention_mask"].numel() for b in worker.batches)
+    W = worker.original[name]
+    W_hat = worker.variant(name, parse_option("int2-g128-asym"))
+    per_row = (W - W_hat).square().sum(dim=1)
+    errors = [per_row[torch.arange(b["input_ids"].shape[1]).expand_as(b["input_ids"])
+                      [b["attention_mask"].bool()]] for b in worker.batches]
+    assert worker.output_error(name, W, W_hat) == pytest.approx(
+        2 * float(torch.cat(errors).mean()), rel=1e-5)
 
 
 def test_fisher_proxy_takes_an_embedding_and_kfac_refuses_it_in_one_line(minilm_path):
