@@ -39,7 +39,9 @@ VARIANTS = ("gptq-act", "clip-gptq", "clip-gptq-act")  # each against plain "gpt
 
 
 @torch.no_grad()
-def errors(model_name: str, device: str) -> None:
+def minilm_hessians(model_name: str, device: str, samples: int = 256):
+    """MiniLM's 36 searched layers and the Hessian of each, from ``samples`` ``stdlib-docs``
+    samples × 64 tokens."""
     from transformers import AutoModel, AutoTokenizer
 
     from mpsearch.workers.calibration import load_texts
@@ -49,7 +51,7 @@ def errors(model_name: str, device: str) -> None:
     path = inspect_model(ModelConfig(name=model_name)).path
     model = AutoModel.from_pretrained(path, dtype=torch.float32).eval().to(device)
     tok = AutoTokenizer.from_pretrained(path)
-    texts = load_texts(CalibrationConfig(source="stdlib-docs", samples=256, seq_len=64))
+    texts = load_texts(CalibrationConfig(source="stdlib-docs", samples=samples, seq_len=64))
     layers = {n: m for n, m in model.named_modules()
               if isinstance(m, torch.nn.Linear) and "encoder.layer" in n}
     acc = {n: HessianAccumulator(m.in_features, device) for n, m in layers.items()}
@@ -58,9 +60,24 @@ def errors(model_name: str, device: str) -> None:
     for i in range(0, len(texts), 32):
         model(**tok(texts[i:i + 32], max_length=64, truncation=True, padding=True,
                     return_tensors="pt").to(device))
+    return {n: (m.weight.float(), acc[n].H) for n, m in layers.items()}
+
+
+def print_ratios(ratios: dict[str, list[float]], against: str) -> None:
+    """One row per label: the geometric mean of its error ratios, their range, how many < 1."""
+    print(f"| level | error / {against} error: geometric mean | min | max | layers lower |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, r in ratios.items():
+        geo = math.exp(sum(map(math.log, r)) / len(r))
+        print(f"| {label} | {geo:.3f} | {min(r):.3f} | {max(r):.3f} | "
+              f"{sum(x < 1 for x in r)}/{len(r)} |")
+
+
+@torch.no_grad()
+def errors(model_name: str, device: str) -> None:
     ratios: dict[str, list[float]] = {f"{lv}-{v}": [] for lv in LEVELS for v in VARIANTS}
-    for n, m in layers.items():
-        W, inputs = m.weight.float(), LayerInputs(hessian=acc[n].H)
+    for W, H in minilm_hessians(model_name, device).values():
+        inputs = LayerInputs(hessian=H)
         for level in LEVELS:
             plain = QuantOption.from_label(f"{level}-gptq")
             e_plain = hessian_error(W, quantize_weight(W, plain, inputs=inputs), inputs.hessian)
@@ -68,12 +85,7 @@ def errors(model_name: str, device: str) -> None:
                 option = QuantOption.from_label(f"{level}-{variant}")
                 e = hessian_error(W, quantize_weight(W, option, inputs=inputs), inputs.hessian)
                 ratios[f"{level}-{variant}"].append(e / e_plain)
-    print("| level | error / -gptq error: geometric mean | min | max | layers lower |")
-    print("| --- | --- | --- | --- | --- |")
-    for label, r in ratios.items():
-        geo = math.exp(sum(map(math.log, r)) / len(r))
-        print(f"| {label} | {geo:.3f} | {min(r):.3f} | {max(r):.3f} | "
-              f"{sum(x < 1 for x in r)}/{len(r)} |")
+    print_ratios(ratios, "-gptq")
 
 
 @torch.inference_mode()
