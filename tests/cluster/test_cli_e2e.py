@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -126,6 +127,24 @@ def test_bad_input_is_one_line_and_exit_1(spec_fields, tmp_path, edit, expected,
     line = one_line_error(cli("run", str(spec), "--address", address, cwd=tmp_path))
     assert expected in line
     assert "s3cret" not in line
+
+
+def test_a_hub_model_without_a_reachable_hub_is_one_line_at_once(spec_fields, tmp_path):
+    """Online mode on a machine that cannot reach the hub: one line before Ray starts, not the
+    hub client's five retries (about 25 s of warnings) in the driver and again in each worker."""
+    spec = write_spec(tmp_path / "hub.yaml", **{**spec_fields, "model": {"name": "someone/x"}})
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "RAY_ADDRESS")
+               and "proxy" not in k.lower()}
+        env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}",
+                   HF_HUB_CACHE=str(tmp_path / "hub"))
+        result = subprocess.run([sys.executable, "-m", "mpsearch.cluster.cli", "run", str(spec)],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    line = one_line_error(result)
+    assert "model 'someone/x' is not a local directory nor in the Hugging Face cache" in line
+    assert "cannot be reached (Connection refused)" in line
+    assert not (tmp_path / "study.db").exists()  # nothing stored
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):
