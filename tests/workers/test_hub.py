@@ -1,13 +1,15 @@
-"""A Hugging Face id that would have to be downloaded from a hub that cannot be reached fails at
-once in one line, instead of after the hub client's five retries; offline mode, a cached model
-and a proxy are left to the loaders."""
+"""A model or calibration dataset that would have to be downloaded from a hub that cannot be
+reached fails at once in one line, instead of after the hub client's five retries; offline mode,
+a cached copy and a proxy are left to the loaders."""
 
 import socket
 
 import pytest
 from huggingface_hub import constants
 
-from mpsearch.workers.errors import ModelNotFoundError
+from mpsearch.workers.calibration_datasets import dataset_column
+from mpsearch.workers.config import CalibrationConfig
+from mpsearch.workers.errors import ModelNotFoundError, WorkerError
 from mpsearch.workers.model_paths import resolve_model_path
 
 
@@ -55,3 +57,28 @@ def test_offline_cached_or_behind_a_proxy_is_left_to_the_loader(online, monkeypa
     monkeypatch.delenv("HTTPS_PROXY")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the cache alone is asked
     assert resolve_model_path("someone/not-cached") == "someone/not-cached"
+
+
+def test_a_hub_dataset_out_of_reach_comes_from_the_datasets_cache_or_is_one_line(online,
+                                                                                 monkeypatch,
+                                                                                 tmp_path):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    # what load_dataset("someone/ds") leaves in the cache: one split's Arrow file and its info
+    datasets.Dataset.from_dict({"text": ["a b c", "d e f"]}).to_parquet(tmp_path / "d.parquet")
+    datasets.load_dataset("parquet", data_files=str(tmp_path / "d.parquet"), split="train")
+    built = next((tmp_path / "datasets" / "parquet").glob("default-*/0.0.0/*/"))
+    entry = tmp_path / "datasets" / "someone___ds" / "default" / "0.0.0" / "abc"
+    entry.mkdir(parents=True)
+    (entry / "dataset_info.json").write_bytes((built / "dataset_info.json").read_bytes())
+    (entry / "ds-train.arrow").write_bytes((built / "parquet-train.arrow").read_bytes())
+
+    offline = datasets.config.HF_HUB_OFFLINE
+    assert dataset_column(CalibrationConfig(source="hub:someone/ds")) == ["a b c", "d e f"]
+    with pytest.raises(WorkerError) as exc:
+        dataset_column(CalibrationConfig(source="hub:someone/other"))
+    assert str(exc.value) == (f"calibration.source: 'hub:someone/other' is not in the datasets "
+                              f"cache, and http://127.0.0.1:{online} cannot be reached "
+                              f"(Connection refused) to download it")
+    assert datasets.config.HF_HUB_OFFLINE is offline  # the offline mode was for these calls
