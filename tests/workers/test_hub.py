@@ -76,6 +76,10 @@ def test_a_hub_dataset_out_of_reach_comes_from_the_datasets_cache_or_is_one_line
 
     offline = datasets.config.HF_HUB_OFFLINE
     assert dataset_column(CalibrationConfig(source="hub:someone/ds")) == ["a b c", "d e f"]
+    with pytest.raises(WorkerError, match="cannot read 'hub:someone/ds' with datasets: .*"
+                       "validation") as wrong_split:  # cached, but not that split
+        dataset_column(CalibrationConfig(source="hub:someone/ds", split="validation"))
+    assert "not in the datasets cache" not in str(wrong_split.value)
     with pytest.raises(WorkerError) as exc:
         dataset_column(CalibrationConfig(source="hub:someone/other"))
     assert str(exc.value) == (f"calibration.source: 'hub:someone/other' is not in the datasets "
