@@ -13,6 +13,8 @@ a writer of their own, for callers that record trials one at a time. The read-si
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -255,8 +257,9 @@ class TrialStore(StudyQueries):
         """Record one dispatched trial through a writer of its own; returns its number.
 
         The number is max(number) + 1; two callers racing for the same number meet the unique
-        (study, number) constraint, and the loser retries with the next one. (A search driver
-        holds the study's lease and keeps one :meth:`writer` for its run instead.)
+        (study, number) constraint, and the loser retries with the next one after a random wait
+        that grows with its tries. (A search driver holds the study's lease and keeps one
+        :meth:`writer` for its run instead.)
         """
         number = -1
         for attempt in range(_NUMBER_RETRIES):
@@ -270,6 +273,9 @@ class TrialStore(StudyQueries):
                     raise
             finally:
                 writer.close()
+            # a random wait before the next try, growing: a caller slower than the others (a new
+            # connection per try) otherwise lost every race to them (20 in a row, seen on CI)
+            time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
         raise AssertionError("unreachable")
 
     def _number_taken(self, study_id: int, number: int) -> bool:
