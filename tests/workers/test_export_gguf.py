@@ -110,6 +110,8 @@ def test_gguf_round_trip_reader_and_transformers(request, tmp_path, model, embed
     # The fresh process's logits differ from these by float32 noise (close, as asserted); a KL
     # as small as the random GPT-2's (4e-5) moves with them by (q − p)·Δz per position, about
     # 1e-4 of itself, so that first-order shift is taken out before the comparison.
+    from mpsearch.workers.objectives import _valid_next
+
     total, count, shift = 0.0, 0.0, 0.0
     for batch, ref, logits, mine in zip(worker.batches, worker.reference, loaded, scored,
                                         strict=True):
@@ -117,7 +119,7 @@ def test_gguf_round_trip_reader_and_transformers(request, tmp_path, model, embed
         total, count = total + float(s), count + float(n)
         q, p = torch.softmax(mine.double(), dim=-1)[:, :-1], ref[:, :-1].double().exp()
         dz = (logits.double() - mine.double())[:, :-1]
-        valid = batch["attention_mask"][:, 1:] * batch["attention_mask"][:, :-1]
+        valid = _valid_next(batch["attention_mask"])  # the positions the KL is taken at
         shift += float((((q - p) * dz).sum(dim=-1) * valid).sum())
     print(f"KL {total / count} (float shift {shift / count}); stored {stored}")
     assert (total - shift) / count == pytest.approx(stored, rel=1e-4)
